@@ -1,0 +1,1 @@
+"""In-graph LoRA trainer for restoration (planned; see the issue tracker)."""

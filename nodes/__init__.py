@@ -1,0 +1,26 @@
+"""The pack's ComfyUI extension: node registration and the models/supir folder."""
+import os
+
+import folder_paths
+from comfy_api.latest import ComfyExtension
+
+from .supir_nodes import NODES as SUPIR_NODES
+
+
+def register_model_folder() -> None:
+    """Adds models/supir (also reachable through extra_model_paths.yaml as ``supir:``)."""
+    default = os.path.join(folder_paths.models_dir, "supir")
+    paths, extensions = folder_paths.folder_names_and_paths.get("supir", ([], set()))
+    if default not in paths:
+        paths = [*paths, default]
+    folder_paths.folder_names_and_paths["supir"] = (paths, set(extensions) | folder_paths.supported_pt_extensions)
+
+
+class SUPIRRestoreExtension(ComfyExtension):
+    async def get_node_list(self):
+        return [*SUPIR_NODES]
+
+
+async def comfy_entrypoint() -> ComfyExtension:
+    register_model_folder()
+    return SUPIRRestoreExtension()

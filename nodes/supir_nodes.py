@@ -1,0 +1,97 @@
+"""SUPIR core nodes: load a SUPIR file, encode the LQ image with its denoise encoder, apply SUPIR to an SDXL MODEL."""
+from __future__ import annotations
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..supir.loader import STORAGE_DTYPES, load_supir
+from ..supir.lq_encode import encode_lq, lq_vae
+from ..supir.unet_patch import apply_supir
+
+SUPIRModelType = io.Custom("SUPIR_MODEL")
+CATEGORY = "supir"
+
+
+class SUPIRLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SUPIRLoader",
+            display_name="Load SUPIR Model",
+            category=CATEGORY,
+            description="Loads a SUPIR file (SUPIR-v0Q or v0F, .ckpt or .safetensors) from models/supir: the control "
+                        "trunk, the UNet adaptors and the denoise encoder. The SDXL UNet, VAE and CLIP come from your "
+                        "SDXL checkpoint. SUPIR weights are licensed for non-commercial use only.",
+            inputs=[
+                io.Combo.Input("supir_name", options=folder_paths.get_filename_list("supir"),
+                               tooltip="SUPIR checkpoint in ComfyUI/models/supir."),
+                io.Combo.Input("weight_dtype", options=["auto", *STORAGE_DTYPES], default="auto",
+                               tooltip="Storage precision of the control network. auto follows ComfyUI's choice for "
+                                       "the device; fp8_e4m3fn halves memory again and computes in a wider type."),
+            ],
+            outputs=[SUPIRModelType.Output(display_name="supir", tooltip="The loaded SUPIR model.")],
+        )
+
+    @classmethod
+    def execute(cls, supir_name, weight_dtype) -> io.NodeOutput:
+        return io.NodeOutput(load_supir(folder_paths.get_full_path_or_raise("supir", supir_name), weight_dtype))
+
+
+class SUPIRLQEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SUPIRLQEncode",
+            display_name="SUPIR LQ Encode",
+            category=CATEGORY,
+            description="Stage 1: encodes the low-quality image with SUPIR's degradation-robust denoise encoder. "
+                        "The hint latent drives Apply SUPIR; the stage-1 image (its decode) is a preview and the "
+                        "colour-fix reference. Sides that are not multiples of 8 are resized to the nearest multiple.",
+            inputs=[
+                SUPIRModelType.Input("supir", tooltip="From Load SUPIR Model."),
+                io.Vae.Input("vae", tooltip="The SDXL VAE (from the SDXL checkpoint); its decoder is reused."),
+                io.Image.Input("image", tooltip="The low-quality image, already at the size to restore at."),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="hint", tooltip="LQ latent for Apply SUPIR (and for sizing the sampled latent)."),
+                io.Image.Output(display_name="stage1_image", tooltip="Decode of the hint: the denoised, smooth stage-1 image."),
+                io.Vae.Output(display_name="lq_vae", tooltip="A VAE with the denoise encoder and the SDXL decoder, "
+                                                            "usable with the stock VAE Encode nodes (tiled too)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, supir, vae, image) -> io.NodeOutput:
+        latent, stage1 = encode_lq(supir, vae, image)
+        return io.NodeOutput({"samples": latent}, stage1, lq_vae(supir, vae))
+
+
+class ApplySUPIR(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ApplySUPIR",
+            display_name="Apply SUPIR",
+            category=CATEGORY,
+            description="Patches the SDXL MODEL with SUPIR: the control trunk reads the noisy latent and the hint "
+                        "every step and its adaptors modulate the UNet's decoder. Works with every sampler, LoRA and "
+                        "model patch; sample a latent of the hint's size.",
+            inputs=[
+                io.Model.Input("model", tooltip="An SDXL model (after any LoRA loaders)."),
+                SUPIRModelType.Input("supir", tooltip="From Load SUPIR Model."),
+                io.Latent.Input("hint", tooltip="The hint from SUPIR LQ Encode."),
+                io.Float.Input("control_scale_start", default=1.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="Control strength at the highest noise level (sigma_max)."),
+                io.Float.Input("control_scale_end", default=1.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="Control strength as noise reaches 0; it moves linearly with sigma in between. "
+                                       "1.0 for fidelity, about 0.9 for more generated detail."),
+            ],
+            outputs=[io.Model.Output(tooltip="The SUPIR-patched model, for KSampler or SUPIR samplers.")],
+        )
+
+    @classmethod
+    def execute(cls, model, supir, hint, control_scale_start, control_scale_end) -> io.NodeOutput:
+        return io.NodeOutput(apply_supir(model, supir, hint["samples"], control_scale_start, control_scale_end))
+
+
+NODES = [SUPIRLoader, SUPIRLQEncode, ApplySUPIR]

@@ -1,0 +1,213 @@
+"""Reading SUPIR files: official ``.ckpt`` pickles (``weights_only``), fp16/bf16 ``.safetensors``, prefixed or
+prefix-less keys, split into the control network, the adaptors and the denoise encoder, with every unknown,
+missing or mis-shaped tensor reported by name."""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .model import SUPIRConfigError, SUPIRControl
+
+HELP = ("SUPIR files are SUPIR-v0Q/v0F (.ckpt or .safetensors) and go in ComfyUI/models/supir; "
+        "the SDXL checkpoint goes in models/checkpoints")
+
+# (accepted prefix, group, prefix in the group's state dict)
+_PREFIXES = (
+    ("model.control_model.", "control", "control_model."),
+    ("control_model.", "control", "control_model."),
+    ("model.diffusion_model.project_modules.", "control", "project_modules."),
+    ("diffusion_model.project_modules.", "control", "project_modules."),
+    ("project_modules.", "control", "project_modules."),
+    ("first_stage_model.denoise_encoder.", "denoise_encoder", ""),
+    ("denoise_encoder.", "denoise_encoder", ""),
+)
+_BARE_TRUNK = ("time_embed.", "label_emb.", "input_hint_block.", "input_blocks.", "middle_block.")
+_DROPPED = re.compile(r"(^|\.)mask_LQ$")
+
+
+class SUPIRCheckpointError(ValueError):
+    """A file that is not a loadable SUPIR checkpoint; the message says what is wrong and what to do."""
+
+
+@dataclass
+class SUPIRWeights:
+    """A SUPIR file's tensors by group. ``control`` keys: ``control_model.*`` and ``project_modules.*``;
+    ``denoise_encoder`` keys: LDM VAE-encoder names (``conv_in.weight``, ``down.0.block.0.norm1.weight``, …)."""
+    control: dict
+    denoise_encoder: dict
+
+
+def read_state_dict(path: str) -> dict:
+    """All tensors of a ``.safetensors`` / ``.sft`` file or a torch pickle (unwrapping ``state_dict``).
+    Pickles are read with ``weights_only=True``: code or foreign objects inside are refused, never run."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise SUPIRCheckpointError(f"{path}: no such file. {HELP}")
+    try:
+        if path.lower().endswith((".safetensors", ".sft")):
+            import safetensors.torch
+            sd = safetensors.torch.load_file(path, device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    except pickle.UnpicklingError as e:
+        reason = _unpickling_reason(e)
+        if "global" in reason.lower():
+            raise SUPIRCheckpointError(
+                f"{name}: refused to load, the pickle holds objects other than tensors ({reason}), which a "
+                f"weights file never needs. Do not use this file; get the official SUPIR weights or a "
+                f".safetensors conversion.") from e
+        raise SUPIRCheckpointError(
+            f"{name}: cannot be read, the file is corrupt or truncated, or not a torch weights file "
+            f"(weights-only loading stopped at: {reason}). Download it again and check its size.") from e
+    except Exception as e:
+        raise SUPIRCheckpointError(
+            f"{name}: cannot be read, the file is corrupt or truncated ({type(e).__name__}: {e}). "
+            f"Download it again and check its size.") from e
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise SUPIRCheckpointError(f"{name}: holds a {type(sd).__name__}, not a dict of tensors. {HELP}")
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def _unpickling_reason(error: Exception) -> str:
+    text = str(error)
+    if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        return f"Unsupported global {found.group(1)}"
+    if found := re.search(r"WeightsUnpickler error: ([^\n]+)", text):
+        return found.group(1).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _is_zip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def split_supir_state_dict(sd: dict, name: str = "checkpoint") -> SUPIRWeights:
+    """Sort a SUPIR state dict into its groups, accepting every known key prefix; ``mask_LQ`` is dropped."""
+    groups = {"control": {}, "denoise_encoder": {}}
+    unknown = []
+    for key, value in sd.items():
+        if _DROPPED.search(key):
+            continue
+        for prefix, group, new_prefix in _PREFIXES:
+            if key.startswith(prefix):
+                groups[group][new_prefix + key[len(prefix):]] = value
+                break
+        else:
+            if key.startswith(_BARE_TRUNK):
+                groups["control"]["control_model." + key] = value
+            else:
+                unknown.append(key)
+    if not any(k.startswith("control_model.") for k in groups["control"]):
+        raise SUPIRCheckpointError(f"{name}: {_what_it_is(sd)} {HELP}")
+    if unknown:
+        raise SUPIRCheckpointError(f"{name}: {len(unknown)} tensor(s) that are not part of SUPIR: "
+                                   f"{_names(unknown)}. {HELP}")
+    if not groups["denoise_encoder"]:
+        raise SUPIRCheckpointError(f"{name}: the denoise encoder (first_stage_model.denoise_encoder.*) is missing; "
+                                   f"this file is incomplete. Use a full SUPIR-v0Q/v0F file.")
+    return SUPIRWeights(groups["control"], groups["denoise_encoder"])
+
+
+def _what_it_is(sd: dict) -> str:
+    keys = list(sd)
+    if any(k.startswith(("model.diffusion_model.input_blocks", "diffusion_model.input_blocks", "input_blocks.")) for k in keys):
+        return "this is a Stable Diffusion UNet/checkpoint, not a SUPIR file (no control_model tensors)."
+    if any("lora_" in k or ".lora." in k for k in keys):
+        return "this is a LoRA, not a SUPIR file; load it with a LoRA loader."
+    if any(k.startswith(("encoder.", "decoder.", "first_stage_model.")) for k in keys):
+        return "this is a VAE, not a SUPIR file."
+    return f"not a SUPIR file: no control_model tensors among {len(keys)} (first: {_names(keys, 3)})."
+
+
+def _names(keys: list, most: int = 8) -> str:
+    shown = ", ".join(keys[:most])
+    return shown + (f" … (+{len(keys) - most} more)" if len(keys) > most else "")
+
+
+def check_layout(expected: dict, found: dict, what: str, name: str) -> None:
+    """Compare ``{key: shape}`` maps; a missing, unexpected or mis-shaped tensor is an error naming it."""
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    wrong = [f"{k} {list(found[k])} (expected {list(expected[k])})" for k in expected
+             if k in found and tuple(found[k]) != tuple(expected[k])]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {_names(missing)}")
+    if extra:
+        problems.append(f"unexpected {len(extra)}: {_names(extra)}")
+    if wrong:
+        problems.append(f"wrong shape {len(wrong)}: {_names(wrong, 4)}")
+    if problems:
+        raise SUPIRCheckpointError(f"{name}: the {what} does not match its own layout; " + "; ".join(problems)
+                                   + ". The file is damaged or from another model.")
+
+
+def control_layout(control: dict, name: str = "checkpoint") -> SUPIRControl:
+    """Build the network described by the control tensors on the meta device and check every tensor fits it."""
+    try:
+        net = SUPIRControl.from_state_dict_shapes(control, device="meta")
+    except SUPIRConfigError as e:
+        raise SUPIRCheckpointError(f"{name}: {e}. The file is damaged or not a SUPIR checkpoint.") from e
+    check_layout({k: v.shape for k, v in net.state_dict().items()}, {k: v.shape for k, v in control.items()},
+                 "control network", name)
+    return net
+
+
+def vae_encoder_layout(sd: dict) -> dict:
+    """Expected ``{key: shape}`` of an LDM (SD/SDXL) VAE encoder whose width, depth and latent size are read
+    from ``sd``'s own ``conv_in``, ``down.*`` and ``conv_out`` shapes."""
+    try:
+        ch, in_ch = sd["conv_in.weight"].shape[:2]
+        out_ch = sd["conv_out.weight"].shape[0]
+        levels = sorted({int(m.group(1)) for k in sd if (m := re.match(r"down\.(\d+)\.", k))})
+        widths = [sd[f"down.{i}.block.0.conv1.weight"].shape[0] for i in levels]
+        n_res = len({m.group(1) for k in sd if (m := re.match(r"down\.0\.block\.(\d+)\.", k))})
+    except (KeyError, IndexError) as e:
+        raise SUPIRCheckpointError(f"the denoise encoder lacks {e}; it is not an SD/SDXL VAE encoder") from e
+    if not levels or levels != list(range(len(levels))):
+        raise SUPIRCheckpointError(f"the denoise encoder has down levels {levels}; expected 0..N-1")
+    return vae_encoder_shapes(ch, in_ch, out_ch, widths, n_res)
+
+
+def vae_encoder_shapes(ch: int, in_ch: int, out_ch: int, widths: list[int], n_res: int) -> dict:
+    """``{key: shape}`` of an LDM VAE encoder: conv_in to ``ch``, ``n_res`` ResBlocks per level of ``widths``,
+    a downsample between levels, a middle block with one attention, conv_out to ``out_ch`` (2 × latent)."""
+    def conv(key, cout, cin, k):
+        return {f"{key}.weight": (cout, cin, k, k), f"{key}.bias": (cout,)}
+
+    def norm(key, c):
+        return {f"{key}.weight": (c,), f"{key}.bias": (c,)}
+
+    def res(key, cin, cout):
+        out = {**norm(f"{key}.norm1", cin), **conv(f"{key}.conv1", cout, cin, 3),
+               **norm(f"{key}.norm2", cout), **conv(f"{key}.conv2", cout, cout, 3)}
+        return out | (conv(f"{key}.nin_shortcut", cout, cin, 1) if cin != cout else {})
+
+    layout, c = conv("conv_in", ch, in_ch, 3), ch
+    for i, w in enumerate(widths):
+        for j in range(n_res):
+            layout |= res(f"down.{i}.block.{j}", c, w)
+            c = w
+        if i < len(widths) - 1:
+            layout |= conv(f"down.{i}.downsample.conv", c, c, 3)
+    layout |= res("mid.block_1", c, c) | norm("mid.attn_1.norm", c)
+    for p in ("q", "k", "v", "proj_out"):
+        layout |= conv(f"mid.attn_1.{p}", c, c, 1)
+    return layout | res("mid.block_2", c, c) | norm("norm_out", c) | conv("conv_out", out_ch, c, 3)
+
+
+def load_supir_weights(path: str) -> tuple[SUPIRWeights, SUPIRControl]:
+    """Read and fully validate a SUPIR file. Returns its tensors and the (meta-device) network they fit."""
+    name = os.path.basename(path)
+    weights = split_supir_state_dict(read_state_dict(path), name)
+    net = control_layout(weights.control, name)
+    check_layout(vae_encoder_layout(weights.denoise_encoder),
+                 {k: v.shape for k, v in weights.denoise_encoder.items()}, "denoise encoder", name)
+    return weights, net

@@ -1,0 +1,65 @@
+"""Loading a SUPIR file into ComfyUI: the control network as a ModelPatcher built on ComfyUI's ops (so fp8/fp16
+storage up-casts at compute and low-VRAM partial loading works) plus the denoise-encoder weights."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import comfy.ldm.modules.attention as comfy_attention
+
+from .checkpoint import load_supir_weights
+from .model import SUPIRControl
+
+STORAGE_DTYPES = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+}
+
+
+def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """ComfyUI's attention backend (xformers, SDPA, split, ...) as chosen at start-up."""
+    return comfy_attention.optimized_attention(q, k, v, heads)
+
+
+@dataclass
+class SUPIRModel:
+    """A loaded SUPIR file: the control network (trunk + adaptors) managed by ComfyUI, and the denoise
+    encoder's weights, which become the encoder of an LQ VAE (see ``lq_encode``)."""
+    patcher: comfy.model_patcher.ModelPatcher
+    denoise_encoder: dict
+    compute_dtype: torch.dtype
+    name: str
+
+    @property
+    def control(self) -> SUPIRControl:
+        return self.patcher.model
+
+
+def load_supir(path: str, weight_dtype: str = "auto") -> SUPIRModel:
+    """Load and validate a SUPIR checkpoint. ``weight_dtype``: ``auto`` (ComfyUI's choice for the device),
+    ``fp32``, ``fp16``, ``bf16`` or ``fp8_e4m3fn`` (storage; compute is up-cast as ComfyUI does for UNets)."""
+    weights, layout = load_supir_weights(path)
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    if weight_dtype == "auto":
+        params = sum(t.numel() for t in weights.control.values())
+        dtype = mm.unet_dtype(load_device, model_params=params)
+    elif weight_dtype in STORAGE_DTYPES:
+        dtype = STORAGE_DTYPES[weight_dtype]
+    else:
+        raise ValueError(f"weight_dtype '{weight_dtype}' is not one of auto, {', '.join(STORAGE_DTYPES)}")
+    compute_dtype = mm.unet_manual_cast(dtype, load_device) or dtype
+    ops = comfy.ops.pick_operations(dtype, compute_dtype, load_device=load_device)
+    net = SUPIRControl(layout.trunk_config, layout.adaptor_specs, ops=ops, attention=host_attention,
+                       dtype=dtype, device="meta")
+    net.load_state_dict({k: v.to(offload_device, dtype) for k, v in weights.control.items()}, strict=True, assign=True)
+    net.eval().requires_grad_(False)
+    patcher = comfy.model_patcher.ModelPatcher(net, load_device=load_device, offload_device=offload_device)
+    return SUPIRModel(patcher, weights.denoise_encoder, compute_dtype, os.path.basename(path))

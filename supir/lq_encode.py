@@ -1,0 +1,71 @@
+"""Stage 1: the degradation-robust encode of the low-quality image.
+
+The LQ VAE is a ComfyUI ``VAE`` whose encoder carries SUPIR's denoise-encoder weights and whose decoder,
+quant convs and settings are the user's SDXL VAE, so stock VAE nodes work with it. The hint latent is the
+posterior mode of the image in [-1, 1] (ComfyUI's KL VAEs encode to the mode); the stage-1 image is its decode.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+
+import comfy.model_patcher
+import comfy.utils
+
+from .checkpoint import SUPIRCheckpointError, check_layout
+from .loader import SUPIRModel
+
+
+def lq_vae(supir: SUPIRModel, vae):
+    """A copy of ``vae`` whose encoder is SUPIR's denoise encoder (the decoder weights are copied too,
+    so the two VAEs load and offload independently)."""
+    vae.throw_exception_if_invalid()
+    encoder = getattr(vae.first_stage_model, "encoder", None)
+    if encoder is None:
+        raise SUPIRCheckpointError("this VAE has no convolutional encoder; SUPIR needs the SDXL VAE "
+                                   "(from the SDXL checkpoint or sdxl_vae.safetensors)")
+    check_layout({k: v.shape for k, v in encoder.state_dict().items()},
+                 {k: v.shape for k, v in supir.denoise_encoder.items()},
+                 "denoise encoder (compared with this VAE's encoder; SUPIR needs the SDXL VAE)", supir.name)
+    out = copy.copy(vae)
+    out.first_stage_model = copy.deepcopy(vae.first_stage_model)
+    out.first_stage_model.encoder.load_state_dict(supir.denoise_encoder, strict=True)
+    out.patcher = comfy.model_patcher.ModelPatcher(out.first_stage_model, load_device=vae.device,
+                                                   offload_device=vae.patcher.offload_device)
+    out.size = None
+    return out
+
+
+def as_rgb(image: torch.Tensor) -> torch.Tensor:
+    """IMAGE [B,H,W,C] with 1 (grey), 3 or 4 (alpha dropped) channels -> [B,H,W,3]."""
+    if image.ndim != 4:
+        raise ValueError(f"expected an IMAGE batch [B,H,W,C], got a tensor of shape {list(image.shape)}")
+    c = image.shape[-1]
+    if c == 3:
+        return image
+    if c == 4:
+        return image[..., :3]
+    if c == 1:
+        return image.expand(-1, -1, -1, 3)
+    raise ValueError(f"the image has {c} channels; SUPIR takes grey (1), RGB (3) or RGBA (4) images")
+
+
+def snap_to_multiple(image: torch.Tensor, multiple: int = 8) -> torch.Tensor:
+    """Resize [B,H,W,C] so both sides are multiples of ``multiple`` (rounded to the nearest, at least one)."""
+    h, w = image.shape[1:3]
+    th, tw = (max(multiple, round(s / multiple) * multiple) for s in (h, w))
+    if (th, tw) == (h, w):
+        return image
+    logging.info("SUPIR: resizing the LQ image from %dx%d to %dx%d (multiples of %d)", w, h, tw, th, multiple)
+    return comfy.utils.common_upscale(image.movedim(-1, 1), tw, th, "bicubic", "disabled").movedim(1, -1).clamp(0, 1)
+
+
+def encode_lq(supir: SUPIRModel, vae, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode the LQ ``image`` (IMAGE [B,H,W,C] in [0,1]) with the denoise encoder.
+    Returns (hint latent samples [B,4,H/8,W/8], unscaled like every ComfyUI LATENT; stage-1 image [B,H,W,3])."""
+    pixels = snap_to_multiple(as_rgb(image))
+    encoder = lq_vae(supir, vae)
+    latent = encoder.encode(pixels)
+    return latent, encoder.decode(latent)

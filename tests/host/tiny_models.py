@@ -1,0 +1,102 @@
+"""Tiny SDXL-layout models for host tests: the real SDXL block structure (9 input / 9 output blocks, Upsample in
+output blocks 2 and 5, linear transformers, context 2048, adm 2816) at 32 base channels, with seeded weights."""
+import logging
+import math
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.sd
+import comfy.supported_models
+
+TINY_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 32,
+    "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4], "transformer_depth": [0, 0, 1, 1, 1, 1],
+    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": True, "context_dim": 2048, "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+
+TINY_VAE_CONFIG = {"params": {"embed_dim": 4, "ddconfig": {
+    "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
+    "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}}
+
+SD15_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [2, 2, 2],
+    "channel_mult": [1, 2, 4], "transformer_depth": [1, 1, 1, 1, 1, 1],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False, "context_dim": 768, "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+
+
+class TinySDXL(comfy.supported_models.SDXL):
+    """SDXL's model definition with the tiny UNet shape; 32-channel heads (SDXL's 64 would give 0 heads)."""
+    unet_config = {"model_channels": 32, "use_linear_in_transformer": True, "context_dim": 2048,
+                   "adm_in_channels": 2816, "transformer_depth": [0, 0, 1, 1, 1, 1]}
+
+    def __init__(self, unet_config):
+        super().__init__(unet_config)
+        self.unet_config["num_head_channels"] = 32
+
+
+def seeded_init_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Deterministic weights of useful scale: 1/sqrt(fan_in) for matrices, 1 ± 0.1 for norm gains, small biases."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                fan_in = math.prod(p.shape[1:])
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+            elif name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return module
+
+
+def tiny_sdxl(seed: int = 0, unet_config=None, model_class=TinySDXL):
+    cfg = model_class(dict(unet_config or TINY_UNET_CONFIG))
+    cfg.set_inference_dtype(torch.float32, None)
+    model = cfg.get_model({})
+    seeded_init_(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, mm.get_torch_device(), mm.unet_offload_device())
+
+
+def tiny_sd15(seed: int = 0):
+    class TinySD15(comfy.supported_models.SD15):
+        def __init__(self, unet_config):
+            super().__init__(unet_config)
+            self.unet_config["num_head_channels"] = 32
+    return tiny_sdxl(seed, SD15_UNET_CONFIG, TinySD15)
+
+
+def tiny_vae(seed: int = 0, config=TINY_VAE_CONFIG):
+    logging.disable(logging.WARNING)  # VAE(sd={}) lists every key as missing; the weights are set below
+    try:
+        vae = comfy.sd.VAE(sd={}, config=config, dtype=torch.float32)
+    finally:
+        logging.disable(logging.NOTSET)
+    seeded_init_(vae.first_stage_model, seed)
+    return vae
+
+
+def full_vae(seed: int = 0):
+    """The SDXL VAE architecture (what a checkpoint loader builds) with seeded weights."""
+    logging.disable(logging.WARNING)
+    try:
+        vae = comfy.sd.VAE(sd={"decoder.conv_in.weight": torch.zeros(512, 4, 3, 3)}, dtype=torch.float32)
+    finally:
+        logging.disable(logging.NOTSET)
+    seeded_init_(vae.first_stage_model, seed)
+    return vae
+
+
+def fake_conditioning(batch: int = 1, seed: int = 0, tokens: int = 77):
+    """SDXL conditioning without a text encoder: [[context [B,77,2048], {pooled_output [B,1280], size}]]."""
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, tokens, 2048, generator=g),
+             {"pooled_output": torch.randn(batch, 1280, generator=g), "width": 1024, "height": 1024}]]
