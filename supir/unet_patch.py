@@ -25,7 +25,7 @@ import comfy.utils
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, Upsample
 
 from .loader import SUPIRModel
-from .model import CrossAttnSpec, SFTSpec
+from .model import CrossAttnSpec, SFTSpec, SUPIRControl
 
 KEY = "supir_restore"
 
@@ -51,11 +51,11 @@ class Join:
     feature: int
 
 
-def plan_adaptors(unet: nn.Module, supir: SUPIRModel) -> tuple[int, dict[int, Join]]:
+def plan_adaptors(unet: nn.Module, control: SUPIRControl, name: str) -> tuple[int, dict[int, Join]]:
     """Map SUPIR's adaptors onto ``unet``'s output blocks in SUPIR's order (indices fall from the last
     adaptor and the last trunk feature), checking every width. Returns (middle ZeroSFT index, joins)."""
-    specs = supir.control.adaptor_specs
-    trunk = supir.control.trunk_config
+    specs = control.adaptor_specs
+    trunk = control.trunk_config
     feature_channels = trunk.feature_channels
     unet_cfg = _unet_config(unet)
     supir_cfg = trunk.unet_config()
@@ -63,14 +63,14 @@ def plan_adaptors(unet: nn.Module, supir: SUPIRModel) -> tuple[int, dict[int, Jo
     if diffs:
         kind = "an SD1.x/SD2.x" if unet_cfg.get("adm_in_channels") is None else "a different"
         raise SUPIRMismatchError(
-            f"{supir.name} does not fit this MODEL ({kind} UNet): " + "; ".join(diffs)
+            f"{name} does not fit this MODEL ({kind} UNet): " + "; ".join(diffs)
             + ". SUPIR needs an SDXL model (base, Juggernaut, Lightning…); load one with Load Checkpoint.")
 
     def want(index: int, kind: type, **widths):
         spec = specs[index] if 0 <= index < len(specs) else None
         got = {k: getattr(spec, k) for k in widths} if isinstance(spec, kind) else None
         if got != widths:
-            raise SUPIRMismatchError(f"{supir.name}: project_modules.{index} is {spec}, but this MODEL needs a "
+            raise SUPIRMismatchError(f"{name}: project_modules.{index} is {spec}, but this MODEL needs a "
                                      f"{kind.__name__} with {widths}. The SUPIR file and the UNet do not match.")
 
     a, feat = len(specs) - 1, len(feature_channels) - 1
@@ -91,7 +91,7 @@ def plan_adaptors(unet: nn.Module, supir: SUPIRModel) -> tuple[int, dict[int, Jo
         joins[i] = Join(sft, cross, feat)
         feat -= 1
     if a != -1 or feat != -1:
-        raise SUPIRMismatchError(f"{supir.name}: {a + 1} adaptor(s) or {feat + 1} trunk feature(s) left unused; "
+        raise SUPIRMismatchError(f"{name}: {a + 1} adaptor(s) or {feat + 1} trunk feature(s) left unused; "
                                  "the SUPIR file and the UNet do not match.")
     return middle, joins
 
@@ -190,7 +190,7 @@ def apply_supir(model, supir: SUPIRModel, hint_latent: torch.Tensor, scale_start
         raise SUPIRMismatchError("this MODEL already has SUPIR applied; connect Apply SUPIR to the model "
                                  "from the checkpoint loader (or LoRA loaders), not to another Apply SUPIR.")
     unet = model.get_model_object("diffusion_model")
-    middle, joins = plan_adaptors(unet, supir)
+    middle, joins = plan_adaptors(unet, supir.control, supir.name)
     hint = model.get_model_object("latent_format").process_in(hint_latent.float())
     sigma_max = float(model.get_model_object("model_sampling").sigma_max)
     patch = SUPIRPatch(supir, hint.cpu(), scale_start, scale_end, sigma_max, middle, joins)

@@ -25,10 +25,12 @@ def _needs_torchvision_stub() -> bool:
         return True
 
 
+NEEDS_TORCHVISION_STUB = _needs_torchvision_stub()
+
 if COMFYUI_PATH:
     sys.path.insert(0, os.path.abspath(COMFYUI_PATH))
     sys.path.insert(0, HERE)
-    if _needs_torchvision_stub():
+    if NEEDS_TORCHVISION_STUB:
         sys.path.insert(0, TORCHVISION_STUB)
     from comfy.cli_args import args
     args.cpu = True
@@ -162,7 +164,7 @@ def comfy_server(tmp_path_factory):
         f"  supir: models/supir\n")
     server = ComfyServer(str(base), _free_port())
     env = dict(os.environ)
-    if _needs_torchvision_stub():
+    if NEEDS_TORCHVISION_STUB:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [TORCHVISION_STUB, env.get("PYTHONPATH")]))
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(server.port),
            "--disable-auto-launch", "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),

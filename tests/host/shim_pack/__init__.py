@@ -5,7 +5,7 @@ import sys
 
 import comfy.supported_models
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 from tiny_models import TinySDXL, fake_conditioning  # noqa: E402
 
 if TinySDXL not in comfy.supported_models.models:

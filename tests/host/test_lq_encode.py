@@ -1,0 +1,75 @@
+"""Tier 2: stage-1 encoding with the denoise encoder through ComfyUI's VAE class."""
+import pytest
+
+pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
+
+import torch  # noqa: E402
+
+import nodes as comfy_nodes  # noqa: E402  (ComfyUI's stock nodes)
+from supir_restore.supir.checkpoint import SUPIRCheckpointError  # noqa: E402
+from supir_restore.supir.lq_encode import as_rgb, encode_lq, lq_vae  # noqa: E402
+
+
+def lq_image(h=64, w=48, c=3, seed=0):
+    return torch.rand(1, h, w, c, generator=torch.Generator().manual_seed(seed))
+
+
+def test_hint_is_the_denoise_encoder_posterior_mode(tiny_supir, tiny_vae):
+    image = lq_image()
+    hint, stage1 = encode_lq(tiny_supir, tiny_vae, image)
+    fsm = tiny_vae.first_stage_model
+    encoder = type(fsm.encoder)(**_encoder_kwargs(tiny_vae))
+    encoder.load_state_dict(tiny_supir.denoise_encoder)
+    with torch.no_grad():
+        moments = fsm.quant_conv(encoder(image.movedim(-1, 1) * 2 - 1))
+    expected = moments[:, :4]  # mode = mean of the diagonal Gaussian
+    torch.testing.assert_close(hint, expected, atol=1e-5, rtol=1e-5)
+    assert hint.shape == (1, 4, 8, 6)
+    torch.testing.assert_close(stage1, tiny_vae.decode(hint))
+    assert stage1.shape == (1, 64, 48, 3)
+    assert (hint - tiny_vae.encode(image)).abs().max() > 1e-3  # not the plain SDXL encoder
+
+
+def _encoder_kwargs(vae):
+    from tiny_models import TINY_VAE_CONFIG
+    return dict(TINY_VAE_CONFIG["params"]["ddconfig"])
+
+
+def test_lq_vae_works_with_stock_vae_nodes_and_leaves_the_sdxl_vae_alone(tiny_supir, tiny_vae):
+    before = {k: v.clone() for k, v in tiny_vae.first_stage_model.state_dict().items()}
+    vae = lq_vae(tiny_supir, tiny_vae)
+    image = lq_image(seed=1)
+    hint, _ = encode_lq(tiny_supir, tiny_vae, image)
+    torch.testing.assert_close(comfy_nodes.VAEEncode().encode(vae, image)[0]["samples"], hint)
+    with torch.inference_mode():  # as ComfyUI runs every node
+        tiled = comfy_nodes.VAEEncodeTiled().encode(vae, image, 512, 64, 64, 8)[0]["samples"]
+    torch.testing.assert_close(tiled, hint)  # one tile: the same encoder
+    after = tiny_vae.first_stage_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    decoder_keys = [k for k in after if k.startswith("decoder.")]
+    assert all(torch.equal(vae.first_stage_model.state_dict()[k], after[k]) for k in decoder_keys)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_grey_rgb_and_rgba_images(tiny_supir, tiny_vae, channels):
+    image = lq_image(c=channels, seed=2)
+    hint, stage1 = encode_lq(tiny_supir, tiny_vae, image)
+    reference, _ = encode_lq(tiny_supir, tiny_vae, as_rgb(image))
+    torch.testing.assert_close(hint, reference)
+    assert stage1.shape[-1] == 3
+
+
+def test_odd_sizes_are_snapped_to_multiples_of_8(tiny_supir, tiny_vae):
+    hint, stage1 = encode_lq(tiny_supir, tiny_vae, lq_image(h=61, w=30))
+    assert hint.shape[-2:] == (8, 4) and stage1.shape[1:3] == (64, 32)
+
+
+def test_bad_channel_counts_and_mismatched_vae(tiny_supir, tiny_vae):
+    with pytest.raises(ValueError, match="2 channels; SUPIR takes grey"):
+        encode_lq(tiny_supir, tiny_vae, lq_image(c=2))
+    from tiny_models import tiny_vae as build_vae
+    other = build_vae(config={"params": {"embed_dim": 4, "ddconfig": {
+        "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 64,
+        "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}})
+    with pytest.raises(SUPIRCheckpointError, match="SUPIR needs the SDXL VAE.*wrong shape"):
+        encode_lq(tiny_supir, other, lq_image())
