@@ -4,6 +4,8 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension
 
+from .prompt_nodes import NODES as PROMPT_NODES
+from .sampling_nodes import NODES as SAMPLING_NODES
 from .supir_nodes import NODES as SUPIR_NODES
 
 
@@ -18,7 +20,7 @@ def register_model_folder() -> None:
 
 class SUPIRRestoreExtension(ComfyExtension):
     async def get_node_list(self):
-        return [*SUPIR_NODES]
+        return [*SUPIR_NODES, *PROMPT_NODES, *SAMPLING_NODES]
 
 
 async def comfy_entrypoint() -> ComfyExtension:

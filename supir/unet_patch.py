@@ -10,7 +10,8 @@
   parameter-free slot layer in front of the Upsample (weight keys unchanged), and a
   ``forward_timestep_embed_patch`` handler runs the adaptor there.
 
-The control scale is ``end + (start - end) * min(sigma / sigma_max, 1)``; at scale <= 0 the UNet is plain SDXL.
+The control scale is ``end + (start - end) * sigma / sigma_max`` at the step's pre-churn sigma (as the official
+sampler computes it); at scale <= 0 the trunk is skipped and the UNet is plain SDXL.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequenti
 
 from .loader import SUPIRModel
 from .model import CrossAttnSpec, SFTSpec, SUPIRControl
+from .sampling import STEP_KEY, sigma_ramp
 
 KEY = "supir_restore"
 
@@ -134,9 +136,12 @@ class SUPIRPatch:
     def __deepcopy__(self, memo):
         return self
 
-    def control_scale(self, sigmas: torch.Tensor | None) -> float:
-        ratio = 1.0 if sigmas is None else min(float(sigmas.max()) / self.sigma_max, 1.0)
-        return self.scale_end + (self.scale_start - self.scale_end) * ratio
+    def control_scale(self, transformer_options: dict) -> float:
+        """The ramp at the step's pre-churn sigma when a SUPIR sampler provides it, else at the call's sigma."""
+        step = transformer_options.get(STEP_KEY)
+        sigmas = transformer_options.get("sigmas")
+        sigma = step["sigma"] if step else (self.sigma_max if sigmas is None else float(sigmas.max()))
+        return sigma_ramp(sigma, self.sigma_max, self.scale_start, self.scale_end)
 
     def hint_for(self, x: torch.Tensor, chunks: int) -> torch.Tensor:
         """The hint batched like ``x``: every cond/uncond chunk gets the same LQ latents."""
@@ -150,7 +155,7 @@ class SUPIRPatch:
         return hint.repeat(chunks, 1, 1, 1).to(x.device)
 
     def diffusion_model_wrapper(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-        scale = self.control_scale(transformer_options.get("sigmas"))
+        scale = self.control_scale(transformer_options)
         if scale > 0:
             chunks = len(transformer_options.get("cond_or_uncond", [0]))
             dtype = self.supir.compute_dtype

@@ -82,7 +82,7 @@ def test_patched_unet_equals_supir_reference(tiny_model, tiny_supir, scale_start
     assert len(calls) == 1 and calls[0]["x"].shape[0] == 2  # cond and uncond in one batch
     c = calls[0]
     scaled_hint = (hint * 0.13025).repeat(2, 1, 1, 1)
-    scale = scale_end + (scale_start - scale_end) * min(SIGMA / 14.6146, 1.0)
+    scale = scale_end + (scale_start - scale_end) * SIGMA / 14.6146
     with torch.no_grad():
         ref = supir_reference(tiny_model.model.diffusion_model, tiny_supir.control, c["x"], c["t"], c["context"],
                               c["y"], scaled_hint, scale)

@@ -1,0 +1,141 @@
+"""Restoration sampling on ComfyUI: SUPIR's samplers as SAMPLER objects, its schedules as SIGMAS, CFG and
+restoration guidance as model patches (so stock KSampler and SamplerCustomAdvanced use them too), and the
+all-in-one restore with SUPIR's presets and start modes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import comfy.k_diffusion.sampling
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from .sampling import (PRESETS, STEP_KEY, RestoreSettings, discrete_sigmas, gaussian_noise_sampler,
+                       restoration_guidance, restore_dpm_sigmas, sample_restore_dpmpp_2m_sde, sample_restore_edm,
+                       sigma_ramp)
+
+EDM, DPM = "RestoreEDM", "RestoreDPM++ 2M SDE"
+SCHEDULES = {"supir_discrete": discrete_sigmas, "supir_karras": restore_dpm_sigmas}
+START_MODES = ("noise", "lq_embedded", "img2img")
+
+
+def restore_edm_sampler(s_churn: float = 5.0, s_noise: float = 1.003, s_tmin: float = 0.0,
+                        s_tmax: float = float("inf")) -> comfy.samplers.KSAMPLER:
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        table = model.inner_model.inner_model.model_sampling.sigmas
+        return sample_restore_edm(model, x, sigmas, extra_args, callback, disable, s_churn=s_churn, s_tmin=s_tmin,
+                                  s_tmax=s_tmax, s_noise=s_noise, sigma_table=table)
+    return comfy.samplers.KSAMPLER(sample)
+
+
+def restore_dpm_sampler(eta: float = 1.0, s_noise: float = 1.003) -> comfy.samplers.KSAMPLER:
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        positive = sigmas[sigmas > 0]
+        seed = (extra_args or {}).get("seed")
+        noise = comfy.k_diffusion.sampling.BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seed=seed,
+                                                                    cpu=True) if len(positive) else None
+        return sample_restore_dpmpp_2m_sde(model, x, sigmas, extra_args, callback, disable, eta=eta,
+                                           s_noise=s_noise, noise_sampler=noise)
+    return comfy.samplers.KSAMPLER(sample)
+
+
+def supir_sigmas(model, steps: int, schedule: str = "supir_discrete", denoise: float = 1.0) -> torch.Tensor:
+    """SUPIR's schedule on ``model``'s training sigmas; with ``denoise`` < 1 the last ``steps`` of a
+    ``steps / denoise`` schedule (img2img)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule '{schedule}' is not one of {', '.join(SCHEDULES)}")
+    if not 0 < denoise <= 1:
+        raise ValueError(f"denoise {denoise} must be in (0, 1]")
+    table = model.get_model_object("model_sampling").sigmas.float().cpu()
+    full = SCHEDULES[schedule](int(steps / denoise), table)
+    return full[-(steps + 1):]
+
+
+def step_sigmas(call_sigma: torch.Tensor, model_options: dict) -> tuple[float, float]:
+    """(sigma, sigma_next) of the current step: given by SUPIR's samplers, else found in the sampler's schedule."""
+    transformer_options = model_options.get("transformer_options", {})
+    step = transformer_options.get(STEP_KEY)
+    if step:
+        return step["sigma"], step["sigma_next"]
+    sigma = float(call_sigma.max())
+    schedule = transformer_options.get("sample_sigmas")
+    if schedule is None:
+        return sigma, 0.0
+    i = int((schedule.float().cpu() - sigma).abs().argmin())
+    return sigma, float(schedule[i + 1]) if i + 1 < len(schedule) else 0.0
+
+
+def apply_guidance(model, cfg_start: float, cfg_end: float, restore_cfg: float = -1.0,
+                   restoration_target: torch.Tensor | None = None, restore_cfg_s_tmin: float = 0.05):
+    """A clone of ``model`` whose CFG scale moves linearly with sigma from ``cfg_start`` (sigma_max) to
+    ``cfg_end`` (sigma -> 0), and, when ``restore_cfg`` > 0, whose x0 estimate is pulled toward
+    ``restoration_target`` (raw LATENT samples of the stage-1 image re-encoded by the SDXL VAE)."""
+    sigma_max = float(model.get_model_object("model_sampling").sigma_max)
+    m = model.clone()
+
+    def linear_cfg(args):
+        scale = sigma_ramp(float(args["sigma"].max()), sigma_max, cfg_start, cfg_end)
+        return args["uncond"] + (args["cond"] - args["uncond"]) * scale
+    m.set_model_sampler_cfg_function(linear_cfg, disable_cfg1_optimization=True)
+
+    if restore_cfg > 0:
+        if restoration_target is None:
+            raise ValueError("restore_cfg > 0 needs a restoration_target: VAE Encode the stage-1 image with the "
+                             "SDXL VAE and connect it (or set restore_cfg to -1 to turn restoration guidance off)")
+        center = model.get_model_object("latent_format").process_in(restoration_target.float())
+
+        def restore(args):
+            denoised = args["denoised"]
+            if center.shape[-2:] != denoised.shape[-2:]:
+                raise ValueError(f"the restoration target is {center.shape[-1] * 8}x{center.shape[-2] * 8} px but "
+                                 f"the latent is {denoised.shape[-1] * 8}x{denoised.shape[-2] * 8} px; encode the "
+                                 f"stage-1 image of this restore")
+            sigma, sigma_next = step_sigmas(args["sigma"], args["model_options"])
+            target = comfy.utils.repeat_to_batch_size(center, denoised.shape[0]).to(denoised)
+            return restoration_guidance(denoised, target, sigma, sigma_next, sigma_max, restore_cfg, restore_cfg_s_tmin)
+        m.set_model_sampler_post_cfg_function(restore)
+    return m
+
+
+@dataclass(frozen=True)
+class StartMode:
+    name: str = "noise"
+    denoise: float = 1.0
+
+
+def restore_latent(model, positive, negative, hint: torch.Tensor, seed: int, settings: RestoreSettings,
+                   start: StartMode = StartMode(), restoration_target: torch.Tensor | None = None,
+                   restore_cfg_s_tmin: float = 0.05, disable_pbar: bool | None = None) -> torch.Tensor:
+    """Sample a restoration of ``hint``'s size with a SUPIR-patched ``model``. Start modes: ``noise`` (the
+    official pure-noise start, x_T = n * sqrt(1 + sigma_max^2)), ``lq_embedded`` (the hint latent noised to
+    sigma_max) and ``img2img`` (the hint noised to the sigma at ``denoise``). Returns raw LATENT samples."""
+    if start.name not in START_MODES:
+        raise ValueError(f"start '{start.name}' is not one of {', '.join(START_MODES)}")
+    guided = apply_guidance(model, settings.cfg_start, settings.cfg_end, settings.restore_cfg, restoration_target,
+                            restore_cfg_s_tmin)
+    if settings.sampler == EDM:
+        sampler, schedule = restore_edm_sampler(settings.s_churn, settings.s_noise), "supir_discrete"
+    elif settings.sampler == DPM:
+        sampler, schedule = restore_dpm_sampler(settings.eta, settings.s_noise), "supir_karras"
+    else:
+        raise ValueError(f"sampler '{settings.sampler}' is not one of {EDM}, {DPM}")
+    sigmas = supir_sigmas(model, settings.steps, schedule, start.denoise if start.name == "img2img" else 1.0)
+    latent = torch.zeros_like(hint) if start.name == "noise" else hint
+    noise = comfy.sample.prepare_noise(latent, seed)
+    callback = latent_preview.prepare_callback(guided, settings.steps)
+    if disable_pbar is None:
+        disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+    return comfy.sample.sample_custom(guided, noise, settings.cfg_start, sampler, sigmas, positive, negative, latent,
+                                      callback=callback, disable_pbar=disable_pbar, seed=seed)
+
+
+def preset_settings(preset: str, custom: RestoreSettings) -> RestoreSettings:
+    """The named official preset, or ``custom`` for "Custom"."""
+    if preset == "Custom":
+        return custom
+    if preset not in PRESETS:
+        raise ValueError(f"preset '{preset}' is not one of {', '.join(PRESETS)}, Custom")
+    return PRESETS[preset]

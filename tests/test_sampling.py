@@ -1,0 +1,161 @@
+"""Tier 1: SUPIR's schedules, guidance weights and samplers against the official numbers and exact solutions."""
+import math
+
+import pytest
+import torch
+
+from supir_restore.supir.sampling import (PRESETS, STEP_KEY, churn_gamma, ddpm_sigmas, discrete_sigmas, karras_sigmas,
+                                          nearest_sigma, restoration_guidance, restoration_weight,
+                                          restore_dpm_sigmas, sample_restore_dpmpp_2m_sde, sample_restore_edm,
+                                          sigma_ramp)
+
+TABLE = ddpm_sigmas()
+SIGMA_MAX = float(TABLE[-1])
+
+
+def test_training_table():
+    assert SIGMA_MAX == pytest.approx(14.6146, abs=1e-4)
+    assert float(TABLE[0]) == pytest.approx(0.0292, abs=1e-4)
+
+
+def test_official_50_step_schedule():
+    s = discrete_sigmas(50, TABLE)
+    assert len(s) == 51 and s[-1] == 0 and torch.all(s[:-1] > s[1:])
+    torch.testing.assert_close(s[:3], torch.tensor([14.6146, 12.966, 11.543]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(s[-3:-1], torch.tensor([0.196, 0.1345]), atol=1e-3, rtol=0)
+    assert all(float(v) in TABLE.tolist() for v in s[:-1])  # every sigma is a training sigma
+
+
+def test_official_8_step_schedules():
+    s = discrete_sigmas(8, TABLE)
+    torch.testing.assert_close(s[:3], torch.tensor([14.6146, 7.297, 4.082]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(s[-3:], torch.tensor([0.693, 0.398, 0.0]), atol=1e-3, rtol=0)
+    k = restore_dpm_sigmas(8, TABLE)
+    assert float(k[0]) == pytest.approx(SIGMA_MAX) and float(k[-2]) == pytest.approx(float(s[-2])) and k[-1] == 0
+    rho = 7
+    ramp = (k[:-1] ** (1 / rho))
+    torch.testing.assert_close(ramp[1:] - ramp[:-1], (ramp[1:] - ramp[:-1]).mean().expand(7), atol=1e-5, rtol=0)
+
+
+def test_karras_endpoints():
+    k = karras_sigmas(10, 0.1, 10.0)
+    assert len(k) == 11 and float(k[0]) == pytest.approx(10.0) and float(k[-2]) == pytest.approx(0.1)
+
+
+def test_restoration_weight_and_guidance():
+    assert restoration_weight(11.5, 14.6146, 4) == pytest.approx(0.38, abs=0.005)
+    assert restoration_weight(7.3, 14.6146, 4) == pytest.approx(0.06, abs=0.005)
+    d, c = torch.full((1, 4, 2, 2), 3.0), torch.full((1, 4, 2, 2), 1.0)
+    w = restoration_weight(11.5, SIGMA_MAX, 4)
+    torch.testing.assert_close(restoration_guidance(d, c, 11.5, 10.0, SIGMA_MAX, 4), d - 2 * w)
+    assert torch.equal(restoration_guidance(d, c, 11.5, 10.0, SIGMA_MAX, -1), d)  # off
+    assert torch.equal(restoration_guidance(d, c, 0.2, 0.05, SIGMA_MAX, 4), d)  # sigma_next <= s_tmin
+    assert torch.equal(restoration_guidance(d, c, SIGMA_MAX, 12.0, SIGMA_MAX, 4), c)  # full pull at sigma_max
+
+
+def test_churn_gamma_cap_and_window():
+    assert churn_gamma(5, 50, 3.0) == pytest.approx(0.1)
+    assert churn_gamma(100, 10, 3.0) == pytest.approx(math.sqrt(2) - 1)
+    assert churn_gamma(5, 50, 3.0, s_tmin=4.0) == 0 and churn_gamma(5, 50, 3.0, s_tmax=2.0) == 0
+
+
+def test_sigma_ramp():
+    assert sigma_ramp(SIGMA_MAX, SIGMA_MAX, 4.0, 7.5) == pytest.approx(4.0)
+    assert sigma_ramp(0.0, SIGMA_MAX, 4.0, 7.5) == pytest.approx(7.5)
+    assert sigma_ramp(SIGMA_MAX / 2, SIGMA_MAX, 4.0, 7.5) == pytest.approx(5.75)
+
+
+class GaussianData:
+    """Data ~ N(mu, s^2): the exact denoiser is D(x, sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu), and the
+    probability-flow ODE keeps (x - mu) / sqrt(s^2 + sigma^2) constant."""
+
+    def __init__(self, mu=0.7, s=0.5):
+        self.mu, self.s = mu, s
+        self.calls = []
+
+    def __call__(self, x, sigma, **extra):
+        self.calls.append((float(sigma[0]), extra.get("model_options", {}).get("transformer_options", {}).get(STEP_KEY)))
+        return self.mu + self.s ** 2 / (self.s ** 2 + sigma[0] ** 2) * (x - self.mu)
+
+    def exact_sample(self, x_t, sigma_max, sigma_last):
+        """Follow the ODE exactly from sigma_max to the schedule's last sigma, then take D there, as the
+        last step of both samplers does."""
+        x_last = self.mu + (x_t - self.mu) * math.sqrt(self.s ** 2 + sigma_last ** 2) / math.sqrt(self.s ** 2 + sigma_max ** 2)
+        return self.mu + self.s ** 2 / (self.s ** 2 + sigma_last ** 2) * (x_last - self.mu)
+
+    def final_std(self, sigma_last):
+        """Std of D(x, sigma_last) for x ~ N(mu, s^2 + sigma_last^2)."""
+        return self.s ** 2 / math.sqrt(self.s ** 2 + sigma_last ** 2)
+
+
+def start(n=64, seed=0):
+    return torch.randn(n, 1, 1, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * SIGMA_MAX
+
+
+@pytest.mark.parametrize("sampler,sigmas_fn,order", [
+    (sample_restore_edm, discrete_sigmas, 1),
+    (lambda *a, **k: sample_restore_dpmpp_2m_sde(*a, eta=0.0, **k), restore_dpm_sigmas, 2),
+])
+def test_samplers_converge_to_the_exact_ode_solution(sampler, sigmas_fn, order):
+    data, x_t = GaussianData(), start()
+    errors = []
+    for steps in (25, 50, 100):
+        sigmas = sigmas_fn(steps, TABLE).double()
+        exact = data.exact_sample(x_t, SIGMA_MAX, float(sigmas[-2]))
+        errors.append(float((sampler(data, x_t.clone(), sigmas, disable=True) - exact).abs().max()))
+    assert errors[-1] < (0.03 if order == 1 else 0.003), errors
+    assert errors[0] > errors[1] > errors[2]  # refining the schedule converges
+
+
+@pytest.mark.parametrize("sampler,sigmas_fn", [
+    (lambda *a, **k: sample_restore_edm(*a, s_churn=5.0, s_noise=1.0, **k), discrete_sigmas),
+    (lambda *a, **k: sample_restore_dpmpp_2m_sde(*a, eta=1.0, s_noise=1.0, **k), restore_dpm_sigmas),
+])
+def test_stochastic_samplers_reach_the_data_distribution(sampler, sigmas_fn):
+    data = GaussianData()
+    x_t = torch.randn(20000, 1, 1, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64) \
+        * math.sqrt(1 + SIGMA_MAX ** 2)
+    sigmas = sigmas_fn(200, TABLE).double()
+    out = sampler(data, x_t, sigmas, extra_args={"seed": 3}, disable=True)
+    assert float(out.mean()) == pytest.approx(data.mu, abs=0.02)
+    assert float(out.std()) == pytest.approx(data.final_std(float(sigmas[-2])), rel=0.03)
+
+
+def test_restore_edm_passes_pre_churn_step_sigmas_and_snaps_the_call_sigma():
+    data, sigmas = GaussianData(), discrete_sigmas(10, TABLE)
+    sample_restore_edm(data, start(4), sigmas, s_churn=5.0, sigma_table=TABLE, disable=True)
+    for i, (call_sigma, step) in enumerate(data.calls):
+        assert step == {"sigma": pytest.approx(float(sigmas[i])), "sigma_next": pytest.approx(float(sigmas[i + 1]))}
+        churned = float(sigmas[i]) * math.sqrt(2)  # gamma = min(5/10, sqrt(2) - 1)
+        assert call_sigma == pytest.approx(float(nearest_sigma(torch.tensor(churned), TABLE)))
+        assert call_sigma in TABLE.tolist()
+
+
+def test_dpm_adds_no_noise_on_the_first_and_last_step():
+    draws = []
+
+    def noise(sigma, sigma_next):
+        draws.append((float(sigma), float(sigma_next)))
+        return torch.zeros(4, 1, 1, 1, dtype=torch.float64)
+    sigmas = restore_dpm_sigmas(8, TABLE).double()
+    sample_restore_dpmpp_2m_sde(GaussianData(), start(4), sigmas, eta=1.0, noise_sampler=noise, disable=True)
+    assert draws == [(float(sigmas[i]), float(sigmas[i + 1])) for i in range(1, 7)]
+
+
+def test_same_seed_same_result():
+    data, sigmas = GaussianData(), discrete_sigmas(20, TABLE).double()
+    a = sample_restore_edm(data, start(8), sigmas, {"seed": 5}, s_churn=5.0, disable=True)
+    b = sample_restore_edm(data, start(8), sigmas, {"seed": 5}, s_churn=5.0, disable=True)
+    c = sample_restore_edm(data, start(8), sigmas, {"seed": 6}, s_churn=5.0, disable=True)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_presets_are_the_official_defaults():
+    q, f = PRESETS["Quality"], PRESETS["Fidelity"]
+    assert (q.sampler, q.steps, q.cfg_start, q.cfg_end, q.s_churn, q.s_noise, q.restore_cfg) == \
+        ("RestoreEDM", 50, 4.0, 7.5, 5.0, 1.003, -1.0)
+    assert (f.sampler, f.steps, f.cfg_start, f.cfg_end, f.s_churn, f.s_noise, f.restore_cfg) == \
+        ("RestoreEDM", 50, 1.0, 4.0, 5.0, 1.003, -1.0)
+    for name, cfg in (("Lightning Quality", 2.0), ("Lightning Fidelity", 1.5)):
+        p = PRESETS[name]
+        assert (p.sampler, p.steps, p.cfg_start, p.cfg_end, p.eta) == ("RestoreDPM++ 2M SDE", 8, cfg, cfg, 1.0)
