@@ -37,8 +37,9 @@ def restore_dpm_sampler(eta: float = 1.0, s_noise: float = 1.003) -> comfy.sampl
         seed = (extra_args or {}).get("seed")
         noise = comfy.k_diffusion.sampling.BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seed=seed,
                                                                     cpu=True) if len(positive) else None
+        table = model.inner_model.inner_model.model_sampling.sigmas
         return sample_restore_dpmpp_2m_sde(model, x, sigmas, extra_args, callback, disable, eta=eta,
-                                           s_noise=s_noise, noise_sampler=noise)
+                                           s_noise=s_noise, sigma_table=table, noise_sampler=noise)
     return comfy.samplers.KSAMPLER(sample)
 
 
@@ -77,7 +78,9 @@ def apply_guidance(model, cfg_start: float, cfg_end: float, restore_cfg: float =
     m = model.clone()
 
     def linear_cfg(args):
-        scale = sigma_ramp(float(args["sigma"].max()), sigma_max, cfg_start, cfg_end)
+        step = args["model_options"].get("transformer_options", {}).get(STEP_KEY)
+        sigma = step["sigma_hat"] if step else float(args["sigma"].max())  # official: the unsnapped churned sigma
+        scale = sigma_ramp(sigma, sigma_max, cfg_start, cfg_end)
         return args["uncond"] + (args["cond"] - args["uncond"]) * scale
     m.set_model_sampler_cfg_function(linear_cfg, disable_cfg1_optimization=True)
 

@@ -102,11 +102,13 @@ def nearest_sigma(sigma: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return table.to(sigma)[(table.to(sigma)[None] - sigma.reshape(-1, 1)).abs().argmin(dim=1)].reshape(sigma.shape)
 
 
-def with_step(extra_args: dict, sigma: torch.Tensor, sigma_next: torch.Tensor) -> dict:
-    """``extra_args`` whose transformer options carry this step's (pre-churn) sigma and next sigma."""
+def with_step(extra_args: dict, sigma: torch.Tensor, sigma_next: torch.Tensor, sigma_hat: torch.Tensor) -> dict:
+    """``extra_args`` whose transformer options carry this step's pre-churn sigma, next sigma and churned
+    sigma (before snapping to the training table)."""
     model_options = dict(extra_args.get("model_options", {}))
     transformer_options = dict(model_options.get("transformer_options", {}))
-    transformer_options[STEP_KEY] = {"sigma": float(sigma), "sigma_next": float(sigma_next)}
+    transformer_options[STEP_KEY] = {"sigma": float(sigma), "sigma_next": float(sigma_next),
+                                     "sigma_hat": float(sigma_hat)}
     model_options["transformer_options"] = transformer_options
     return {**extra_args, "model_options": model_options}
 
@@ -120,8 +122,8 @@ def gaussian_noise_sampler(x: torch.Tensor, seed: int | None) -> NoiseSampler:
 def sample_restore_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
                        s_tmax=float("inf"), s_noise=1.0, sigma_table=None, noise_sampler=None):
     """SUPIR's RestoreEDM: Euler steps with EDM churn (Karras et al. 2022, alg. 2 without the Heun correction).
-    With ``sigma_table`` the churned sigma is snapped to the training table for the network call, as the
-    official discrete denoiser does; the Euler step itself uses the exact churned sigma."""
+    With ``sigma_table`` the network is called at the nearest training sigma, as the official discrete
+    denoiser does; the Euler step itself uses the exact churned sigma."""
     extra_args = {} if extra_args is None else extra_args
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, extra_args.get("seed"))
     steps = len(sigmas) - 1
@@ -132,8 +134,8 @@ def sample_restore_edm(model, x, sigmas, extra_args=None, callback=None, disable
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
             x = x + noise_sampler(sigma, sigma_hat) * s_noise * (sigma_hat ** 2 - sigma ** 2) ** 0.5
-        sigma_call = sigma_hat if sigma_table is None or gamma == 0 else nearest_sigma(sigma_hat, sigma_table)
-        denoised = model(x, sigma_call * s_in, **with_step(extra_args, sigma, sigma_next))
+        sigma_call = sigma_hat if sigma_table is None else nearest_sigma(sigma_hat, sigma_table)
+        denoised = model(x, sigma_call * s_in, **with_step(extra_args, sigma, sigma_next, sigma_hat))
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
         x = x + (x - denoised) / sigma_hat * (sigma_next - sigma_hat)
@@ -142,17 +144,19 @@ def sample_restore_edm(model, x, sigmas, extra_args=None, callback=None, disable
 
 @torch.no_grad()
 def sample_restore_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0,
-                                s_noise=1.0, noise_sampler=None):
+                                s_noise=1.0, sigma_table=None, noise_sampler=None):
     """SUPIR's RestoreDPM++ 2M SDE (Lu et al. 2022, DPM-Solver++(2M) with SDE noise ``eta``): the data
     prediction is extrapolated from the last two steps, D = (1 + 1/2r) D_i - (1/2r) D_{i-1} with r = h_{i-1}/h_i.
-    As in the official sampler, the first step is first order and adds no noise, and the last returns D."""
+    As in the official sampler, the first step is first order and adds no noise, and the last returns D;
+    with ``sigma_table`` the network is called at the nearest training sigma, the solver uses the exact one."""
     extra_args = {} if extra_args is None else extra_args
     noise_sampler = noise_sampler or gaussian_noise_sampler(x, extra_args.get("seed"))
     s_in = x.new_ones([x.shape[0]])
     old_denoised, h_last = None, None
     for i in trange(len(sigmas) - 1, disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma * s_in, **with_step(extra_args, sigma, sigma_next))
+        sigma_call = sigma if sigma_table is None else nearest_sigma(sigma, sigma_table)
+        denoised = model(x, sigma_call * s_in, **with_step(extra_args, sigma, sigma_next, sigma))
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
         if sigma_next == 0:

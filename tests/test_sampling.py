@@ -125,8 +125,9 @@ def test_restore_edm_passes_pre_churn_step_sigmas_and_snaps_the_call_sigma():
     data, sigmas = GaussianData(), discrete_sigmas(10, TABLE)
     sample_restore_edm(data, start(4), sigmas, s_churn=5.0, sigma_table=TABLE, disable=True)
     for i, (call_sigma, step) in enumerate(data.calls):
-        assert step == {"sigma": pytest.approx(float(sigmas[i])), "sigma_next": pytest.approx(float(sigmas[i + 1]))}
         churned = float(sigmas[i]) * math.sqrt(2)  # gamma = min(5/10, sqrt(2) - 1)
+        assert step == {"sigma": pytest.approx(float(sigmas[i])), "sigma_next": pytest.approx(float(sigmas[i + 1])),
+                        "sigma_hat": pytest.approx(churned)}
         assert call_sigma == pytest.approx(float(nearest_sigma(torch.tensor(churned), TABLE)))
         assert call_sigma in TABLE.tolist()
 

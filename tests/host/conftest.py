@@ -135,26 +135,25 @@ class ComfyServer:
             return f.read()
 
 
-def write_tiny_checkpoint(path, model_patcher, vae):
-    """An SGM-layout checkpoint (model.diffusion_model.* + first_stage_model.*), as CheckpointLoaderSimple reads."""
+def write_tiny_checkpoint(path, model_patcher, vae, clip):
+    """An SGM-layout SDXL checkpoint (UNet, VAE and both text encoders) in fp16, as CheckpointLoaderSimple reads."""
     import safetensors.torch
-    sd = {"model.diffusion_model." + k: v.contiguous() for k, v in model_patcher.model.diffusion_model.state_dict().items()}
-    sd.update({"first_stage_model." + k: v.contiguous() for k, v in vae.first_stage_model.state_dict().items()})
-    safetensors.torch.save_file(sd, str(path))
+    sd = model_patcher.model.state_dict_for_saving(clip.get_sd(), vae.get_sd())
+    safetensors.torch.save_file({k: v.half().contiguous() for k, v in sd.items()}, str(path))
 
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     """ComfyUI's main.py --cpu with this pack and the test shim loaded; stopped by PID at the end."""
     import safetensors.torch
-    from tiny_models import full_vae, tiny_sdxl
+    from tiny_models import full_vae, tiny_clip, tiny_sdxl
     base = tmp_path_factory.mktemp("comfy_server")
     for d in ("custom_nodes", "models/checkpoints", "models/supir", "input", "output", "temp", "user"):
         os.makedirs(base / d, exist_ok=True)
     os.symlink(REPO, base / "custom_nodes" / "supir_restore")
     os.symlink(os.path.join(HERE, "shim_pack"), base / "custom_nodes" / "supir_test_shim")
     vae = full_vae(seed=5)
-    write_tiny_checkpoint(base / "models/checkpoints/tiny_sdxl.safetensors", tiny_sdxl(seed=0), vae)
+    write_tiny_checkpoint(base / "models/checkpoints/tiny_sdxl.safetensors", tiny_sdxl(seed=0), vae, tiny_clip(seed=2))
     safetensors.torch.save_file({k: v.half().contiguous() for k, v in supir_state_dict(vae).items()},
                                 str(base / "models/supir/tiny_supir_fp16.safetensors"))
     with open(base / "models/supir/corrupt.safetensors", "wb") as f:
@@ -193,3 +192,9 @@ def comfy_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.kill(server.process.pid, 9)
             server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    from tiny_models import tiny_clip as build
+    return build(seed=2)

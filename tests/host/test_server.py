@@ -79,3 +79,67 @@ def test_missing_input_is_a_validation_error(server):
     status, body = server.post("/prompt", {"prompt": graph})
     assert status == 400
     assert body["node_errors"]["5"]["errors"][0]["type"] == "required_input_missing"
+
+
+def full_restore_graph(seed=1, steps=2, prefix="supir/full"):
+    """Load, encode, condition (SUPIR Conditioning with the tiny text encoders), sample (SUPIR Restore with
+    restoration guidance toward the re-encoded stage-1 image), decode and save."""
+    graph = restore_graph()
+    for unused in ("6", "7", "8", "11"):
+        del graph[unused]
+    graph.update({
+        "6": {"class_type": "SUPIRConditioning", "inputs": {
+            "clip": ["1", 1], "caption": "a noisy photo of a street", "positive_suffix": "sharp, detailed.",
+            "negative": "blurry", "size_conditioning": "1024 (official)", "caption_per_line": False, "hint": ["4", 0]}},
+        "12": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 1], "vae": ["1", 2]}},
+        "8": {"class_type": "SUPIRRestore", "inputs": {
+            "model": ["5", 0], "positive": ["6", 0], "negative": ["6", 1], "hint": ["4", 0], "seed": seed,
+            "preset": "Custom", "start": "noise", "denoise": 1.0, "sampler": "RestoreEDM", "steps": steps,
+            "s_churn": 5.0, "s_noise": 1.003, "eta": 1.0, "cfg_start": 4.0, "cfg_end": 7.5, "restore_cfg": 4.0,
+            "restore_cfg_s_tmin": 0.05, "restoration_target": ["12", 0]}},
+    })
+    graph["10"]["inputs"]["filename_prefix"] = prefix
+    return graph
+
+
+def saved_pixels(server, result, node="10"):
+    image = result["outputs"][node]["images"][0]
+    with Image.open(os.path.join(server.base, "output", image["subfolder"], image["filename"])) as im:
+        return np.asarray(im).copy()
+
+
+def test_full_restore_graph_is_deterministic(server):
+    runs = []
+    for seed in (1, 2, 1):
+        status, result = server.run_prompt(full_restore_graph(seed=seed))
+        assert status == 200 and result["status"]["status_str"] == "success", result["status"]["messages"]
+        runs.append(saved_pixels(server, result))
+    assert runs[0].shape == (72, 56, 3) and runs[0].std() > 0
+    assert np.array_equal(runs[0], runs[2]) and not np.array_equal(runs[0], runs[1])
+
+
+def test_interrupt_stops_a_restore(server):
+    import threading
+    import time
+    status, body = server.post("/prompt", {"prompt": full_restore_graph(seed=7, steps=400, prefix="supir/long")})
+    assert status == 200
+    pid = body["prompt_id"]
+
+    def interrupt_when_running():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if any(item[1] == pid for item in server.get("/queue")["queue_running"]):
+                time.sleep(1.0)
+                server.post("/interrupt", {})
+                return
+            time.sleep(0.1)
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        hist = server.get(f"/history/{pid}")
+        if pid in hist:
+            break
+        time.sleep(0.25)
+    messages = [m[0] for m in hist[pid]["status"]["messages"]]
+    assert hist[pid]["status"]["status_str"] == "error" and "execution_interrupted" in messages
+    assert "10" not in hist[pid]["outputs"]

@@ -8,7 +8,10 @@ import torch
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
+import comfy.sd1_clip
+import comfy.sdxl_clip
 import comfy.supported_models
+import comfy.supported_models_base
 
 TINY_UNET_CONFIG = {
     "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
@@ -33,6 +36,31 @@ SD15_UNET_CONFIG = {
 }
 
 
+_CLIP_COMMON = {"attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0, "eos_token_id": 49407,
+                "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 64, "layer_norm_eps": 1e-5,
+                "max_position_embeddings": 77, "model_type": "clip_text_model", "num_hidden_layers": 3,
+                "pad_token_id": 1, "vocab_size": 49408}
+TINY_CLIP_L = {**_CLIP_COMMON, "hidden_act": "quick_gelu", "hidden_size": 768, "num_attention_heads": 12,
+               "projection_dim": 768}
+TINY_CLIP_G = {**_CLIP_COMMON, "hidden_act": "gelu", "hidden_size": 1280, "num_attention_heads": 20,
+               "projection_dim": 1280}
+
+
+class TinySDXLClipModel(comfy.sdxl_clip.SDXLClipModel):
+    """SDXL's two text encoders (output widths 768 + 1280, pooled 1280) with 3 layers (the penultimate is read) and a 64-wide MLP."""
+
+    def __init__(self, device="cpu", dtype=None, model_options={}):
+        torch.nn.Module.__init__(self)
+        self.clip_l = comfy.sd1_clip.SDClipModel(
+            layer="hidden", layer_idx=-2, device=device, dtype=dtype, layer_norm_hidden_state=False,
+            textmodel_json_config=TINY_CLIP_L, model_options={**model_options, "model_name": "clip_l"})
+        self.clip_g = comfy.sd1_clip.SDClipModel(
+            layer="hidden", layer_idx=-2, device=device, dtype=dtype, textmodel_json_config=TINY_CLIP_G,
+            special_tokens={"start": 49406, "end": 49407, "pad": 0}, layer_norm_hidden_state=False,
+            return_projected_pooled=True, model_options={**model_options, "model_name": "clip_g"})
+        self.dtypes = {dtype}
+
+
 class TinySDXL(comfy.supported_models.SDXL):
     """SDXL's model definition with the tiny UNet shape; 32-channel heads (SDXL's 64 would give 0 heads)."""
     unet_config = {"model_channels": 32, "use_linear_in_transformer": True, "context_dim": 2048,
@@ -41,6 +69,16 @@ class TinySDXL(comfy.supported_models.SDXL):
     def __init__(self, unet_config):
         super().__init__(unet_config)
         self.unet_config["num_head_channels"] = 32
+
+    def clip_target(self, state_dict={}):
+        return comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, TinySDXLClipModel)
+
+
+def tiny_clip(seed: int = 0):
+    """A ComfyUI CLIP object with the real SDXL tokenizer and tiny seeded SDXL text encoders."""
+    clip = comfy.sd.CLIP(TinySDXL(dict(TINY_UNET_CONFIG)).clip_target(), model_options={"dtype": torch.float32})
+    seeded_init_(clip.cond_stage_model, seed)
+    return clip
 
 
 def seeded_init_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
