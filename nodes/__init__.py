@@ -7,6 +7,7 @@ from comfy_api.latest import ComfyExtension
 from .prompt_nodes import NODES as PROMPT_NODES
 from .sampling_nodes import NODES as SAMPLING_NODES
 from .supir_nodes import NODES as SUPIR_NODES
+from .tiling_nodes import NODES as TILING_NODES
 
 
 def register_model_folder() -> None:
@@ -20,7 +21,7 @@ def register_model_folder() -> None:
 
 class SUPIRRestoreExtension(ComfyExtension):
     async def get_node_list(self):
-        return [*SUPIR_NODES, *PROMPT_NODES, *SAMPLING_NODES]
+        return [*SUPIR_NODES, *PROMPT_NODES, *SAMPLING_NODES, *TILING_NODES]
 
 
 async def comfy_entrypoint() -> ComfyExtension:

@@ -28,6 +28,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequenti
 from .loader import SUPIRModel
 from .model import CrossAttnSpec, SFTSpec, SUPIRControl
 from .sampling import STEP_KEY, sigma_ramp
+from .tiling_patch import TILES_KEY
 
 KEY = "supir_restore"
 
@@ -143,25 +144,30 @@ class SUPIRPatch:
         sigma = step["sigma"] if step else (self.sigma_max if sigmas is None else float(sigmas.max()))
         return sigma_ramp(sigma, self.sigma_max, self.scale_start, self.scale_end)
 
-    def hint_for(self, x: torch.Tensor, chunks: int) -> torch.Tensor:
-        """The hint batched like ``x``: every cond/uncond chunk gets the same LQ latents."""
-        if tuple(self.hint.shape[-2:]) != tuple(x.shape[-2:]):
+    def hint_for(self, x: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+        """The hint batched like ``x``: every cond/uncond chunk gets the same LQ latents; when tiled
+        aggregation runs the call on tiles (stacked tile-major), each gets its slice of the hint."""
+        size, tiles = transformer_options.get(TILES_KEY) or (tuple(x.shape[-2:]), None)
+        if tuple(self.hint.shape[-2:]) != tuple(size):
             raise SUPIRMismatchError(
-                f"the latent being sampled is {x.shape[-1] * 8}x{x.shape[-2] * 8} px but the SUPIR hint is "
+                f"the latent being sampled is {size[1] * 8}x{size[0] * 8} px but the SUPIR hint is "
                 f"{self.hint.shape[-1] * 8}x{self.hint.shape[-2] * 8} px; sample a latent of the LQ image's size "
                 f"(encode the same image, or use an Empty Latent of that size).")
-        per_chunk = x.shape[0] // chunks
-        hint = comfy.utils.repeat_to_batch_size(self.hint, per_chunk)
-        return hint.repeat(chunks, 1, 1, 1).to(x.device)
+        chunks = len(transformer_options.get("cond_or_uncond", [0]))
+        per_tile = x.shape[0] // len(tiles or [None])
+        hint = comfy.utils.repeat_to_batch_size(self.hint, per_tile // chunks).repeat(chunks, 1, 1, 1)
+        if tiles:
+            hint = torch.cat([hint[:, :, a:b, c:d] for a, b, c, d in tiles])
+        return hint.to(x.device)
 
     def diffusion_model_wrapper(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         scale = self.control_scale(transformer_options)
         if scale > 0:
-            chunks = len(transformer_options.get("cond_or_uncond", [0]))
             dtype = self.supir.compute_dtype
             with torch.no_grad():
                 features = self.supir.control.control_model(
-                    x.to(dtype), self.hint_for(x, chunks).to(dtype), timesteps, context.to(dtype), y.to(dtype))
+                    x.to(dtype), self.hint_for(x, transformer_options).to(dtype), timesteps, context.to(dtype),
+                    y.to(dtype))
             transformer_options = {**transformer_options, KEY: (features, scale)}
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 

@@ -143,3 +143,17 @@ def test_interrupt_stops_a_restore(server):
     messages = [m[0] for m in hist[pid]["status"]["messages"]]
     assert hist[pid]["status"]["status_str"] == "error" and "execution_interrupted" in messages
     assert "10" not in hist[pid]["outputs"]
+
+
+def test_tiled_restore_several_tiles_wide(server):
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (128, 192, 3), dtype=np.uint8)).save(os.path.join(server.base, "input", "wide.png"))
+    graph = full_restore_graph(prefix="supir/tiled")
+    graph["3"]["inputs"]["image"] = "wide.png"
+    graph["13"] = {"class_type": "SUPIRTiledAggregation", "inputs": {
+        "model": ["5", 0], "tile_size": 64, "tile_stride": 32, "grid": "snapped", "tile_batch_size": 2}}
+    graph["8"]["inputs"]["model"] = ["13", 0]
+    status, result = server.run_prompt(graph)
+    assert status == 200 and result["status"]["status_str"] == "success", result["status"]["messages"]
+    pixels = saved_pixels(server, result)
+    assert pixels.shape == (128, 192, 3) and pixels.std() > 0  # latent 16x24: 3 x 5 tiles of 8x8

@@ -1,0 +1,75 @@
+"""Progressive tiled aggregation (StableSR / MultiDiffusion / SUPIR's tiled samplers): at every model call the
+latent is cut into overlapping tiles, each tile is denoised on its own, and the predictions are blended with
+Gaussian weights (std = 0.1 x tile), accumulated in fp32 and divided by the summed weights. Blending the x0
+predictions is the same as blending each tile's sampler step for Euler and DPM++ 2M, whose updates are linear
+in the prediction, so any sampler works. Plain torch; the ComfyUI patch is in ``tiling_patch``."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+Tile = tuple[int, int, int, int]  # (top, bottom, left, right) in latent pixels
+GRIDS = ("snapped", "even")
+
+
+def check_tiling(tile: int, stride: int, grid: str) -> None:
+    if not 0 < stride <= tile:
+        raise ValueError(f"the stride ({stride}) must be positive and at most the tile size ({tile}), "
+                         f"so that tiles overlap or touch")
+    if grid not in GRIDS:
+        raise ValueError(f"grid '{grid}' is not one of {', '.join(GRIDS)}")
+
+
+def tile_starts(size: int, tile: int, stride: int, grid: str = "snapped") -> list[int]:
+    """Start offsets along one axis of length ``size``. ``snapped``: every ``stride`` from 0, plus a last tile
+    flush with the far border (StableSR/SUPIR). ``even``: the fewest tiles at most ``stride`` apart, spread
+    evenly (TiledDiffusion). A tile longer than the axis becomes one tile of the axis' length."""
+    check_tiling(tile, stride, grid)
+    if tile >= size:
+        return [0]
+    if grid == "snapped":
+        starts = list(range(0, size - tile + 1, stride))
+        return starts if starts[-1] == size - tile else starts + [size - tile]
+    count = math.ceil((size - tile) / stride) + 1
+    return [round(i * (size - tile) / (count - 1)) for i in range(count)]
+
+
+def tile_grid(height: int, width: int, tile: int, stride: int, grid: str = "snapped") -> list[Tile]:
+    """Tiles covering a [height, width] latent, row by row."""
+    th, tw = min(tile, height), min(tile, width)
+    return [(y, y + th, x, x + tw) for y in tile_starts(height, tile, stride, grid)
+            for x in tile_starts(width, tile, stride, grid)]
+
+
+def gaussian_weights(height: int, width: int, std_fraction: float = 0.1) -> torch.Tensor:
+    """Separable Gaussian tile weights [height, width] (fp32): exp(-(i - m)^2 / (2 (std_fraction N)^2)) per
+    axis with m = (N - 1) / 2; the edge weight is about exp(-12.5) of the centre."""
+    def axis(n):
+        i = torch.arange(n, dtype=torch.float32)
+        return torch.exp(-((i - (n - 1) / 2) ** 2) / (2 * (std_fraction * n) ** 2))
+    return axis(height)[:, None] * axis(width)[None, :]
+
+
+def blend_tiles(denoise: Callable[[torch.Tensor, list[Tile]], torch.Tensor], x: torch.Tensor, tiles: list[Tile],
+                tile_batch_size: int = 1) -> torch.Tensor:
+    """Denoise ``x`` [B,C,H,W] tile by tile and blend. ``denoise(x_tiles, tiles)`` gets up to
+    ``tile_batch_size`` tiles of one size stacked along the batch ([k*B,C,h,w], tile-major) and returns
+    predictions of the same shape. Returns the weighted average [B,C,H,W] in ``x``'s dtype."""
+    if tile_batch_size < 1:
+        raise ValueError(f"tile_batch_size must be at least 1, got {tile_batch_size}")
+    b = x.shape[0]
+    total = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    weight_sum = torch.zeros((1, 1) + tuple(x.shape[-2:]), dtype=torch.float32, device=x.device)
+    weights = {}
+    for start in range(0, len(tiles), tile_batch_size):
+        group = tiles[start:start + tile_batch_size]
+        out = denoise(torch.cat([x[:, :, t:bt, l:r] for t, bt, l, r in group]), group)
+        for k, (t, bt, l, r) in enumerate(group):
+            w = weights.get((bt - t, r - l))
+            if w is None:
+                w = weights[(bt - t, r - l)] = gaussian_weights(bt - t, r - l).to(x.device)
+            total[:, :, t:bt, l:r] += out[k * b:(k + 1) * b].float() * w
+            weight_sum[:, :, t:bt, l:r] += w
+    return (total / weight_sum).to(x.dtype)
