@@ -14,45 +14,10 @@ import torch
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-TORCHVISION_STUB = os.path.join(HERE, "torchvision_stub")
+sys.path.insert(0, HERE)
+from host_env import TORCHVISION_STUB, setup  # noqa: E402
 
-
-def _needs_torchvision_stub() -> bool:
-    try:
-        import torchvision  # noqa: F401
-        return False
-    except Exception:
-        return True
-
-
-NEEDS_TORCHVISION_STUB = _needs_torchvision_stub()
-
-if COMFYUI_PATH:
-    sys.path.insert(0, os.path.abspath(COMFYUI_PATH))
-    sys.path.insert(0, HERE)
-    if NEEDS_TORCHVISION_STUB:
-        sys.path.insert(0, TORCHVISION_STUB)
-    from comfy.cli_args import args
-    args.cpu = True
-    import comfy.model_management  # noqa: F401  (device detection must follow args.cpu)
-
-
-def supir_state_dict(vae, seed: int = 1, unet_config=None, with_mask: bool = True) -> dict:
-    """A SUPIR file's tensors in the official prefixed layout for an SDXL UNet of ``unet_config``; the denoise
-    encoder is ``vae``'s encoder with distinct weights."""
-    from tiny_models import TINY_UNET_CONFIG, seeded_init_
-    from supir_restore.supir.model import SUPIRControl, TrunkConfig, adaptors_for
-    trunk = TrunkConfig.for_unet(unet_config or TINY_UNET_CONFIG)
-    net = seeded_init_(SUPIRControl(trunk, adaptors_for(trunk)), seed)
-    sd = {}
-    for k, v in net.state_dict().items():
-        sd[("model." if k.startswith("control_model.") else "model.diffusion_model.") + k] = v.clone()
-    if with_mask:
-        sd["model.control_model.mask_LQ"] = torch.zeros(1, 4, 64, 64)
-    g = torch.Generator().manual_seed(seed + 100)
-    for k, v in vae.first_stage_model.encoder.state_dict().items():
-        sd["first_stage_model.denoise_encoder." + k] = v.float() + 0.05 * torch.randn(v.shape, generator=g)
-    return sd
+NEEDS_TORCHVISION_STUB = setup(COMFYUI_PATH) if COMFYUI_PATH else False
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +34,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_supir_sd(tiny_vae):
+    from tiny_models import supir_state_dict
     return supir_state_dict(tiny_vae)
 
 
@@ -146,7 +112,7 @@ def write_tiny_checkpoint(path, model_patcher, vae, clip):
 def comfy_server(tmp_path_factory):
     """ComfyUI's main.py --cpu with this pack and the test shim loaded; stopped by PID at the end."""
     import safetensors.torch
-    from tiny_models import full_vae, tiny_clip, tiny_sdxl
+    from tiny_models import full_vae, supir_state_dict, tiny_clip, tiny_sdxl
     base = tmp_path_factory.mktemp("comfy_server")
     for d in ("custom_nodes", "models/checkpoints", "models/supir", "input", "output", "temp", "user"):
         os.makedirs(base / d, exist_ok=True)

@@ -138,3 +138,20 @@ def fake_conditioning(batch: int = 1, seed: int = 0, tokens: int = 77):
     g = torch.Generator().manual_seed(seed)
     return [[torch.randn(batch, tokens, 2048, generator=g),
              {"pooled_output": torch.randn(batch, 1280, generator=g), "width": 1024, "height": 1024}]]
+
+
+def supir_state_dict(vae, seed: int = 1, unet_config=None, with_mask: bool = True) -> dict:
+    """A SUPIR file's tensors in the official prefixed layout for an SDXL UNet of ``unet_config``; the denoise
+    encoder is ``vae``'s encoder with distinct weights."""
+    from supir_restore.supir.model import SUPIRControl, TrunkConfig, adaptors_for
+    trunk = TrunkConfig.for_unet(unet_config or TINY_UNET_CONFIG)
+    net = seeded_init_(SUPIRControl(trunk, adaptors_for(trunk)), seed)
+    sd = {}
+    for k, v in net.state_dict().items():
+        sd[("model." if k.startswith("control_model.") else "model.diffusion_model.") + k] = v.clone()
+    if with_mask:
+        sd["model.control_model.mask_LQ"] = torch.zeros(1, 4, 64, 64)
+    g = torch.Generator().manual_seed(seed + 100)
+    for k, v in vae.first_stage_model.encoder.state_dict().items():
+        sd["first_stage_model.denoise_encoder." + k] = v.float() + 0.05 * torch.randn(v.shape, generator=g)
+    return sd

@@ -1,0 +1,29 @@
+"""ComfyUI imported in-process on the CPU (for host tests and benchmarks): call ``setup(comfyui_path)`` before
+importing anything from ``comfy``."""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TORCHVISION_STUB = os.path.join(HERE, "torchvision_stub")
+
+
+def needs_torchvision_stub() -> bool:
+    try:
+        import torchvision  # noqa: F401
+        return False
+    except Exception:
+        return True
+
+
+def setup(comfyui_path: str) -> bool:
+    """Put ComfyUI (and, where no usable torchvision exists, the stand-in) on sys.path and select the CPU.
+    Returns whether the torchvision stand-in is used (a server subprocess needs it on PYTHONPATH too)."""
+    stub = needs_torchvision_stub()
+    sys.path.insert(0, os.path.abspath(comfyui_path))
+    sys.path.insert(0, HERE)
+    if stub:
+        sys.path.insert(0, TORCHVISION_STUB)
+    from comfy.cli_args import args
+    args.cpu = True
+    import comfy.model_management  # noqa: F401  (device detection must follow args.cpu)
+    return stub
