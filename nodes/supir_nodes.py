@@ -51,6 +51,9 @@ class SUPIRLQEncode(io.ComfyNode):
                 SUPIRModelType.Input("supir", tooltip="From Load SUPIR Model."),
                 io.Vae.Input("vae", tooltip="The SDXL VAE (from the SDXL checkpoint); its decoder is reused."),
                 io.Image.Input("image", tooltip="The low-quality image, already at the size to restore at."),
+                io.Int.Input("tile_size", default=0, min=0, max=8192, step=64,
+                             tooltip="0 encodes the whole image at once. Above 0 (pixels): ComfyUI's tiled VAE for "
+                                     "large images (bounded memory; tiles are normalised separately)."),
             ],
             outputs=[
                 io.Latent.Output(display_name="hint", tooltip="LQ latent for Apply SUPIR (and for sizing the sampled latent)."),
@@ -61,8 +64,8 @@ class SUPIRLQEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, supir, vae, image) -> io.NodeOutput:
-        latent, stage1 = encode_lq(supir, vae, image)
+    def execute(cls, supir, vae, image, tile_size) -> io.NodeOutput:
+        latent, stage1 = encode_lq(supir, vae, image, tile_size)
         return io.NodeOutput({"samples": latent}, stage1, lq_vae(supir, vae))
 
 

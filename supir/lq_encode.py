@@ -62,10 +62,16 @@ def snap_to_multiple(image: torch.Tensor, multiple: int = 8) -> torch.Tensor:
     return comfy.utils.common_upscale(image.movedim(-1, 1), tw, th, "bicubic", "disabled").movedim(1, -1).clamp(0, 1)
 
 
-def encode_lq(supir: SUPIRModel, vae, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_lq(supir: SUPIRModel, vae, image: torch.Tensor, tile_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode the LQ ``image`` (IMAGE [B,H,W,C] in [0,1]) with the denoise encoder.
-    Returns (hint latent samples [B,4,H/8,W/8], unscaled like every ComfyUI LATENT; stage-1 image [B,H,W,3])."""
+    Returns (hint latent samples [B,4,H/8,W/8], unscaled like every ComfyUI LATENT; stage-1 image [B,H,W,3]).
+    ``tile_size`` > 0 (pixels) encodes and decodes with ComfyUI's tiled VAE (bounded memory for large images;
+    overlapping tiles averaged over three tilings, so GroupNorm statistics are per tile)."""
     pixels = snap_to_multiple(as_rgb(image))
     encoder = lq_vae(supir, vae)
-    latent = encoder.encode(pixels)
-    return latent, encoder.decode(latent)
+    if tile_size <= 0:
+        latent = encoder.encode(pixels)
+        return latent, encoder.decode(latent)
+    latent = encoder.encode_tiled(pixels, tile_x=tile_size, tile_y=tile_size, overlap=tile_size // 8)
+    return latent, encoder.decode_tiled(latent, tile_x=tile_size // 8, tile_y=tile_size // 8,
+                                        overlap=max(1, tile_size // 64))

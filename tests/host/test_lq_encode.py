@@ -73,3 +73,15 @@ def test_bad_channel_counts_and_mismatched_vae(tiny_supir, tiny_vae):
         "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}})
     with pytest.raises(SUPIRCheckpointError, match="SUPIR needs the SDXL VAE.*wrong shape"):
         encode_lq(tiny_supir, other, lq_image())
+
+
+def test_tiled_lq_encode(tiny_supir, tiny_vae):
+    image = lq_image(h=64, w=48, seed=4)
+    with torch.inference_mode():  # ComfyUI's tiled VAE runs inside inference mode, as every node does
+        whole = encode_lq(tiny_supir, tiny_vae, image)
+        one_tile = encode_lq(tiny_supir, tiny_vae, image, tile_size=512)
+        big = lq_image(h=200, w=136, seed=5)
+        hint, stage1 = encode_lq(tiny_supir, tiny_vae, big, tile_size=64)
+    torch.testing.assert_close(one_tile[0], whole[0])  # a tile covering the image is the plain encode
+    torch.testing.assert_close(one_tile[1], whole[1])
+    assert hint.shape == (1, 4, 25, 17) and stage1.shape == (1, 200, 136, 3) and torch.isfinite(hint).all()
