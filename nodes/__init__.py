@@ -4,6 +4,7 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension
 
+from .degradation_nodes import NODES as DEGRADATION_NODES
 from .prompt_nodes import NODES as PROMPT_NODES
 from .sampling_nodes import NODES as SAMPLING_NODES
 from .supir_nodes import NODES as SUPIR_NODES
@@ -21,7 +22,7 @@ def register_model_folder() -> None:
 
 class SUPIRRestoreExtension(ComfyExtension):
     async def get_node_list(self):
-        return [*SUPIR_NODES, *PROMPT_NODES, *SAMPLING_NODES, *TILING_NODES]
+        return [*SUPIR_NODES, *PROMPT_NODES, *SAMPLING_NODES, *TILING_NODES, *DEGRADATION_NODES]
 
 
 async def comfy_entrypoint() -> ComfyExtension:

@@ -1,0 +1,86 @@
+"""Tier 2: the Degrade and Metrics nodes, run in-process the way ComfyUI's executor runs V3 nodes."""
+import pytest
+
+pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
+
+import asyncio  # noqa: E402
+import os  # noqa: E402
+
+import folder_paths  # noqa: E402
+import torch  # noqa: E402
+from comfy_api.internal import make_locked_method_func  # noqa: E402
+
+from supir_restore.nodes import comfy_entrypoint  # noqa: E402
+from supir_restore.nodes.degradation_nodes import NODES, DegradeImage, ImageMetrics  # noqa: E402
+from supir_restore.supir import degradation, metrics  # noqa: E402
+
+
+def run_node(cls, **inputs):
+    """Validates the class and calls its execution function on a locked class clone, as execution.py does."""
+    cls.GET_SCHEMA()
+    cls.VALIDATE_CLASS()
+    return make_locked_method_func(cls, cls.FUNCTION, cls.PREPARE_CLASS_CLONE(None))(**inputs)
+
+
+def photo(seed=0, h=96, w=80):
+    """A smooth random RGB image (1, h, w, 3)."""
+    g = torch.Generator().manual_seed(seed)
+    small = torch.rand(1, 3, h // 8, w // 8, generator=g)
+    return torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic").clamp(0, 1).movedim(1, -1)
+
+
+def test_nodes_are_registered_with_descriptions_and_tooltips():
+    extension = asyncio.run(comfy_entrypoint())
+    registered = asyncio.run(extension.get_node_list())
+    assert all(node in registered for node in NODES)
+    for cls in NODES:
+        info = cls.GET_NODE_INFO_V1()
+        assert info["description"].strip() and info["category"] == "supir/benchmark"
+        for name, spec in {**info["input"]["required"], **info["input"].get("optional", {})}.items():
+            assert spec[1].get("tooltip"), f"{info['name']}.{name} has no tooltip"
+    presets = DegradeImage.GET_NODE_INFO_V1()["input"]["required"]["preset"]
+    assert presets[1]["options"] == list(degradation.PRESETS)
+
+
+@pytest.mark.parametrize("preset, scale", [("realesrgan_x4", 4), ("blur_sr_x4_noise", 4), ("jpeg", 1)])
+def test_degrade_node_matches_the_function(preset, scale):
+    image = torch.cat([photo(0), photo(1)])
+    out = run_node(DegradeImage, image=image, preset=preset, seed=7, resize_to_input=False)
+    lq = out.result[0]
+    assert lq.shape == (2, 96 // scale, 80 // scale, 3)
+    assert torch.equal(lq, degradation.degrade(image, preset, 7))
+    back = run_node(DegradeImage, image=image, preset=preset, seed=7, resize_to_input=True).result[0]
+    assert back.shape == image.shape
+
+
+def test_metrics_node_outputs_batch_means_and_a_report():
+    hq = photo(2)
+    lq = run_node(DegradeImage, image=hq.expand(2, -1, -1, -1), preset="sr_x4", seed=0,
+                  resize_to_input=True).result[0]
+    out = run_node(ImageMetrics, image=lq, reference=hq, crop_border=4, learned_metric="none")
+    psnr_y, ssim_y, psnr_rgb, ssim_rgb, report = out.result
+    assert psnr_y == pytest.approx(metrics.psnr(lq, hq, 4).mean().item())
+    assert ssim_rgb == pytest.approx(metrics.ssim(lq, hq, 4, y_channel=False).mean().item())
+    assert 15 < psnr_rgb < psnr_y and 0 < ssim_y < 1
+    assert "psnr_y: mean" in report and "crop_border 4" in report
+    assert out.ui.as_dict() == {"text": (report,)}
+
+
+def test_metrics_node_learned_metric_reads_comfyui_models_iqa(tmp_path, monkeypatch):
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path))
+    hq = photo(3, 64, 64)
+    with pytest.raises(metrics.MissingWeightsError) as err:
+        run_node(ImageMetrics, image=hq, reference=hq, crop_border=0, learned_metric="lpips")
+    assert os.path.join(str(tmp_path), "iqa", "lpips") in str(err.value)
+    folder = tmp_path / "iqa" / "lpips"
+    folder.mkdir(parents=True)
+    model = metrics.LPIPS()
+    torch.save({f"features.{i}.{p}": getattr(conv, p).detach() for i, conv in zip(model.TORCHVISION_INDEX, model.convs)
+                for p in ("weight", "bias")}, folder / "alexnet-owt-7be5be79.pth")
+    torch.save({f"lin{k}.model.1.weight": torch.ones(1, c, 1, 1) for k, (_, c, *_) in enumerate(model.CONVS)},
+               folder / "alex.pth")
+    out = run_node(ImageMetrics, image=torch.cat([hq, photo(4, 64, 64)]), reference=hq, crop_border=0,
+                   learned_metric="lpips")
+    report = out.result[4]
+    values = [float(v) for v in report.split("lpips: mean")[1].split("[")[1].rstrip("]").split(",")]
+    assert values[0] == 0 and values[1] > 0
