@@ -5,6 +5,7 @@ import folder_paths
 from comfy_api.latest import ComfyExtension
 
 from .degradation_nodes import NODES as DEGRADATION_NODES
+from .lora_nodes import NODES as LORA_NODES
 from .prompt_nodes import NODES as PROMPT_NODES
 from .sampling_nodes import NODES as SAMPLING_NODES
 from .supir_nodes import NODES as SUPIR_NODES
@@ -22,7 +23,8 @@ def register_model_folder() -> None:
 
 class SUPIRRestoreExtension(ComfyExtension):
     async def get_node_list(self):
-        return [*SUPIR_NODES, *PROMPT_NODES, *SAMPLING_NODES, *TILING_NODES, *DEGRADATION_NODES]
+        return [*SUPIR_NODES, *PROMPT_NODES, *SAMPLING_NODES, *TILING_NODES, *DEGRADATION_NODES,
+                *LORA_NODES]
 
 
 async def comfy_entrypoint() -> ComfyExtension:

@@ -1,0 +1,214 @@
+"""LoRA on ComfyUI's side: apply a LoRA stack through ComfyUI's patching, merge LoRAs into one file, bake a
+stack into an SDXL checkpoint. Files are written only under ComfyUI's output directory."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+import comfy.lora
+import comfy.sd
+import comfy.utils
+import comfy.weight_adapter
+import folder_paths
+
+from .lora import LoraFormatError, LowRank, convert_peft, inspect_lora, kohya_name, low_rank_modules, \
+    lycoris_modules, merge_low_rank, to_kohya
+
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+LISTED_IGNORED = 8
+
+
+class LoraMismatchError(ValueError):
+    """A LoRA none of whose tensors fits the model it is applied to."""
+
+
+@dataclass
+class LoraResult:
+    """What applying one LoRA did: file tensors used and ignored, and the model/CLIP weights patched."""
+    name: str
+    strength: float
+    used: int
+    ignored: list[str]
+    unet_weights: int
+    clip_weights: int
+    wrong_shape: int
+
+    def describe(self) -> str:
+        line = (f"{self.name} (strength {self.strength:g}): {self.used} of {self.used + len(self.ignored)} tensors "
+                f"applied → {self.unet_weights} UNet weights, {self.clip_weights} text-encoder weights")
+        if self.ignored:
+            shown = ", ".join(self.ignored[:LISTED_IGNORED]) + (" …" if len(self.ignored) > LISTED_IGNORED else "")
+            line += f"; {len(self.ignored)} ignored: {shown}"
+        if self.wrong_shape:
+            line += f" ({self.wrong_shape} layers matched by name but not by shape)"
+        return line
+
+
+def read_lora(path: str) -> dict[str, torch.Tensor]:
+    """A LoRA file's tensors (safetensors, or a pickle read with weights_only)."""
+    return comfy.utils.load_torch_file(path, safe_load=True)
+
+
+def lora_key_map(model, clip=None) -> dict[str, str]:
+    """ComfyUI's map from LoRA module names to weight keys of ``model`` (a ModelPatcher) and ``clip``."""
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    if clip is not None:
+        key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+    return key_map
+
+
+def weight_shapes(model, clip=None) -> dict[str, torch.Size]:
+    """Shapes of every weight of ``model`` and ``clip`` by ComfyUI key."""
+    shapes = {k: v.shape for k, v in model.model.state_dict().items()}
+    if clip is not None:
+        shapes.update((k, v.shape) for k, v in clip.cond_stage_model.state_dict().items())
+    return shapes
+
+
+def module_of(key: str, key_map: dict[str, str]) -> str | None:
+    """The longest prefix of a file key, cut at a '.' (or before ``_lora.``), that ``key_map`` knows."""
+    cuts = [i for i, c in enumerate(key) if c == "."]
+    if "_lora." in key:
+        cuts.append(key.index("_lora."))
+    for cut in sorted(cuts, reverse=True):
+        if key[:cut] in key_map:
+            return key[:cut]
+    return None
+
+
+def fits(up: torch.Tensor, down: torch.Tensor, shape: torch.Size) -> bool:
+    """Whether up @ down can be a delta of a weight of ``shape`` (not another base model's layer of that name)."""
+    return up.shape[0] == shape[0] and math.prod(down.shape[1:]) == math.prod(shape[1:])
+
+
+def patch_fits(patch, shape: torch.Size) -> bool:
+    """:func:`fits` for a plain up/down LoRA patch; other adapters (LyCORIS, Tucker, reshaped) are left to ComfyUI."""
+    if not isinstance(patch, comfy.weight_adapter.LoRAAdapter):
+        return True
+    up, down, _, mid, _, reshape = patch.weights
+    return mid is not None or reshape is not None or fits(up, down, shape)
+
+
+def mismatch_message(name: str, sd: dict[str, torch.Tensor], with_clip: bool) -> str:
+    info = inspect_lora(sd)
+    target = "this SDXL UNet" + (" or its text encoders" if with_clip else "")
+    origin = (f"It looks made for {info.base}" if info.base != "unknown" else "Its base model is unknown") + \
+        f" ({info.base_reason}; format {info.format})"
+    return (f"LoRA {name!r} changes nothing: none of its {len(sd)} tensors fits a layer of {target} by name and "
+            f"shape. {origin}. Use a LoRA trained for SDXL — the model SUPIR restores with — or remove it from the "
+            f"stack.")
+
+
+def apply_lora(model, clip, sd: dict[str, torch.Tensor], name: str, strength: float):
+    """Clones ``model`` (and ``clip`` when given) and adds the LoRA's patches at ``strength`` through
+    comfy.lora.load_lora; PEFT UNet names are converted first. Returns (model, clip, LoraResult); raises
+    LoraMismatchError when nothing applies."""
+    converted = convert_peft(sd)
+    key_map = lora_key_map(model, clip)
+    patches = comfy.lora.load_lora(converted, key_map, log_missing=False)
+    shapes = weight_shapes(model, clip)
+    wrong_shape = {k for k, patch in patches.items() if k in shapes and not patch_fits(patch, shapes[k])}
+    patches = {k: patch for k, patch in patches.items() if k not in wrong_shape}
+    model = model.clone()
+    unet_keys = set(model.add_patches(patches, strength))
+    clip_keys = set()
+    if clip is not None:
+        clip = clip.clone()
+        clip_keys = set(clip.add_patches(patches, strength))
+    patched = unet_keys | clip_keys
+    if not patched:
+        raise LoraMismatchError(mismatch_message(name, sd, clip is not None))
+    ignored = []
+    for key in converted:
+        module = module_of(key, key_map)
+        target = key_map.get(module) if module else None
+        if not (isinstance(target, str) and (target in patched or target[:-len("weight")] + "bias" in patched)):
+            ignored.append(key)
+    result = LoraResult(name, strength, len(converted) - len(ignored), ignored, len(unet_keys), len(clip_keys),
+                        len(wrong_shape))
+    logging.info("SUPIR LoRA: %s", result.describe())
+    if ignored:
+        logging.warning("SUPIR LoRA %s: %d tensors ignored (no matching layer): %s", name, len(ignored),
+                        ", ".join(ignored[:LISTED_IGNORED]))
+    return model, clip, result
+
+
+def apply_lora_stack(model, clip, stack: list[tuple[str, dict[str, torch.Tensor], float]]):
+    """Applies (name, tensors, strength) in order; strength 0 skips a LoRA. Returns (model, clip, report text)."""
+    lines = []
+    for name, sd, strength in stack:
+        if strength == 0:
+            lines.append(f"{name}: skipped (strength 0)")
+            continue
+        model, clip, result = apply_lora(model, clip, sd, name, strength)
+        lines.append(result.describe())
+    if clip is None:
+        lines.append("no CLIP connected: text-encoder tensors, if any, are ignored")
+    return model, clip, "\n".join(lines) or "no LoRA selected"
+
+
+def model_modules(sd: dict[str, torch.Tensor], name: str, key_map: dict[str, str],
+                  shapes: dict[str, torch.Size]) -> tuple[dict[str, LowRank], int]:
+    """The file's LoRA modules that fit a model weight, renamed to that weight's kohya name (so LoRAs in different
+    formats add up per layer), and the number of modules that fit none."""
+    converted = convert_peft(sd)
+    lycoris = lycoris_modules(converted)
+    if lycoris:
+        raise LoraFormatError(f"LoRA {name!r} has {len(lycoris)} LyCORIS modules (e.g. {lycoris[0]!r}); merging "
+                              f"supports plain LoRA/LoCon (up/down pairs) only. Apply it with SUPIR LoRA Stack, or "
+                              f"bake the stack into a checkpoint instead.")
+    modules, found = {}, low_rank_modules(converted)
+    for module, low_rank in found.items():
+        target = key_map.get(module)
+        if isinstance(target, str) and target in shapes and fits(low_rank.up, low_rank.down, shapes[target]):
+            modules[kohya_name(target)] = low_rank
+    if not modules:
+        raise LoraMismatchError(mismatch_message(name, sd, with_clip=any(k.startswith("clip_") for k in shapes)))
+    return modules, len(found) - len(modules)
+
+
+def merge_loras(model, clip, stack: list[tuple[str, dict[str, torch.Tensor], float]], rank: int,
+                dtype: torch.dtype = torch.float16) -> tuple[dict[str, torch.Tensor], str]:
+    """Merges (name, tensors, weight) LoRAs into one kohya-format state dict of at most ``rank`` per layer, names
+    resolved against ``model``/``clip``. Returns (state dict, report)."""
+    if not stack:
+        raise LoraFormatError("no LoRA to merge: select at least one LoRA with a non-zero weight.")
+    key_map = lora_key_map(model, clip)
+    shapes = weight_shapes(model, clip)
+    lines, terms = [], []
+    for name, sd, weight in stack:
+        modules, skipped = model_modules(sd, name, key_map, shapes)
+        terms.append((modules, weight))
+        lines.append(f"{name}: weight {weight:g}, {len(modules)} layers" +
+                     (f", {skipped} modules fit no layer of this model and were left out" if skipped else ""))
+    merged = merge_low_rank(terms, rank)
+    report = "\n".join([*lines, f"merged: {len(merged)} layers at rank ≤ {rank}"])
+    return to_kohya(merged, dtype), report
+
+
+def output_path(filename_prefix: str) -> str:
+    """A new file path under ComfyUI's output directory (ComfyUI refuses prefixes that leave it)."""
+    folder, filename, counter, _, _ = folder_paths.get_save_image_path(filename_prefix,
+                                                                        folder_paths.get_output_directory())
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"{filename}_{counter:05}_.safetensors")
+
+
+def save_merged_lora(sd: dict[str, torch.Tensor], filename_prefix: str, sources: list[tuple[str, float]]) -> str:
+    """Writes a merged LoRA under the output directory with its sources in the metadata; returns the path."""
+    path = output_path(filename_prefix)
+    comfy.utils.save_torch_file(sd, path, metadata={"supir_restore_merged_from": json.dumps(sources)})
+    return path
+
+
+def bake_checkpoint(model, clip, vae, filename_prefix: str) -> str:
+    """Saves ``model`` (with its LoRA patches merged into the weights), ``clip`` and ``vae`` as one SDXL checkpoint
+    under the output directory; returns the path."""
+    path = output_path(filename_prefix)
+    comfy.sd.save_checkpoint(path, model, clip, vae)
+    return path
