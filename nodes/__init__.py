@@ -5,11 +5,13 @@ import folder_paths
 from comfy_api.latest import ComfyExtension
 
 from .degradation_nodes import NODES as DEGRADATION_NODES
+from .image_nodes import NODES as IMAGE_NODES
 from .lora_nodes import NODES as LORA_NODES
 from .prompt_nodes import NODES as PROMPT_NODES
 from .sampling_nodes import NODES as SAMPLING_NODES
 from .supir_nodes import NODES as SUPIR_NODES
 from .tiling_nodes import NODES as TILING_NODES
+from .upscale_nodes import NODES as UPSCALE_NODES
 
 
 def register_model_folder() -> None:
@@ -23,7 +25,7 @@ def register_model_folder() -> None:
 
 class SUPIRRestoreExtension(ComfyExtension):
     async def get_node_list(self):
-        return [*SUPIR_NODES, *PROMPT_NODES, *SAMPLING_NODES, *TILING_NODES, *DEGRADATION_NODES,
+        return [*SUPIR_NODES, *PROMPT_NODES, *SAMPLING_NODES, *TILING_NODES, *UPSCALE_NODES, *DEGRADATION_NODES, *IMAGE_NODES,
                 *LORA_NODES]
 
 

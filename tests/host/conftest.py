@@ -79,7 +79,7 @@ class ComfyServer:
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
 
-    def run_prompt(self, prompt, timeout=300):
+    def run_prompt(self, prompt, timeout=900):
         """Queue an API-format prompt and wait for its history entry."""
         status, body = self.post("/prompt", {"prompt": prompt, "client_id": "supir-tests"})
         if status != 200:

@@ -1,0 +1,46 @@
+"""Upscale and restore in one call, built from the pack's parts: resize to the sampling size, stage-1 encode,
+Apply SUPIR, SUPIR's prompts, tiled aggregation when the image is larger than a tile, a preset restore, decode,
+colour fix against the stage-1 image, and resize to the exact target size."""
+from __future__ import annotations
+
+import torch
+
+from .colour import colour_fix
+from .loader import SUPIRModel
+from .lq_encode import as_rgb, encode_lq
+from .prompts import supir_conditioning
+from .resize import resize_image, sampling_size, scaled_size
+from .restore import StartMode, restore_latent
+from .sampling import PRESETS
+from .tiling_patch import apply_tiled_aggregation
+from .unet_patch import apply_supir
+
+COLOUR_FIXES = ("wavelet", "adain", "none")
+
+
+def upscale_and_restore(model, clip, vae, supir: SUPIRModel, image: torch.Tensor, scale: float = 2.0,
+                        caption: str = "", preset: str = "Quality", seed: int = 0, control_scale_end: float = 1.0,
+                        tile_size: int = 1024, tile_stride: int = 512, colour: str = "wavelet", multiple: int = 64,
+                        resize_method: str = "lanczos", vae_tile_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMAGE [B,H,W,C] -> (restored IMAGE [B, round(H*scale), round(W*scale), 3], stage-1 IMAGE at the sampling
+    size). Sizes in pixels; ``tile_size``/``tile_stride`` drive tiled aggregation (one tile when the image fits)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset '{preset}' is not one of {', '.join(PRESETS)}")
+    if colour not in COLOUR_FIXES:
+        raise ValueError(f"colour fix '{colour}' is not one of {', '.join(COLOUR_FIXES)}")
+    height, width = image.shape[1:3]
+    target = scaled_size(height, width, scale)
+    lq = resize_image(as_rgb(image), *sampling_size(height, width, scale, multiple), resize_method)
+    hint, stage1 = encode_lq(supir, vae, lq, vae_tile_size)
+    patched = apply_tiled_aggregation(apply_supir(model, supir, hint, 1.0, control_scale_end), tile_size // 8,
+                                      tile_stride // 8)
+    positive, negative = supir_conditioning(clip, caption, batch=image.shape[0])
+    latent = restore_latent(patched, positive, negative, hint, seed, PRESETS[preset], StartMode())
+    if vae_tile_size > 0:
+        restored = vae.decode_tiled(latent, tile_x=vae_tile_size // 8, tile_y=vae_tile_size // 8,
+                                    overlap=max(1, vae_tile_size // 64))
+    else:
+        restored = vae.decode(latent)
+    if colour != "none":
+        restored = colour_fix(restored, stage1, colour)
+    return resize_image(restored, *target, resize_method), stage1

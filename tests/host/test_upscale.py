@@ -1,0 +1,32 @@
+"""Tier 2: the one-node upscale and restore on tiny models."""
+import pytest
+
+pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
+
+import torch  # noqa: E402
+
+from supir_restore.nodes.upscale_nodes import SUPIRUpscaleRestore  # noqa: E402
+
+
+def run(tiny_model, tiny_clip, tiny_vae, tiny_supir, image, scale, seed=0, tile=1024, colour="wavelet"):
+    return SUPIRUpscaleRestore.execute(tiny_model, tiny_clip, tiny_vae, tiny_supir, image, scale, "a photo",
+                                       "Lightning Quality", seed, 0.9, tile, tile // 2, colour, "64", "bicubic",
+                                       0).result
+
+
+def test_exact_output_size_tiles_and_determinism(tiny_model, tiny_clip, tiny_vae, tiny_supir):
+    image = torch.rand(1, 54, 37, 3, generator=torch.Generator().manual_seed(0))
+    restored, stage1 = run(tiny_model, tiny_clip, tiny_vae, tiny_supir, image, 2.0, tile=256)
+    assert restored.shape == (1, 108, 74, 3) and stage1.shape == (1, 128, 64, 3)  # 108x74 sampled at 128x64
+    assert 0 <= float(restored.min()) and float(restored.max()) <= 1 and restored.std() > 0
+    again, _ = run(tiny_model, tiny_clip, tiny_vae, tiny_supir, image, 2.0, tile=256)
+    other, _ = run(tiny_model, tiny_clip, tiny_vae, tiny_supir, image, 2.0, seed=1, tile=256)
+    assert torch.equal(restored, again) and not torch.equal(restored, other)
+
+
+def test_colour_fix_pulls_toward_the_stage1_colours(tiny_model, tiny_clip, tiny_vae, tiny_supir):
+    image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(1))
+    fixed, stage1 = run(tiny_model, tiny_clip, tiny_vae, tiny_supir, image, 2.0, colour="adain")
+    raw, _ = run(tiny_model, tiny_clip, tiny_vae, tiny_supir, image, 2.0, colour="none")
+    target = stage1.mean(dim=(1, 2))
+    assert (fixed.mean(dim=(1, 2)) - target).abs().max() < (raw.mean(dim=(1, 2)) - target).abs().max()

@@ -1,0 +1,220 @@
+"""Colour fix: the à-trous decomposition and both fixes against their equations, on real photographs, per batch,
+channel layout and dtype."""
+import pytest
+import skimage.data
+import torch
+
+from supir_restore.supir import colour as c
+from supir_restore.supir.resize import resize_image
+
+DTYPES = [torch.float32, torch.float64]
+TOL = {torch.float32: 1e-6, torch.float64: 1e-12}
+
+
+def rand(*shape, seed=0, dtype=torch.float32):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def photo(name):
+    """A scikit-image sample photograph as IMAGE (1, H, W, 3), squeezed into [0.1, 0.9] so casts do not clip."""
+    return torch.from_numpy(getattr(skimage.data, name)().copy())[None].float() / 255 * 0.8 + 0.1
+
+
+def rms(x):
+    return x.pow(2).mean().sqrt().item()
+
+
+# ---------------------------------------------------------------------------------------------- à-trous decomposition
+
+@pytest.mark.parametrize("dilation", [1, 2, 4, 8, 16])
+def test_atrous_blur_is_the_dilated_binomial_kernel_with_replicated_edges(dilation):
+    x = rand(2, 3, 12, 10, dtype=torch.float64)  # smaller than the largest dilation: padding replicates edges
+    weights = {-1: 1.0, 0: 2.0, 1: 1.0}
+    rows = torch.arange(12)
+    cols = torch.arange(10)
+    expected = torch.zeros_like(x)
+    for a, wa in weights.items():
+        for b, wb in weights.items():
+            r = (rows + a * dilation).clamp(0, 11)
+            q = (cols + b * dilation).clamp(0, 9)
+            expected += wa * wb / 16 * x[:, :, r][:, :, :, q]
+    torch.testing.assert_close(c.atrous_blur(x, dilation), expected, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decomposition_levels_and_residual_sum_back_to_the_input(dtype):
+    x = rand(2, 3, 40, 56, seed=1, dtype=dtype)
+    bands, residual = c.wavelet_decompose(x)
+    assert len(bands) == 5 and all(b.shape == x.shape and b.dtype == dtype for b in bands)
+    torch.testing.assert_close(sum(bands) + residual, x, rtol=0, atol=TOL[dtype])
+    torch.testing.assert_close(c.wavelet_low_frequency(x), residual, rtol=0, atol=0)
+    assert all(b.abs().max() > 1e-3 for b in bands)  # every level carries detail of a noise image
+
+
+def test_residual_is_the_five_level_low_pass_of_variance_170_5():
+    impulse = torch.zeros(1, 1, 129, 129, dtype=torch.float64)
+    impulse[..., 64, 64] = 1
+    response = c.wavelet_low_frequency(impulse)[0, 0]  # support radius 1+2+4+8+16 = 31: no border effects
+    offsets = torch.arange(129, dtype=torch.float64) - 64
+    assert response.sum().item() == pytest.approx(1.0, abs=1e-12)
+    assert (response * offsets[None] ** 2).sum().item() == pytest.approx(0.5 * (1 + 4 + 16 + 64 + 256), abs=1e-9)
+    assert (response[:, 64 + 32:] == 0).all() and response[64, 64 + 31] > 0
+    flat = torch.full((1, 3, 20, 24), 0.3, dtype=torch.float64)
+    torch.testing.assert_close(c.wavelet_low_frequency(flat), flat, rtol=0, atol=1e-15)
+
+
+# ------------------------------------------------------------------------------------------------------- wavelet fix
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wavelet_fix_is_high_frequencies_of_the_image_plus_low_frequencies_of_the_reference(dtype):
+    x = rand(2, 3, 48, 40, seed=2, dtype=dtype)
+    ref = rand(1, 3, 48, 40, seed=3, dtype=dtype)
+    bands, _ = c.wavelet_decompose(x)
+    _, ref_low = c.wavelet_decompose(ref)
+    fixed = c.wavelet_fix(x, ref)
+    torch.testing.assert_close(fixed, sum(bands) + ref_low, rtol=0, atol=TOL[dtype])
+    # the low-frequency part put in is the reference's: swapping references changes exactly that part
+    other = rand(1, 3, 48, 40, seed=4, dtype=dtype)
+    torch.testing.assert_close(fixed - c.wavelet_fix(x, other),
+                               (ref_low - c.wavelet_low_frequency(other)).expand_as(x), rtol=0, atol=TOL[dtype])
+    with pytest.raises(ValueError, match="resize the reference first"):
+        c.wavelet_fix(x, ref[..., :20])
+
+
+@pytest.mark.parametrize("method", ["wavelet", "adain"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fixing_an_image_with_itself_returns_the_image(method, dtype):
+    x = rand(2, 36, 44, 3, seed=5, dtype=dtype)
+    torch.testing.assert_close(c.colour_fix(x, x, method), x, rtol=0, atol=10 * TOL[dtype])
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_wavelet_fix_removes_a_smooth_colour_cast_from_a_photograph(name):
+    original = photo(name)
+    _, h, w, _ = original.shape
+    yy = torch.linspace(-1, 1, h).view(1, h, 1, 1)
+    xx = torch.linspace(-1, 1, w).view(1, 1, w, 1)
+    blob = torch.exp(-(yy ** 2 + xx ** 2) / 0.5)  # a colour cloud about half the image wide, plus a tilt
+    cast = torch.tensor([0.08, -0.06, 0.05]) * blob + torch.tensor([-0.02, 0.03, 0.0]) * xx
+    offset = torch.tensor([0.06, -0.04, 0.05])
+    # like the stage-1 image: the right colours at a quarter of the resolution, so no detail
+    stage1 = resize_image(original, h // 4, w // 4, "area")
+
+    # a constant offset has no high frequencies, so with the exact colours as reference it goes entirely
+    torch.testing.assert_close(c.colour_fix(original + offset, original), original, rtol=0, atol=1e-5)
+    # measured RMS error reductions with the quarter-size reference: cast 31-68x, offset 61-155x
+    for shifted, margin in ((original + cast, 15), (original + offset, 30)):
+        before = rms(shifted - original)
+        after = rms(c.colour_fix(shifted, stage1, "wavelet") - original)
+        assert before > 0.03 and after * margin < before, (before, after)
+
+
+# --------------------------------------------------------------------------------------------------------- AdaIN
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adain_gives_each_image_and_channel_the_reference_mean_and_std(dtype):
+    x = rand(3, 3, 30, 34, seed=6, dtype=dtype) * 0.5
+    for ref in (rand(3, 3, 20, 25, seed=7, dtype=dtype) ** 2, rand(1, 3, 16, 16, seed=8, dtype=dtype) + 2):
+        fixed = c.adain_fix(x, ref)
+        std, mean = torch.std_mean(fixed, dim=(-2, -1), correction=0)
+        ref_std, ref_mean = torch.std_mean(ref, dim=(-2, -1), correction=0)
+        torch.testing.assert_close(mean, ref_mean.expand_as(mean), rtol=0, atol=1e-5)
+        torch.testing.assert_close(std, ref_std.expand_as(std), rtol=0, atol=1e-5)
+        # an affine map per channel: standardised values are unchanged
+        torch.testing.assert_close((fixed - mean[..., None, None]) / std[..., None, None],
+                                   (x - x.mean((-2, -1), keepdim=True)) / x.std((-2, -1), correction=0, keepdim=True),
+                                   rtol=0, atol=1e-4)
+
+
+def test_adain_maps_a_flat_channel_to_the_reference_mean():
+    x = rand(1, 3, 8, 8, seed=9)
+    x[:, 1] = 0.25
+    ref = rand(1, 3, 8, 8, seed=10)
+    fixed = c.adain_fix(x, ref)
+    torch.testing.assert_close(fixed[:, 1], ref[:, 1].mean().expand(1, 8, 8))
+    assert torch.isfinite(fixed).all()
+
+
+@pytest.mark.parametrize("name", ["coffee", "chelsea"])
+def test_adain_removes_a_global_colour_shift_from_a_photograph(name):
+    original = photo(name)
+    _, h, w, _ = original.shape
+    stage1 = resize_image(original, h // 4, w // 4, "area")
+    shifted = (original - 0.5) * torch.tensor([1.1, 0.9, 1.0]) + 0.5 + torch.tensor([0.06, -0.04, 0.05])
+    before = rms(shifted - original)
+    after = rms(c.colour_fix(shifted, stage1, "adain") - original)
+    assert after * 4 < before, (before, after)  # measured: 6.8-8.8x for the offset alone
+
+
+# ------------------------------------------------------------------------------------- IMAGE handling (colour_fix)
+
+@pytest.mark.parametrize("method", ["wavelet", "adain"])
+def test_reference_batch_of_one_or_one_per_image(method):
+    x = rand(3, 32, 40, 3, seed=11)
+    refs = rand(3, 16, 20, 3, seed=12)
+    per_image = torch.cat([c.colour_fix(x[i:i + 1], refs[i:i + 1], method) for i in range(3)])
+    torch.testing.assert_close(c.colour_fix(x, refs, method), per_image, rtol=0, atol=1e-6)
+    shared = torch.cat([c.colour_fix(x[i:i + 1], refs[:1], method) for i in range(3)])
+    torch.testing.assert_close(c.colour_fix(x, refs[:1], method), shared, rtol=0, atol=1e-6)
+    assert (per_image[1] - shared[1]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="reference batch must hold 1 image or as many as the image batch"):
+        c.colour_fix(x[:2], refs, method)
+
+
+@pytest.mark.parametrize("ref_size", [(16, 20), (64, 80), (32, 40)])
+def test_the_reference_is_resized_to_the_image_with_antialiased_bicubic(ref_size):
+    x = rand(1, 32, 40, 3, seed=13)
+    ref = rand(1, *ref_size, 3, seed=14)
+    expected = c.wavelet_fix(x.movedim(-1, 1), resize_image(ref, 32, 40, "bicubic").movedim(-1, 1))
+    torch.testing.assert_close(c.colour_fix(x, ref), expected.movedim(1, -1).clamp(0, 1), rtol=0, atol=1e-6)
+
+
+def test_rgba_keeps_its_alpha_and_grey_images_work():
+    rgba = rand(2, 24, 28, 4, seed=15)
+    ref = rand(1, 24, 28, 4, seed=16)
+    out = c.colour_fix(rgba, ref)
+    assert out.shape == rgba.shape and torch.equal(out[..., 3], rgba[..., 3])
+    torch.testing.assert_close(out[..., :3], c.colour_fix(rgba[..., :3], ref[..., :3]), rtol=0, atol=0)
+    grey = rand(1, 24, 28, 1, seed=17)
+    grey_ref = rand(1, 12, 14, 1, seed=18)
+    for method in ("wavelet", "adain"):
+        out = c.colour_fix(grey, grey_ref, method)
+        assert out.shape == grey.shape and (out - grey).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="1 colour channel.*reference has 3"):
+        c.colour_fix(grey, ref)
+    with pytest.raises(ValueError, match=r"1 \(grey\), 3 \(RGB\) or 4 \(RGBA\) channels"):
+        c.colour_fix(rand(1, 8, 8, 2), rand(1, 8, 8, 2))
+    with pytest.raises(ValueError, match="unknown colour fix 'mkl'"):
+        c.colour_fix(grey, grey_ref, "mkl")
+
+
+def test_output_is_clamped_and_strength_blends():
+    x = rand(1, 32, 32, 3, seed=19)
+    bright = rand(1, 32, 32, 3, seed=20) * 0.2 + 0.8
+    unclamped = c.wavelet_fix(x.movedim(-1, 1), bright.movedim(-1, 1)).movedim(1, -1)
+    assert unclamped.max() > 1.05
+    out = c.colour_fix(x, bright)
+    torch.testing.assert_close(out, unclamped.clamp(0, 1), rtol=0, atol=1e-6)
+    assert out.max() == 1 and out.min() >= 0
+
+    assert torch.equal(c.colour_fix(x, bright, strength=0.0), x)
+    blended = c.colour_fix(x, bright, strength=0.25)
+    torch.testing.assert_close(blended, (x + 0.25 * (unclamped - x)).clamp(0, 1), rtol=0, atol=1e-6)
+    assert (blended - out).abs().max() > 0.1
+    with pytest.raises(ValueError, match="strength must be between 0 and 1"):
+        c.colour_fix(x, bright, strength=1.5)
+
+
+@pytest.mark.parametrize("method", ["wavelet", "adain"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_dtypes_are_kept_and_low_precision_is_computed_in_float32(method, dtype):
+    x = rand(2, 40, 32, 3, seed=21).to(dtype)
+    ref = rand(1, 20, 16, 3, seed=22).to(dtype)
+    out = c.colour_fix(x, ref, method)
+    assert out.dtype == dtype and out.shape == x.shape
+    reference_result = c.colour_fix(x.double(), ref.double(), method)
+    if dtype == torch.bfloat16:  # float32 maths, one rounding at the end
+        assert torch.equal(out, c.colour_fix(x.float(), ref.float(), method).to(dtype))
+        torch.testing.assert_close(out.double(), reference_result, rtol=0, atol=2 ** -8)
+    else:
+        torch.testing.assert_close(out.double(), reference_result, rtol=0, atol=1e-5)
