@@ -4,6 +4,7 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension
 
+from .benchmark_nodes import NODES as BENCHMARK_NODES
 from .degradation_nodes import NODES as DEGRADATION_NODES
 from .image_nodes import NODES as IMAGE_NODES
 from .lora_nodes import NODES as LORA_NODES
@@ -25,8 +26,8 @@ def register_model_folder() -> None:
 
 class SUPIRRestoreExtension(ComfyExtension):
     async def get_node_list(self):
-        return [*SUPIR_NODES, *PROMPT_NODES, *SAMPLING_NODES, *TILING_NODES, *UPSCALE_NODES, *DEGRADATION_NODES, *IMAGE_NODES,
-                *LORA_NODES]
+        return [*SUPIR_NODES, *PROMPT_NODES, *SAMPLING_NODES, *TILING_NODES, *UPSCALE_NODES, *DEGRADATION_NODES,
+                *BENCHMARK_NODES, *IMAGE_NODES, *LORA_NODES]
 
 
 async def comfy_entrypoint() -> ComfyExtension:

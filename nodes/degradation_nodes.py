@@ -18,9 +18,10 @@ class DegradeImage(io.ComfyNode):
             category=CATEGORY,
             description="Makes a low-quality test image from a high-quality one: Real-ESRGAN's second-order random "
                         "pipeline (or StableSR's lighter ranges), or a fixed preset with explicit values. The same "
-                        "seed gives the same result; image i of a batch uses seed + i.",
+                        "seed gives the same result; image i uses seed + i, counting through a batch and through a "
+                        "list (SUPIR Load Image Folder) alike, as the command-line benchmark does.",
             inputs=[
-                io.Image.Input("image", tooltip="The high-quality (ground-truth) image, RGB."),
+                io.Image.Input("image", tooltip="The high-quality (ground-truth) image, RGB: a batch or a list."),
                 io.Combo.Input("preset", options=list(PRESETS), default="realesrgan_x4",
                                tooltip="; ".join(describe(name) for name in PRESETS)),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
@@ -29,12 +30,20 @@ class DegradeImage(io.ComfyNode):
                                  tooltip="Bicubic-upsample the LQ back to the input size (the size SUPIR restores "
                                          "at); off returns the LQ at 1/scale."),
             ],
-            outputs=[io.Image.Output(display_name="lq_image", tooltip="The degraded image, on the 8-bit grid.")],
+            outputs=[io.Image.Output(display_name="lq_image", is_output_list=True,
+                                     tooltip="The degraded images, on the 8-bit grid: one output per input batch "
+                                             "(a list when the input is a list).")],
+            is_input_list=True,
         )
 
     @classmethod
     def execute(cls, image, preset, seed, resize_to_input) -> io.NodeOutput:
-        return io.NodeOutput(degrade(image, preset, seed, resize_to_input))
+        preset, seed, resize_to_input = preset[0], seed[0], resize_to_input[0]
+        out, first = [], 0
+        for batch in image:
+            out.append(degrade(batch, preset, seed + first, resize_to_input))
+            first += batch.shape[0]
+        return io.NodeOutput(out)
 
 
 class ImageMetrics(io.ComfyNode):
@@ -55,7 +64,9 @@ class ImageMetrics(io.ComfyNode):
                              tooltip="Pixels removed from each side before scoring; use the SR scale (4 for x4)."),
                 io.Combo.Input("learned_metric", options=["none", *LEARNED_METRICS], default="none",
                                tooltip="A learned metric whose weight files you placed in "
-                                       "ComfyUI/models/iqa/<metric>/; the error names any missing file."),
+                                       "ComfyUI/models/iqa/<metric>/; the error names any missing file. lpips, "
+                                       "dists: distances (lower is better); clipiqa: no-reference quality (higher "
+                                       "is better, the reference is ignored); musiq, maniqa: not implemented yet."),
             ],
             outputs=[
                 io.Float.Output(display_name="psnr_y", tooltip="PSNR on Y in dB (batch mean)."),

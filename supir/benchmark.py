@@ -6,7 +6,8 @@ Run from the repository (or, inside ComfyUI's ``custom_nodes``, as ``python -m s
 
 ``--restore`` takes ``identity``, ``bicubic`` or ``module:function`` naming any Python callable IMAGE -> IMAGE.
 OUT_DIR receives ``lq/`` and ``restored/`` PNGs, ``metrics.csv`` (one row per image), ``summary.md`` (mean ± std
-per metric) and ``grid.png`` (LQ | restored | HQ rows).
+per metric) and ``grid.png`` (LQ | restored | HQ rows). The ComfyUI node "SUPIR Benchmark Report" writes the same
+files through :class:`Report`.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from . import degradation, metrics
 from .degradation import image_to_pil, pil_to_image
@@ -59,9 +60,17 @@ def resolve_restore(spec: str, scale: int) -> Restore:
 
 
 def load_image(path: str) -> torch.Tensor:
-    """An image file -> IMAGE :math:`(1, H, W, 3)` float32 (alpha dropped, grayscale expanded)."""
-    with Image.open(path) as im:
-        return pil_to_image(im)[None]
+    """An image file -> IMAGE :math:`(1, H, W, 3)` float32, upright per its EXIF orientation (alpha dropped,
+    grayscale expanded).
+
+    Raises:
+        ValueError: the file cannot be read as an image.
+    """
+    try:
+        with Image.open(path) as im:
+            return pil_to_image(ImageOps.exif_transpose(im))[None]
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for unreadable, truncated or foreign files
+        raise ValueError(f"cannot read {path!r} as an image ({e}); remove or replace the file.") from e
 
 
 def save_image(image: torch.Tensor, path: str) -> None:
@@ -70,12 +79,23 @@ def save_image(image: torch.Tensor, path: str) -> None:
 
 
 def list_images(folder: str) -> list[str]:
+    """The image files of ``folder`` (by extension), sorted by name."""
     if not os.path.isdir(folder):
         raise ValueError(f"HQ folder {folder!r} does not exist.")
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+    names = sorted(n for n in os.listdir(folder)
+                   if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
     if not names:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder!r}.")
     return names
+
+
+def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Crops :math:`(B, H, W, C)` at the bottom and right to sides that are multiples of ``multiple``."""
+    h, w = image.shape[1] // multiple * multiple, image.shape[2] // multiple * multiple
+    if h == 0 or w == 0:
+        raise ValueError(f"a {image.shape[1]}x{image.shape[2]} image has no {multiple}x{multiple} part; use a smaller "
+                         "multiple or a larger image.")
+    return image[:, :h, :w]
 
 
 @dataclass
@@ -88,11 +108,87 @@ class BenchmarkResult:
         return {k: (statistics.fmean(v), statistics.pstdev(v)) for k, v in self.scores.items()}
 
 
+def lower_is_better(metric: str) -> bool:
+    """PSNR, SSIM and the no-reference scores rise with quality; LPIPS and DISTS are distances."""
+    spec = metrics.LEARNED_METRICS.get(metric)
+    return spec is not None and spec.lower_is_better
+
+
+class Report:
+    """Scores restorations one image at a time and writes a benchmark report into ``out_dir``: ``lq/`` and
+    ``restored/`` PNGs, ``metrics.csv`` (one row per image), ``summary.md`` (mean ± population std per metric) and
+    ``grid.png`` (LQ | restored | HQ rows for the first ``grid_rows`` images).
+
+    The restored image is rounded to 8 bits before it is scored, as SR papers score saved images (BasicSR's
+    ``tensor2img``), so the saved PNGs reproduce the scores exactly. PSNR/SSIM use ``crop_border``; learned metrics
+    score the whole image.
+    """
+
+    def __init__(self, out_dir: str, crop_border: int, learned: dict[str, metrics.Metric] | None = None,
+                 grid_rows: int = 16, grid_height: int = 256):
+        self.out_dir, self.crop_border, self.learned = out_dir, crop_border, learned or {}
+        self.grid_rows, self.grid_height = grid_rows, grid_height
+        self.names: list[str] = []
+        self.scores: dict[str, list[float]] = {}
+        self.grid_cells: list[tuple[list[Image.Image], str]] = []
+        self.png_names: set[str] = set()
+        for sub in ("lq", "restored"):
+            os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+
+    def add(self, name: str, lq: torch.Tensor, restored: torch.Tensor, hq: torch.Tensor) -> dict[str, float]:
+        """Scores one restored image :math:`(1, H, W, 3)` against its HQ image of the same size; the LQ
+        :math:`(1, h, w, 3)` may be of any size (it is saved and shown, not scored). Returns the image's scores."""
+        for what, image in (("LQ", lq), ("restored", restored), ("HQ", hq)):
+            degradation.check_image(image, f"{name}: the {what} image")
+            if image.shape[0] != 1:
+                raise ValueError(f"{name}: the {what} input holds {image.shape[0]} images; add one image at a time.")
+        if restored.shape != hq.shape:
+            raise ValueError(f"{name}: the restored image is {restored.shape[2]}x{restored.shape[1]} but the HQ "
+                             f"image is {hq.shape[2]}x{hq.shape[1]} (width x height); restore to the HQ size (crop "
+                             "the HQ images to a multiple of the scale and of 8, or resize the restored image).")
+        restored = degradation.quantize(restored.float())
+        file_name = self._png_name(name)
+        save_image(lq, os.path.join(self.out_dir, "lq", file_name))
+        save_image(restored, os.path.join(self.out_dir, "restored", file_name))
+        values = {k: v.item() for k, v in metrics.fidelity_metrics(restored, hq, self.crop_border).items()}
+        values |= {k: fn(restored, hq).item() for k, fn in self.learned.items()}
+        self.names.append(name)
+        for k, v in values.items():
+            self.scores.setdefault(k, []).append(v)
+        if len(self.grid_cells) < self.grid_rows:
+            cells = [image_to_pil(t[0]).resize((max(1, round(t.shape[2] * self.grid_height / t.shape[1])),
+                                                self.grid_height), Image.BICUBIC) for t in (lq, restored, hq)]
+            self.grid_cells.append((cells, f"{name}  PSNR-Y {values['psnr_y']:.2f}"))
+        return values
+
+    def _png_name(self, name: str) -> str:
+        """``<stem>.png`` for the image's file name (``<name>.png`` when another image already has that stem)."""
+        base = os.path.basename(name) or "image"
+        file_name = os.path.splitext(base)[0] + ".png"
+        if file_name in self.png_names:
+            file_name = base + ".png"
+        self.png_names.add(file_name)
+        return file_name
+
+    def finish(self, title: str, settings: str) -> tuple[BenchmarkResult, str, Image.Image]:
+        """Writes ``metrics.csv``, ``summary.md`` and ``grid.png``; returns the result, the summary and the grid."""
+        if not self.names:
+            raise ValueError("the benchmark has no images to report on.")
+        result = BenchmarkResult(self.names, self.scores)
+        _write_csv(result, os.path.join(self.out_dir, "metrics.csv"))
+        summary = summary_table(result, title, settings)
+        with open(os.path.join(self.out_dir, "summary.md"), "w", encoding="utf-8") as f:
+            f.write(summary)
+        grid = comparison_grid(self.grid_cells, self.grid_height)
+        grid.save(os.path.join(self.out_dir, "grid.png"))
+        return result, summary, grid
+
+
 def run_benchmark(hq_dir: str, out_dir: str, preset: str, restore: Restore, seed: int = 0,
                   crop_border: int | None = None, resize_back: bool = False, learned: tuple[str, ...] = (),
                   iqa_dir: str | None = None, grid_rows: int = 16, grid_height: int = 256) -> BenchmarkResult:
     """Degrades every image in ``hq_dir`` (image ``i`` in name order with seed ``seed + i``), restores it and scores
-    the result against the HQ image, writing the report files to ``out_dir``.
+    the result against the HQ image, writing the :class:`Report` files to ``out_dir``.
 
     The HQ image is first cropped at the bottom and right to a multiple of the preset's scale, so LQ × scale is the
     HQ size. ``crop_border`` defaults to the scale (the SR convention; 0 for scale 1). ``restore`` must return the HQ
@@ -103,65 +199,46 @@ def run_benchmark(hq_dir: str, out_dir: str, preset: str, restore: Restore, seed
         crop_border = scale if scale > 1 else 0
     scorers = {name: metrics.load_learned_metric(name, iqa_dir) for name in learned}
     names = list_images(hq_dir)
-    for sub in ("lq", "restored"):
-        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-    scores: dict[str, list[float]] = {}
-    rows = []
+    report = Report(out_dir, crop_border, scorers, grid_rows, grid_height)
     for i, name in enumerate(names):
-        hq = load_image(os.path.join(hq_dir, name))
-        hq = hq[:, :hq.shape[1] // scale * scale, :hq.shape[2] // scale * scale]
+        hq = crop_to_multiple(load_image(os.path.join(hq_dir, name)), scale)
         lq = degradation.degrade(hq, preset, seed + i, resize_back)
         restored = restore(lq)
         if restored.shape != hq.shape:
             raise ValueError(f"{name}: the restore function returned {tuple(restored.shape)} but the HQ image is "
                              f"{tuple(hq.shape)}; it must return the HQ size (use resize_back to feed it the LQ at "
                              "HQ size, or the 'bicubic' baseline).")
-        restored = restored.clamp(0, 1).float()
-        stem = os.path.splitext(name)[0]
-        save_image(lq, os.path.join(out_dir, "lq", stem + ".png"))
-        save_image(restored, os.path.join(out_dir, "restored", stem + ".png"))
-        values = {k: v.item() for k, v in metrics.fidelity_metrics(restored, hq, crop_border).items()}
-        values |= {k: fn(restored, hq).item() for k, fn in scorers.items()}
-        for k, v in values.items():
-            scores.setdefault(k, []).append(v)
-        if i < grid_rows:
-            rows.append((lq, restored, hq, f"{name}  PSNR-Y {values['psnr_y']:.2f}"))
-    result = BenchmarkResult(names, scores)
-    _write_csv(result, os.path.join(out_dir, "metrics.csv"))
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-        f.write(summary_table(result, preset, restore, seed, crop_border))
-    comparison_grid(rows, grid_height).save(os.path.join(out_dir, "grid.png"))
-    return result
+        report.add(name, lq, restored, hq)
+    settings = (f"restore: `{getattr(restore, '__qualname__', repr(restore))}`, images: {len(names)}, seed: {seed}, "
+                f"crop border: {crop_border}")
+    return report.finish(f"Benchmark: {degradation.describe(preset)}", settings)[0]
 
 
 def _write_csv(result: BenchmarkResult, path: str) -> None:
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["image", *result.scores])
         for i, name in enumerate(result.names):
             writer.writerow([name, *(f"{v[i]:.6f}" for v in result.scores.values())])
 
 
-def summary_table(result: BenchmarkResult, preset: str, restore: Restore, seed: int, crop_border: int) -> str:
-    """A Markdown report: the settings, then one row per metric with mean ± std."""
-    lines = [f"# Benchmark: {degradation.describe(preset)}", "",
-             f"restore: `{getattr(restore, '__qualname__', repr(restore))}`, images: {len(result.names)}, "
-             f"seed: {seed}, crop border: {crop_border}", "",
-             "| metric | mean ± std |", "| --- | --- |"]
-    lines += [f"| {k} | {mean:.4f} ± {std:.4f} |" for k, (mean, std) in result.summary().items()]
+def summary_table(result: BenchmarkResult, title: str, settings: str) -> str:
+    """A Markdown report: the title and settings, then one row per metric with mean ± std and its direction."""
+    lines = [f"# {title}", "", settings, "", "| metric | mean ± std | better |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {mean:.4f} ± {std:.4f} | {'lower' if lower_is_better(k) else 'higher'} |"
+              for k, (mean, std) in result.summary().items()]
     return "\n".join(lines) + "\n"
 
 
-def comparison_grid(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]], height: int) -> Image.Image:
-    """Side-by-side rows LQ | restored | HQ, each cell ``height`` pixels high, labelled with the row's caption."""
-    cells = [[image_to_pil(t[0]).resize((max(1, round(t.shape[2] * height / t.shape[1])), height), Image.BICUBIC)
-              for t in row[:3]] for row in rows]
-    width = max(sum(c.width for c in r) for r in cells)
+def comparison_grid(rows: list[tuple[list[Image.Image], str]], height: int) -> Image.Image:
+    """Side-by-side rows of cells (LQ | restored | HQ, each ``height`` pixels high), labelled with the row's
+    caption."""
+    width = max(sum(c.width for c in cells) for cells, _ in rows)
     grid = Image.new("RGB", (width, height * len(rows)))
     draw = ImageDraw.Draw(grid)
-    for r, (row, caption) in enumerate(zip(cells, (row[3] for row in rows))):
+    for r, (cells, caption) in enumerate(rows):
         x = 0
-        for label, cell in zip((f"LQ  {caption}", "restored", "HQ"), row):
+        for label, cell in zip((f"LQ  {caption}", "restored", "HQ"), cells):
             grid.paste(cell, (x, r * height))
             draw.text((x + 4, r * height + 4), label, fill=(255, 255, 0))
             x += cell.width

@@ -42,16 +42,18 @@ def test_benchmark_writes_scores_that_match_the_saved_images(hq_dir, tmp_path):
         hq = hq[:, :hq.shape[1] // 4 * 4, :hq.shape[2] // 4 * 4]  # cropped to a multiple of the scale
         assert lq.shape[1] * 4 == hq.shape[1] and lq.shape[2] * 4 == hq.shape[2]
         assert torch.equal(lq, degradation.degrade(hq, "blur_sr_x4_noise", 5 + i))  # image i uses seed + i
-        expected = metrics.fidelity_metrics(b.Bicubic(4)(lq), hq, crop_border=4)  # the SR convention: border = scale
+        restored = b.load_image(os.path.join(out, "restored", name + ".png"))
+        assert torch.equal(restored, degradation.quantize(b.Bicubic(4)(lq)))  # scored as saved: on the 8-bit grid
+        expected = metrics.fidelity_metrics(restored, hq, crop_border=4)  # the SR convention: border = scale
         for k, v in expected.items():
-            assert float(row[k]) == pytest.approx(v.item(), abs=2e-6)
+            assert float(row[k]) == pytest.approx(v.item(), abs=1e-6)
     summary = open(os.path.join(out, "summary.md")).read()
     for k, values in result.scores.items():
         col = [float(r[k]) for r in rows]
         mean, std = result.summary()[k]
         assert mean == pytest.approx(statistics.fmean(col), abs=1e-5)
         assert std == pytest.approx(statistics.pstdev(col), abs=1e-5)
-        assert f"| {k} | {mean:.4f} ± {std:.4f} |" in summary
+        assert f"| {k} | {mean:.4f} ± {std:.4f} | higher |" in summary
     assert "blur_sr_x4_noise" in summary and "crop border: 4" in summary
     grid = Image.open(os.path.join(out, "grid.png"))
     widths = [sum(round(w * 64 / h) for _ in range(3)) for h, w in ((128, 128), (128, 96), (96, 144))]
@@ -95,3 +97,42 @@ def test_restore_can_be_any_importable_callable():
         b.resolve_restore("no_such_module:restore", 4)
     lq = torch.rand(1, 10, 12, 3)
     assert b.Bicubic(2)(lq).shape == (1, 20, 24, 3)
+
+
+def test_report_scores_any_restorations_and_names_size_mismatches(tmp_path):
+    """The report the node and the CLI share: any order of sizes, learned scorers as extra columns, unique files."""
+    g = torch.Generator().manual_seed(0)
+    hqs = [torch.rand(1, 40, 48, 3, generator=g), torch.rand(1, 32, 32, 3, generator=g)]
+    mae = lambda x, y: (x - y).abs().mean(dim=(1, 2, 3)).double()  # noqa: E731 (any Metric works)
+    report = b.Report(str(tmp_path / "r"), crop_border=2, learned={"mae": mae}, grid_height=20)
+    for name, hq in zip(["a.png", "a.jpg"], hqs):  # same stem: the second keeps its extension in the file name
+        lq = degradation.degrade(hq, "sr_x2", 0)
+        values = report.add(name, lq, b.Bicubic(2)(lq) + 0.3, hq)  # out of range: clamped and rounded first
+        restored = degradation.quantize(b.Bicubic(2)(lq) + 0.3)
+        assert values["psnr_rgb"] == metrics.psnr(restored, hq, 2, y_channel=False).item()
+        assert values["mae"] == mae(restored, hq).item()
+    with pytest.raises(ValueError, match=r"c\.png: the restored image is 16x20 but the HQ image is 48x40 \(width x "
+                                         r"height\); restore to the HQ size"):
+        report.add("c.png", hqs[0], hqs[0][:, :20, :16], hqs[0])
+    with pytest.raises(ValueError, match="d.png: the restored input holds 2 images; add one image at a time"):
+        report.add("d.png", hqs[1], hqs[1].expand(2, -1, -1, -1), hqs[1].expand(2, -1, -1, -1))
+    result, summary, grid = report.finish("Title", "settings line")
+    assert result.names == ["a.png", "a.jpg"]
+    assert sorted(os.listdir(tmp_path / "r" / "restored")) == ["a.jpg.png", "a.png"]
+    assert summary.startswith("# Title\n\nsettings line\n") and "| mae |" in summary and "| higher |" in summary
+    assert open(tmp_path / "r" / "summary.md", encoding="utf-8").read() == summary
+    assert list(read_csv(tmp_path / "r" / "metrics.csv")[0]) == ["image", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb",
+                                                                  "mae"]
+    assert grid.size == (3 * round(48 * 20 / 40), 2 * 20)
+    assert b.lower_is_better("lpips") and b.lower_is_better("dists") and not b.lower_is_better("clipiqa")
+    with pytest.raises(ValueError, match="no images to report on"):
+        b.Report(str(tmp_path / "empty"), 0).finish("t", "s")
+
+
+def test_unreadable_images_and_small_crops_are_named(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match=r"cannot read .*broken\.png.* as an image"):
+        b.load_image(str(tmp_path / "broken.png"))
+    assert b.crop_to_multiple(torch.zeros(1, 70, 45, 3), 32).shape == (1, 64, 32, 3)
+    with pytest.raises(ValueError, match="a 70x45 image has no 64x64 part"):
+        b.crop_to_multiple(torch.zeros(1, 70, 45, 3), 64)

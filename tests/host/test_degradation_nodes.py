@@ -42,21 +42,39 @@ def test_nodes_are_registered_with_descriptions_and_tooltips():
     assert presets[1]["options"] == list(degradation.PRESETS)
 
 
+def degrade_node(images, preset, seed, resize_to_input=False):
+    """The node takes its inputs as lists (is_input_list) and returns a list of batches."""
+    return run_node(DegradeImage, image=list(images), preset=[preset], seed=[seed],
+                    resize_to_input=[resize_to_input]).result[0]
+
+
 @pytest.mark.parametrize("preset, scale", [("realesrgan_x4", 4), ("blur_sr_x4_noise", 4), ("jpeg", 1)])
 def test_degrade_node_matches_the_function(preset, scale):
     image = torch.cat([photo(0), photo(1)])
-    out = run_node(DegradeImage, image=image, preset=preset, seed=7, resize_to_input=False)
-    lq = out.result[0]
+    (lq,) = degrade_node([image], preset, 7)
     assert lq.shape == (2, 96 // scale, 80 // scale, 3)
     assert torch.equal(lq, degradation.degrade(image, preset, 7))
-    back = run_node(DegradeImage, image=image, preset=preset, seed=7, resize_to_input=True).result[0]
+    (back,) = degrade_node([image], preset, 7, resize_to_input=True)
     assert back.shape == image.shape
+
+
+def test_degrade_node_counts_seeds_through_a_list_as_through_a_batch():
+    """Image i uses seed + i whether the images come as one batch or as a list (SUPIR Load Image Folder), so the
+    graph makes the same LQ images as the command-line benchmark."""
+    images = [photo(0), torch.cat([photo(1), photo(2)]), photo(3, 80, 96)]
+    out = degrade_node(images, "realesrgan_x4", 11)
+    assert [t.shape[0] for t in out] == [1, 2, 1] and out[2].shape == (1, 20, 24, 3)
+    batch = degrade_node([torch.cat(images[:2])], "realesrgan_x4", 11)[0]
+    assert torch.equal(torch.cat(out[:2]), batch)
+    assert torch.equal(out[2], degradation.degrade(images[2], "realesrgan_x4", 11 + 3))
+    first_of_second = degradation.degrade(images[1][:1], "realesrgan_x4", 12)  # the list's second image: seed + 1
+    assert torch.equal(out[1][:1], first_of_second)
+    assert not torch.equal(first_of_second, degradation.degrade(images[1][:1], "realesrgan_x4", 11))
 
 
 def test_metrics_node_outputs_batch_means_and_a_report():
     hq = photo(2)
-    lq = run_node(DegradeImage, image=hq.expand(2, -1, -1, -1), preset="sr_x4", seed=0,
-                  resize_to_input=True).result[0]
+    (lq,) = degrade_node([hq.expand(2, -1, -1, -1)], "sr_x4", 0, resize_to_input=True)
     out = run_node(ImageMetrics, image=lq, reference=hq, crop_border=4, learned_metric="none")
     psnr_y, ssim_y, psnr_rgb, ssim_rgb, report = out.result
     assert psnr_y == pytest.approx(metrics.psnr(lq, hq, 4).mean().item())

@@ -1,0 +1,175 @@
+"""Benchmark nodes: load a folder of test images from ComfyUI's input directory, and write a benchmark report
+(CSV, summary, comparison grid) into its output directory."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from ..supir.benchmark import IMAGE_EXTENSIONS, Report, crop_to_multiple, list_images, load_image
+from ..supir.degradation import pil_to_image
+from ..supir.metrics import IMPLEMENTED_METRICS, LEARNED_METRICS, load_learned_metric
+
+CATEGORY = "supir/benchmark"
+REPORT_TITLE = "SUPIR benchmark report"
+
+
+def input_folder(folder: str) -> str:
+    """The absolute path of ``folder``, a path relative to ComfyUI's input directory ("" is the directory itself).
+
+    Raises:
+        ValueError: an absolute path, a path that leaves the input directory, or a folder that does not exist.
+    """
+    root = folder_paths.get_input_directory()
+    relative = os.path.normpath(folder.strip() or ".")
+    if os.path.isabs(relative) or relative == ".." or relative.startswith(".." + os.sep):
+        raise ValueError(f"folder {folder!r} must be a path inside ComfyUI's input directory ({root}), e.g. "
+                         "'benchmark/hq'; absolute paths and '..' are not allowed.")
+    path = os.path.join(root, relative)
+    if not os.path.isdir(path):
+        raise ValueError(f"folder {folder!r} does not exist in ComfyUI's input directory: create {path} and put the "
+                         "high-quality test images in it.")
+    return path
+
+
+def folder_images(folder: str) -> list[str]:
+    """The image files of an input folder, sorted by name; a clear error when there are none."""
+    path = input_folder(folder)
+    try:
+        return list_images(path)
+    except ValueError:
+        raise ValueError(f"folder {folder!r} ({path}) has no images ({', '.join(IMAGE_EXTENSIONS)}); put the "
+                         "high-quality test images in it.") from None
+
+
+class LoadImageFolder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SUPIRLoadImageFolder",
+            display_name="SUPIR Load Image Folder",
+            category=CATEGORY,
+            description="Loads every image of a folder under ComfyUI's input directory, in name order, as a list: "
+                        "nodes after it run once per image, so images of different sizes keep their own size "
+                        "(nothing is resized). Each image is cropped at the bottom and right to a multiple of "
+                        "'multiple' so that degrading, restoring and scoring line up.",
+            inputs=[
+                io.String.Input("folder", default="benchmark",
+                                tooltip="Folder inside ComfyUI/input holding the high-quality (ground-truth) images, "
+                                        "e.g. 'benchmark' for ComfyUI/input/benchmark."),
+                io.Int.Input("multiple", default=32, min=1, max=512,
+                             tooltip="Crop each image to sides that are multiples of this: the SR scale times 8 "
+                                     "(32 for x4) lets SUPIR restore the LQ back to exactly the HQ size; 1 keeps "
+                                     "the whole image."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="images", is_output_list=True,
+                                tooltip="One IMAGE (batch of 1) per file, RGB (alpha dropped), EXIF-upright."),
+                io.String.Output(display_name="names", is_output_list=True,
+                                 tooltip="The file names, in the same order (for SUPIR Benchmark Report)."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder, multiple):
+        """Changes when a file of the folder is added, removed or rewritten, so the folder is read again."""
+        digest = hashlib.sha256(f"{folder}\0{multiple}".encode())
+        try:
+            path = input_folder(folder)
+            for name in list_images(path):
+                stat = os.stat(os.path.join(path, name))
+                digest.update(f"\0{name}\0{stat.st_mtime_ns}\0{stat.st_size}".encode())
+        except (ValueError, OSError):
+            pass  # execute() reports the problem
+        return digest.hexdigest()
+
+    @classmethod
+    def execute(cls, folder, multiple) -> io.NodeOutput:
+        path = input_folder(folder)
+        names = folder_images(folder)
+        images = [crop_to_multiple(load_image(os.path.join(path, name)), multiple) for name in names]
+        return io.NodeOutput(images, names)
+
+
+def flatten(images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A list of IMAGE batches -> a list of single images :math:`(1, H, W, C)`, in order."""
+    return [batch[i:i + 1] for batch in images for i in range(batch.shape[0])]
+
+
+def learned_metric_tooltip(name: str) -> str:
+    spec = LEARNED_METRICS[name]
+    kind = "a no-reference score" if spec.no_reference else "a distance to the HQ image"
+    better = "lower" if spec.lower_is_better else "higher"
+    return (f"Also score {spec.title}, {kind} ({better} is better). Its files go in ComfyUI/models/iqa/{name}/ "
+            "(never downloaded); a missing file is named in the error.")
+
+
+class BenchmarkReport(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        learned = [io.Boolean.Input(name, default=False, tooltip=learned_metric_tooltip(name))
+                   for name in IMPLEMENTED_METRICS]
+        return io.Schema(
+            node_id="SUPIRBenchmarkReport",
+            display_name="SUPIR Benchmark Report",
+            category=CATEGORY,
+            description="Scores restored images against their high-quality originals (PSNR and SSIM on Y and RGB, "
+                        "optional learned metrics) and writes a report folder into ComfyUI's output directory: "
+                        "metrics.csv (one row per image), summary.md (mean ± std per metric), grid.png (LQ | "
+                        "restored | HQ) and the LQ and restored PNGs. Restored images are rounded to 8 bits before "
+                        "scoring, so the saved PNGs give the same scores. Takes lists (SUPIR Load Image Folder) "
+                        "or batches, in the same order for all three image inputs.",
+            inputs=[
+                io.Image.Input("hq_images", tooltip="The high-quality originals (ground truth)."),
+                io.Image.Input("lq_images", tooltip="The degraded inputs, any size (shown in the grid, not scored)."),
+                io.Image.Input("restored_images", tooltip="The restorations, each the size of its HQ image."),
+                io.Int.Input("crop_border", default=4, min=0, max=64,
+                             tooltip="Pixels removed from each side before PSNR/SSIM: the SR scale (4 for x4), "
+                                     "0 for same-size restoration."),
+                *learned,
+                io.String.Input("filename_prefix", default="supir_benchmark/report",
+                                tooltip="Report folder name under ComfyUI/output; a counter is appended "
+                                        "(supir_benchmark/report_00001_/)."),
+                io.String.Input("names", optional=True, force_input=True,
+                                tooltip="Image names for the CSV and the saved files (SUPIR Load Image Folder's "
+                                        "names); image_001, image_002, ... when not connected."),
+            ],
+            outputs=[
+                io.String.Output(display_name="summary", tooltip="The summary table (Markdown), as in summary.md."),
+                io.Image.Output(display_name="grid", tooltip="The comparison grid, as in grid.png."),
+            ],
+            is_input_list=True,
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, hq_images, lq_images, restored_images, crop_border, filename_prefix, names=None,
+                **learned) -> io.NodeOutput:
+        hq, lq, restored = flatten(hq_images), flatten(lq_images), flatten(restored_images)
+        if not len(hq) == len(lq) == len(restored):
+            raise ValueError(f"got {len(hq)} HQ, {len(lq)} LQ and {len(restored)} restored images; connect one LQ and "
+                             "one restored image for every HQ image, in the same order.")
+        names = list(names) if names else [f"image_{i + 1:03d}" for i in range(len(hq))]
+        if len(names) != len(hq):
+            raise ValueError(f"got {len(names)} names for {len(hq)} images; connect the names output of the node that "
+                             "loaded the HQ images, or leave 'names' unconnected.")
+        crop, prefix = crop_border[0], filename_prefix[0]
+        chosen = [name for name in IMPLEMENTED_METRICS if learned.get(name, [False])[0]]
+        scorers = {name: load_learned_metric(name) for name in chosen}
+        output_dir = folder_paths.get_output_directory()
+        full_folder, filename, counter, _, _ = folder_paths.get_save_image_path(prefix, output_dir)
+        report_dir = os.path.join(full_folder, f"{filename}_{counter:05d}_")
+        report = Report(report_dir, crop, scorers)
+        for name, lq_image, restored_image, hq_image in zip(names, lq, restored, hq):
+            report.add(name, lq_image, restored_image, hq_image)
+        settings = (f"images: {len(hq)}, crop border: {crop}, learned metrics: {', '.join(chosen) or 'none'}, "
+                    f"folder: {os.path.relpath(report_dir, output_dir)}")
+        _, summary, grid = report.finish(REPORT_TITLE, settings)
+        grid_view = ui.SavedResult("grid.png", os.path.relpath(report_dir, output_dir), io.FolderType.output)
+        return io.NodeOutput(summary, pil_to_image(grid)[None], ui={"images": [grid_view], "text": (summary,)})
+
+
+NODES = [LoadImageFolder, BenchmarkReport]
