@@ -1,0 +1,234 @@
+"""Tier 2: the headless client (workflows/client.py, run as ``python -m workflows.client``) against real ComfyUI
+servers with tiny models: a shipped API workflow end to end, the server's validation error, an execution
+error, an interrupt, and a server killed and restarted in the middle of a batch (its own server, on the same
+port and folders, so the session server is untouched)."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
+pytest.importorskip("aiohttp", reason="the headless client needs aiohttp")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from host_env import TORCHVISION_STUB  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+TINY = ["--checkpoint", "tiny_sdxl.safetensors", "--supir-model", "tiny_supir_fp16.safetensors"]
+
+
+def fast(steps: int, seed: int) -> list[str]:
+    """A shipped workflow cut to a few RestoreEDM steps (Custom preset); a new seed keeps the sampler uncached."""
+    return [*TINY, "--seed", str(seed), "--set", "8.preset=Custom", "--set", f"8.steps={steps}",
+            "--set", "8.sampler=RestoreEDM"]
+
+
+def client_command(server_url: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "workflows.client", "supir_restore_basic", "--server", server_url,
+            "--poll-interval", "1", *args]
+
+
+def run_client(server_url: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(client_command(server_url, *args), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def write_photos(folder, names, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    return folder
+
+
+def submitted_ids(stdout: str) -> dict[str, list[str]]:
+    """Job name -> the prompt ids the client printed when submitting."""
+    ids: dict[str, list[str]] = {}
+    for name, pid in re.findall(r"^\[(\w+)\] submitting as (\S+)$", stdout, re.M):
+        ids.setdefault(name, []).append(pid)
+    return ids
+
+
+def wait_for_line(process: subprocess.Popen, pattern: str, timeout: float, seen: list[str]) -> None:
+    """Reads the client's stdout (into ``seen``) until a line matches ``pattern``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"the client ended before {pattern!r}:\n{''.join(seen)}")
+        seen.append(line)
+        if re.search(pattern, line):
+            return
+    raise AssertionError(f"no {pattern!r} within {timeout} s:\n{''.join(seen)}")
+
+
+def test_a_shipped_workflow_runs_and_its_result_is_downloaded(comfy_server, tmp_path):
+    photos = write_photos(tmp_path / "photos", ["harbour"])
+    result = run_client(comfy_server.url, *fast(2, seed=101), "--input", str(photos), "--output",
+                        str(tmp_path / "out"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert os.listdir(tmp_path / "out") == ["harbour.png"]
+    with Image.open(tmp_path / "out" / "harbour.png") as restored:
+        assert restored.size == (64, 48)
+    assert "[harbour] executing node 8 (SUPIRRestore)" in result.stdout
+    assert "[harbour] node 8 (SUPIRRestore): 2/2" in result.stdout
+    (pid,) = submitted_ids(result.stdout)["harbour"]
+    entry = comfy_server.get(f"/history/{pid}")[pid]
+    assert entry["status"]["status_str"] == "success"
+    assert entry["prompt"][2]["4"]["inputs"]["image"] == "harbour.png"
+    assert entry["prompt"][2]["8"]["inputs"]["seed"] == 101
+    assert os.path.exists(os.path.join(comfy_server.base, "input", "harbour.png"))
+
+
+def test_a_validation_error_reports_the_servers_message(comfy_server, tmp_path):
+    photos = write_photos(tmp_path / "photos", ["harbour"])
+    result = run_client(comfy_server.url, *TINY, "--checkpoint", "missing_model.safetensors", "--input", str(photos),
+                        "--output", str(tmp_path / "out"), timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED harbour: the server rejected the workflow: Prompt outputs failed validation" in result.stderr
+    assert re.search(r"node 2 \(CheckpointLoaderSimple\): Value not in list: ckpt_name: 'missing_model.safetensors' "
+                     r"not in \[.*'tiny_sdxl.safetensors'", result.stderr), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_execution_error_names_the_node_and_the_exception(comfy_server, tmp_path):
+    photos = write_photos(tmp_path / "photos", ["harbour"])
+    result = run_client(comfy_server.url, *fast(2, seed=102), "--supir-model", "corrupt.safetensors",
+                        "--input", str(photos), "--output", str(tmp_path / "out"), timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"FAILED harbour: execution error in node 3 \(SUPIRLoader\): SUPIRCheckpointError: "
+                     r"corrupt\.safetensors: cannot be read", result.stderr), result.stderr
+
+
+def test_an_interrupt_is_reported_and_fails_the_job(comfy_server, tmp_path):
+    photos = write_photos(tmp_path / "photos", ["harbour"])
+    process = subprocess.Popen(client_command(comfy_server.url, *fast(200, seed=103), "--input", str(photos),
+                                              "--output", str(tmp_path / "out")),
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        wait_for_line(process, r"node 8 \(SUPIRRestore\): 1/200", 600, seen)
+        (pid,) = submitted_ids("".join(seen))["harbour"]
+        assert comfy_server.post("/interrupt", {"prompt_id": pid})[0] == 200
+        out, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 1, "".join(seen) + out + err
+    assert "FAILED harbour: interrupted in node 8 (SUPIRRestore)" in err
+    assert not (tmp_path / "out").exists()
+
+
+# --- a server killed and restarted in the middle of a batch ---
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RestartableServer:
+    """ComfyUI on a fixed port with its own input/output/temp/user folders, sharing the session server's models
+    and custom nodes (its extra_model_paths.yaml); ``kill`` and ``start`` again keep the port and folders."""
+
+    def __init__(self, shared_base: str, base: str):
+        self.shared_base, self.base, self.port = shared_base, base, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = None
+        self.starts = 0
+        for d in ("input", "output", "temp", "user"):
+            os.makedirs(os.path.join(base, d), exist_ok=True)
+
+    def get(self, path):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        import torchvision  # the server needs the same stand-in as this process when that one is used
+        if os.path.abspath(torchvision.__file__).startswith(TORCHVISION_STUB):
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [TORCHVISION_STUB, env.get("PYTHONPATH")]))
+        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--disable-auto-launch",
+               "--extra-model-paths-config", os.path.join(self.shared_base, "extra_model_paths.yaml"),
+               "--input-directory", os.path.join(self.base, "input"),
+               "--output-directory", os.path.join(self.base, "output"),
+               "--temp-directory", os.path.join(self.base, "temp"), "--user-directory", os.path.join(self.base, "user"),
+               "--database-url", "sqlite:///:memory:"]
+        self.starts += 1
+        self.log_path = os.path.join(self.base, f"server{self.starts}.log")
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(cmd, cwd=COMFYUI_PATH, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        deadline = time.time() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            try:
+                self.get("/system_stats")
+                return
+            except OSError:
+                if time.time() > deadline:
+                    raise TimeoutError(f"ComfyUI not ready after {timeout} s:\n{self.log()[-4000:]}")
+                time.sleep(0.5)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+
+@pytest.fixture()
+def restartable_server(comfy_server, tmp_path):
+    server = RestartableServer(comfy_server.base, str(tmp_path / "restartable"))
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.kill()
+
+
+def test_a_server_restart_mid_batch_runs_every_job_exactly_once(restartable_server, tmp_path):
+    server = restartable_server
+    photos = write_photos(tmp_path / "photos", ["harbour", "portrait"], seed=4)
+    out = tmp_path / "out"
+    process = subprocess.Popen(client_command(server.url, *fast(3, seed=104), "--input", str(photos),
+                                              "--output", str(out), "--retry-for", "300"),
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        wait_for_line(process, r"\[harbour\] node 8 \(SUPIRRestore\): 1/3", 600, seen)
+        server.kill()
+        server.start()
+        rest, err = process.communicate(timeout=900)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stdout = "".join(seen) + rest
+    assert process.returncode == 0, stdout + err + server.log()[-3000:]
+    assert sorted(os.listdir(out)) == ["harbour.png", "portrait.png"]
+    ids = submitted_ids(stdout)
+    assert len(ids["harbour"]) == 1 and len(ids["portrait"]) == 1, ids
+    assert "[harbour] the server does not know job" in stdout
+    history = server.get("/history")
+    assert sorted(history) == sorted([ids["harbour"][0], ids["portrait"][0]])
+    assert all(entry["status"]["status_str"] == "success" for entry in history.values())
+    saved = sorted(os.listdir(os.path.join(server.base, "output", "supir")))
+    assert len(saved) == 2, f"each job must run to the end exactly once: {saved}"

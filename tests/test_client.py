@@ -1,0 +1,478 @@
+"""Tier 1: the headless client (workflows/client.py): overrides on the shipped API workflows, argument parsing,
+error messages, and the protocol — upload, submit, websocket progress, history, downloads, retries without
+duplicated jobs — against an in-process fake of ComfyUI's HTTP and websocket API run on its own thread."""
+import asyncio
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp", reason="the headless client needs aiohttp (ComfyUI's own dependency)")
+from aiohttp import web  # noqa: E402
+
+from supir_restore.workflows import client  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASIC = client.SHIPPED / "supir_restore_basic.json"
+
+
+def basic() -> dict:
+    return client.load_workflow(BASIC)
+
+
+# --- workflow and overrides ---
+
+def test_parse_set_reads_json_values_and_keeps_text():
+    assert client.parse_set("8.steps=30") == ("8", "steps", 30)
+    assert client.parse_set("8.cfg_end=7.5") == ("8", "cfg_end", 7.5)
+    assert client.parse_set("7.caption_per_line=true") == ("7", "caption_per_line", True)
+    assert client.parse_set("8.preset=Lightning Quality") == ("8", "preset", "Lightning Quality")
+    assert client.parse_set('7.caption="42"') == ("7", "caption", "42")
+    assert client.parse_set("7.caption=a=b") == ("7", "caption", "a=b")
+    assert client.parse_set("12:3.seed=1") == ("12:3", "seed", 1)
+    for bad in ("8.steps", "steps=3", ".steps=3", "8.=3"):
+        with pytest.raises(client.WorkflowError, match="NODE_ID.input=value"):
+            client.parse_set(bad)
+
+
+def test_overrides_find_the_nodes_of_the_shipped_workflow():
+    workflow = basic()
+    original = copy.deepcopy(workflow)
+    out = client.apply_overrides(workflow, client.Overrides(
+        seed=123, positive="a harbour at dusk", negative="blurry", checkpoint="juggernaut.safetensors",
+        supir_model="SUPIR-v0F.ckpt"))
+    assert workflow == original, "the loaded workflow must not be modified"
+    assert out["8"]["inputs"]["seed"] == 123
+    assert out["7"]["inputs"]["caption"] == "a harbour at dusk"
+    assert out["7"]["inputs"]["negative"] == "blurry"
+    assert out["2"]["inputs"]["ckpt_name"] == "juggernaut.safetensors"
+    assert out["3"]["inputs"]["supir_name"] == "SUPIR-v0F.ckpt"
+    changed = {(nid, k) for nid in out for k, v in out[nid]["inputs"].items() if original[nid]["inputs"].get(k) != v}
+    assert changed == {("8", "seed"), ("7", "caption"), ("7", "negative"), ("2", "ckpt_name"), ("3", "supir_name")}
+
+
+def test_set_wins_adds_optional_inputs_and_refuses_links_and_unknown_nodes():
+    sets = [client.parse_set(s) for s in ("8.seed=5", "8.preset=Custom", "8.steps=2", "5.tile_size=512")]
+    out = client.apply_overrides(basic(), client.Overrides(seed=1, sets=sets))
+    assert (out["8"]["inputs"]["seed"], out["8"]["inputs"]["preset"], out["8"]["inputs"]["steps"]) == (5, "Custom", 2)
+    assert out["5"]["inputs"]["tile_size"] == 512
+    with pytest.raises(client.WorkflowError, match="wired to node 2"):
+        client.apply_overrides(basic(), client.Overrides(sets=[("9", "vae", "x")]))
+    with pytest.raises(client.WorkflowError, match="no node '99'"):
+        client.apply_overrides(basic(), client.Overrides(sets=[("99", "seed", 1)]))
+
+
+def test_an_override_that_matches_nothing_is_an_error():
+    with pytest.raises(client.WorkflowError, match="--scale: no node.*SUPIRResize.scale_by"):
+        client.apply_overrides(basic(), client.Overrides(scale=2.0))
+    no_seed = {nid: node for nid, node in basic().items() if node["class_type"] != "SUPIRRestore"}
+    with pytest.raises(client.WorkflowError, match="--seed"):
+        client.apply_overrides(no_seed, client.Overrides(seed=1))
+
+
+def stock_graph() -> dict:
+    """A stock text-to-image graph: the prompts are CLIPTextEncode nodes wired to KSampler's positive/negative."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sdxl.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "old positive", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "old negative", "clip": ["1", 1]}},
+        "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                    "noise_seed": 0, "latent_image": ["5", 0]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "ImageScaleBy", "inputs": {"image": ["7", 0], "upscale_method": "lanczos",
+                                                        "scale_by": 1.0}},
+        "7": {"class_type": "SUPIRUpscaleRestore", "inputs": {"scale": 2.0, "caption": "", "seed": 3}},
+        "8": {"class_type": "SUPIRResize", "inputs": {"image": ["6", 0], "scale_by": 2.0, "multiple": "64"}},
+    }
+
+
+def test_prompts_follow_the_links_to_text_encoders_and_scale_finds_resize_nodes():
+    out = client.apply_overrides(stock_graph(), client.Overrides(positive="cat", negative="dog", scale=4.0, seed=9))
+    assert out["2"]["inputs"]["text"] == "cat" and out["3"]["inputs"]["text"] == "dog"
+    assert out["7"]["inputs"]["caption"] == "cat"
+    scales = [out[nid]["inputs"][name] for nid, name in (("6", "scale_by"), ("7", "scale"), ("8", "scale_by"))]
+    assert scales == [4.0] * 3
+    assert out["4"]["inputs"]["noise_seed"] == 9 and out["7"]["inputs"]["seed"] == 9
+
+
+def test_load_workflow_refuses_the_ui_format_and_non_workflows(tmp_path):
+    with pytest.raises(client.WorkflowError, match="editor's \\(UI\\) format"):
+        client.load_workflow(client.SHIPPED.parent / "supir_restore_basic.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"1": {"inputs": {}}}))
+    with pytest.raises(client.WorkflowError, match="not an API-format workflow.*1"):
+        client.load_workflow(bad)
+    bad.write_text("{not json")
+    with pytest.raises(client.WorkflowError, match="cannot read workflow"):
+        client.load_workflow(bad)
+
+
+def test_shipped_names_resolve_to_the_api_twins(tmp_path):
+    assert client.resolve_workflow_path("supir_restore_lightning") == client.SHIPPED / "supir_restore_lightning.json"
+    own = tmp_path / "mine.json"
+    own.write_text("{}")
+    assert client.resolve_workflow_path(str(own)) == own
+    with pytest.raises(client.WorkflowError, match="supir_restore_basic, supir_restore_fidelity"):
+        client.resolve_workflow_path("nope")
+
+
+def test_the_image_goes_to_the_only_load_image_or_the_chosen_one():
+    workflow = basic()
+    assert client.image_node(workflow, None) == "4"
+    workflow["12"] = {"class_type": "LoadImage", "inputs": {"image": "ref.png"}}
+    with pytest.raises(client.WorkflowError, match="has 2 \\(4, 12\\).*--image-node"):
+        client.image_node(workflow, None)
+    assert client.image_node(workflow, "12") == "12"
+    with pytest.raises(client.WorkflowError, match="--image-node 8"):
+        client.image_node(workflow, "8")
+
+
+def test_input_folders_list_images_and_refuse_clashing_names(tmp_path):
+    for name in ("b.png", "a.JPG", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in client.list_inputs(tmp_path)] == ["a.JPG", "b.png"]
+    (tmp_path / "a.png").write_bytes(b"y")
+    with pytest.raises(client.WorkflowError, match="share a name \\(a\\)"):
+        client.list_inputs(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(client.WorkflowError, match="no images"):
+        client.list_inputs(empty)
+
+
+def test_server_messages_become_readable_reports():
+    body = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                      "details": "", "extra_info": {}},
+            "node_errors": {"2": {"errors": [{"type": "value_not_in_list", "message": "Value not in list",
+                                              "details": "ckpt_name: 'x.safetensors' not in ['a.safetensors']",
+                                              "extra_info": {}}],
+                                  "dependent_outputs": ["10"], "class_type": "CheckpointLoaderSimple"}}}
+    assert client.validation_message(body) == (
+        "Prompt outputs failed validation\n  node 2 (CheckpointLoaderSimple): Value not in list: "
+        "ckpt_name: 'x.safetensors' not in ['a.safetensors']")
+    error = {"status": {"status_str": "error", "completed": False, "messages": [
+        ["execution_start", {"prompt_id": "p"}],
+        ["execution_error", {"node_id": "3", "node_type": "SUPIRLoader",
+                             "exception_type": "/x/supir_restore.supir.checkpoint.SUPIRCheckpointError",
+                             "exception_message": "corrupt.safetensors is not a safetensors file\n"}]]}}
+    assert client.failure_message(error) == ("execution error in node 3 (SUPIRLoader): SUPIRCheckpointError: "
+                                             "corrupt.safetensors is not a safetensors file")
+    interrupted = {"status": {"status_str": "error", "messages": [
+        ["execution_interrupted", {"node_id": "8", "node_type": "SUPIRRestore"}]]}}
+    assert client.failure_message(interrupted) == "interrupted in node 8 (SUPIRRestore)"
+    assert client.failure_message({"status": {"status_str": "success", "messages": []}}) is None
+
+
+def test_outputs_are_named_after_the_job():
+    saved = {"filename": "restored_00001_.png", "subfolder": "supir", "type": "output"}
+    entry = {"outputs": {"11": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}]},
+                         "10": {"images": [saved]}}}
+    files = client.output_files(entry)
+    assert [nid for nid, _ in files] == ["10"] and client.output_names("photo", files) == ["photo.png"]
+    files = client.output_files(entry, previews=True)
+    assert client.output_names("photo", files) == ["photo_10_0.png", "photo_11_0.png"]
+
+
+def test_command_line_becomes_overrides():
+    args = client.build_parser().parse_args([
+        "supir_restore_basic", "--input", "in", "--seed", "4", "--positive", "a cat", "--negative", "dog",
+        "--checkpoint", "c.safetensors", "--supir-model", "s.ckpt", "--set", "8.steps=3", "--set", "8.preset=Custom",
+        "--scale", "2", "--retry-for", "10", "--max-resubmits", "2"])
+    overrides = client.overrides_from_args(args)
+    assert overrides == client.Overrides(seed=4, positive="a cat", negative="dog", scale=2.0,
+                                         checkpoint="c.safetensors", supir_model="s.ckpt",
+                                         sets=[("8", "steps", 3), ("8", "preset", "Custom")])
+    assert (str(args.input), args.retry_for, args.max_resubmits, args.server) == ("in", 10.0, 2,
+                                                                                  "http://127.0.0.1:8188")
+
+
+def test_bad_arguments_exit_2_before_contacting_a_server(capsys, tmp_path):
+    assert client.main(["supir_restore_basic", "--scale", "2", "--server", "http://127.0.0.1:9"]) == 2
+    assert "--scale: no node" in capsys.readouterr().err
+    assert client.main(["supir_restore_basic", "--input", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.parametrize("how", ["module", "script"])
+def test_the_cli_runs_as_module_and_as_script(how):
+    cmd = ["-m", "workflows.client"] if how == "module" else [os.path.join(REPO, "workflows", "client.py")]
+    result = subprocess.run([sys.executable, *cmd, "supir_restore_basic", "--set", "8.x"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "expected NODE_ID.input=value" in result.stderr, result.stderr
+
+
+# --- the protocol, against a fake ComfyUI ---
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeComfy:
+    """ComfyUI's client protocol in-process (as server.py and execution.py speak it): /upload/image, /prompt
+    (prompt_id taken from the request, 400 with error + node_errors), /ws?clientId= with executing / progress /
+    execution_* messages, /queue, /history/{id}, /view. Knobs: ``outcome`` of each run, ``step_seconds`` (each
+    run has two steps), ``reject`` (a validation body), ``drop_prompt_responses`` (queue the job, then cut the
+    connection before answering), ``restarts_at_start`` (that many times, "restart" when a job starts: the port
+    closes for a moment and the queue and history are lost), ``websocket`` (False: /ws answers 404)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.outcome, self.reject, self.websocket, self.step_seconds = "success", None, True, 0.02
+        self.drop_prompt_responses = self.restarts_at_start = 0
+        self.uploads, self.files = {}, {}
+        self.posts: list[dict] = []       # every POST /prompt body
+        self.queued: list[str] = []       # every prompt id put in a queue (across restarts)
+        self.duplicates: list[str] = []   # ids posted while the server still had them
+        self.queue, self.history, self.sockets = [], {}, {}
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.start())
+
+    def call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
+
+    async def start(self):
+        app = web.Application()
+        app.router.add_post("/upload/image", self.upload)
+        app.router.add_post("/prompt", self.prompt)
+        app.router.add_get("/ws", self.ws)
+        app.router.add_get("/queue", self.get_queue)
+        app.router.add_get("/history/{id}", self.get_history)
+        app.router.add_get("/view", self.view)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.2)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.worker = asyncio.ensure_future(self.work())
+
+    async def restart(self):
+        self.worker.cancel()
+        for ws in list(self.sockets.values()):
+            await ws.close()
+        await self.runner.cleanup()
+        self.queue, self.history, self.sockets = [], {}, {}
+        await asyncio.sleep(0.5)
+        await self.start()
+
+    def stop(self):
+        self.worker.cancel()
+        self.call(self.runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+    async def upload(self, request):
+        form = await request.post()
+        self.uploads[form["image"].filename] = form["image"].file.read()
+        return web.json_response({"name": form["image"].filename, "subfolder": "", "type": "input"})
+
+    async def prompt(self, request):
+        body = await request.json()
+        self.posts.append(body)
+        if self.reject:
+            return web.json_response(self.reject, status=400)
+        pid = body.get("prompt_id")
+        if pid in self.queue or pid in self.history:
+            self.duplicates.append(pid)
+        self.queue.append(pid)
+        self.queued.append(pid)
+        self.client_of = body["client_id"]
+        self.prompts = getattr(self, "prompts", {})
+        self.prompts[pid] = body["prompt"]
+        if self.drop_prompt_responses:
+            self.drop_prompt_responses -= 1
+            request.transport.close()
+        return web.json_response({"prompt_id": pid, "number": len(self.queued), "node_errors": {}})
+
+    async def ws(self, request):
+        if not self.websocket:
+            return web.Response(status=404)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sockets[request.query["clientId"]] = ws
+        await ws.send_json({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}})
+        async for _ in ws:
+            pass
+        return ws
+
+    async def get_queue(self, request):
+        return web.json_response({"queue_running": [[0, p, {}, {}, []] for p in self.queue[:1]],
+                                  "queue_pending": [[0, p, {}, {}, []] for p in self.queue[1:]]})
+
+    async def get_history(self, request):
+        pid = request.match_info["id"]
+        return web.json_response({pid: self.history[pid]} if pid in self.history else {})
+
+    async def view(self, request):
+        key = (request.query["type"], request.query["subfolder"], request.query["filename"])
+        return web.Response(body=self.files[key]) if key in self.files else web.Response(status=404)
+
+    async def send(self, kind, data):
+        ws = self.sockets.get(self.client_of)
+        if ws is not None and not ws.closed:
+            await ws.send_json({"type": kind, "data": data})
+
+    async def work(self):
+        while True:
+            await asyncio.sleep(0.02)
+            if not self.queue:
+                continue
+            pid = self.queue[0]
+            await self.send("execution_start", {"prompt_id": pid})
+            if self.restarts_at_start:
+                self.restarts_at_start -= 1
+                asyncio.ensure_future(self.restart())
+                return
+            await self.send("executing", {"node": "8", "display_node": "8", "prompt_id": pid})
+            for step in (1, 2):
+                await asyncio.sleep(self.step_seconds)
+                await self.send("progress", {"value": step, "max": 2, "prompt_id": pid, "node": "8"})
+            image = self.prompts[pid]["4"]["inputs"]["image"]
+            messages = [["execution_start", {"prompt_id": pid}]]
+            outputs = {}
+            if self.outcome == "error":
+                error = {"prompt_id": pid, "node_id": "3", "node_type": "SUPIRLoader",
+                         "exception_type": "SUPIRCheckpointError", "exception_message": "not a SUPIR file"}
+                messages.append(["execution_error", error])
+                await self.send("execution_error", error)
+            elif self.outcome == "interrupted":
+                stop = {"prompt_id": pid, "node_id": "8", "node_type": "SUPIRRestore"}
+                messages.append(["execution_interrupted", stop])
+                await self.send("execution_interrupted", stop)
+            else:
+                name = f"restored_{len(self.files) + 1:05}_.png"
+                self.files[("output", "supir", name)] = b"restored " + self.uploads[image]
+                self.files[("temp", "", "preview.png")] = b"preview"
+                outputs = {"10": {"images": [{"filename": name, "subfolder": "supir", "type": "output"}]},
+                           "11": {"images": [{"filename": "preview.png", "subfolder": "", "type": "temp"}]}}
+                messages.append(["execution_success", {"prompt_id": pid}])
+                await self.send("execution_success", {"prompt_id": pid})
+            self.queue.pop(0)
+            self.history[pid] = {"prompt": [0, pid, {}, {}, []], "outputs": outputs, "status": {
+                "status_str": "success" if self.outcome == "success" else "error",
+                "completed": self.outcome == "success", "messages": messages}}
+            await self.send("executing", {"node": None, "prompt_id": pid})
+
+
+@pytest.fixture()
+def fake():
+    server = FakeComfy()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("harbour", "portrait"):
+        (folder / f"{name}.png").write_bytes(f"pixels of {name}".encode())
+    return folder
+
+
+def run(fake, *args, input_path=None, out=None):
+    argv = ["supir_restore_basic", "--server", fake.url, "--retry-for", "5", "--poll-interval", "0.3", *args]
+    if input_path is not None:
+        argv += ["--input", str(input_path)]
+    if out is not None:
+        argv += ["--output", str(out)]
+    return client.main(argv)
+
+
+def test_a_batch_uploads_submits_follows_and_downloads(fake, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    started = time.monotonic()
+    assert run(fake, "--seed", "7", "--poll-interval", "60", input_path=photos, out=out) == 0
+    assert time.monotonic() - started < 30, "the end of a job comes over the websocket, not from polling"
+    assert sorted(os.listdir(out)) == ["harbour.png", "portrait.png"]
+    assert (out / "harbour.png").read_bytes() == b"restored pixels of harbour"
+    assert (out / "portrait.png").read_bytes() == b"restored pixels of portrait"
+    assert [p["prompt"]["4"]["inputs"]["image"] for p in fake.posts] == ["harbour.png", "portrait.png"]
+    assert all(p["prompt"]["8"]["inputs"]["seed"] == 7 for p in fake.posts)
+    assert len({p["client_id"] for p in fake.posts}) == 1 and len({p["prompt_id"] for p in fake.posts}) == 2
+    assert fake.duplicates == []
+    printed = capsys.readouterr().out
+    assert "[harbour] executing node 8 (SUPIRRestore)" in printed
+    assert "[portrait] node 8 (SUPIRRestore): 2/2" in printed
+    assert "2 of 2 job(s) succeeded" in printed
+
+
+def test_previews_are_downloaded_on_request_from_a_server_given_without_scheme(fake, photos, tmp_path):
+    out = tmp_path / "out"
+    assert run(fake, "--previews", "--server", f"127.0.0.1:{fake.port}", input_path=photos / "harbour.png",
+               out=out) == 0
+    assert sorted(os.listdir(out)) == ["harbour_10_0.png", "harbour_11_0.png"]
+
+
+def test_a_validation_error_reports_the_servers_message(fake, photos, tmp_path, capsys):
+    fake.reject = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                             "details": ""},
+                   "node_errors": {"2": {"errors": [{"message": "Value not in list",
+                                                     "details": "ckpt_name: 'nope.safetensors' not in []"}],
+                                         "class_type": "CheckpointLoaderSimple"}}}
+    assert run(fake, "--checkpoint", "nope.safetensors", input_path=photos, out=tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "0 of 2 job(s) succeeded" in err
+    assert ("FAILED harbour: the server rejected the workflow: Prompt outputs failed validation\n"
+            "  node 2 (CheckpointLoaderSimple): Value not in list: ckpt_name: 'nope.safetensors' not in []") in err
+    assert "FAILED portrait" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("outcome, message", [
+    ("error", "execution error in node 3 (SUPIRLoader): SUPIRCheckpointError: not a SUPIR file"),
+    ("interrupted", "interrupted in node 8 (SUPIRRestore)")])
+def test_execution_errors_and_interrupts_fail_the_job(fake, photos, tmp_path, capsys, outcome, message):
+    fake.outcome = outcome
+    assert run(fake, input_path=photos / "harbour.png", out=tmp_path / "out") == 1
+    assert f"FAILED harbour: {message}" in capsys.readouterr().err
+
+
+def test_a_lost_prompt_response_does_not_queue_the_job_twice(fake, photos, tmp_path):
+    fake.drop_prompt_responses, fake.step_seconds = 1, 1.0  # still running when the client looks it up
+    assert run(fake, input_path=photos, out=tmp_path / "out") == 0
+    assert len(fake.queued) == 2 and len(set(fake.queued)) == 2 and fake.duplicates == []
+    assert sorted(os.listdir(tmp_path / "out")) == ["harbour.png", "portrait.png"]
+
+
+def test_a_restarted_server_gets_the_lost_job_again_with_the_same_id(fake, photos, tmp_path, capsys):
+    fake.restarts_at_start = 1
+    assert run(fake, input_path=photos, out=tmp_path / "out") == 0
+    first = fake.posts[0]["prompt_id"]
+    assert fake.queued == [first, first, fake.posts[-1]["prompt_id"]] and fake.duplicates == []
+    assert sorted(fake.history) == sorted({first, fake.posts[-1]["prompt_id"]})
+    assert (tmp_path / "out" / "harbour.png").read_bytes() == b"restored pixels of harbour"
+    assert (tmp_path / "out" / "portrait.png").read_bytes() == b"restored pixels of portrait"
+    assert "does not know job" in capsys.readouterr().out
+
+
+def test_a_job_lost_more_often_than_allowed_fails_and_the_batch_goes_on(fake, photos, tmp_path, capsys):
+    fake.restarts_at_start = 2
+    assert run(fake, "--max-resubmits", "1", input_path=photos, out=tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "FAILED harbour: the server lost the job 2 times" in err and "1 of 2 job(s) succeeded" in err
+    assert os.listdir(tmp_path / "out") == ["portrait.png"]
+
+
+def test_without_a_websocket_the_status_is_polled(fake, photos, tmp_path, capsys):
+    fake.websocket = False
+    assert run(fake, input_path=photos / "portrait.png", out=tmp_path / "out") == 0
+    assert "polling" in capsys.readouterr().out
+    assert fake.duplicates == [] and len(fake.queued) == 1
+
+
+def test_an_unreachable_server_fails_every_job_and_says_so(photos, tmp_path, capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    code = client.main(["supir_restore_basic", "--server", url, "--retry-for", "1", "--input", str(photos),
+                        "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"FAILED harbour: {url} unreachable for 1 s" in err
+    assert "FAILED portrait: not run: the server was unreachable" in err
