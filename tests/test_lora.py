@@ -169,3 +169,71 @@ def test_target_kind_and_kohya_names():
         "lora_te1_text_model_encoder_layers_2_mlp_fc1"
     assert kohya_name("clip_g.transformer.text_model.final_layer_norm.weight") == \
         "text_encoders.clip_g.transformer.text_model.final_layer_norm"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Region blend (supir/region_mask.py): the mask at latent resolution and the masked mix, without ComfyUI.
+# ---------------------------------------------------------------------------------------------------------------
+
+from supir_restore.supir.region_mask import RegionMaskError, latent_mask, masked_mix  # noqa: E402
+
+
+def test_masked_mix_is_exact_at_both_ends_and_linear_between():
+    g = torch.Generator().manual_seed(0)
+    inside, outside = torch.randn(2, 4, 3, 5, generator=g), torch.randn(2, 4, 3, 5, generator=g)
+    weights = torch.rand(2, 1, 3, 5, generator=g)
+    weights[0, 0, 0], weights[1, 0, 1] = 1.0, 0.0
+    mixed = masked_mix(weights, inside, outside)
+    assert torch.equal(mixed[0, :, 0], inside[0, :, 0]) and torch.equal(mixed[1, :, 1], outside[1, :, 1])
+    w = weights.double()
+    torch.testing.assert_close(mixed.double(), w * inside.double() + (1 - w) * outside.double(), rtol=0, atol=1e-6)
+    shared = masked_mix(weights[:1], inside, outside)  # one mask for the whole batch
+    assert torch.equal(shared[1], masked_mix(weights[:1], inside[1:], outside[1:])[0])
+
+
+def test_latent_mask_averages_each_latent_pixel_and_keeps_flat_regions_exact():
+    mask = torch.zeros(64, 96)
+    mask[:, :48] = 1.0  # the left half: a boundary between latent columns 5 and 6
+    weights = latent_mask(mask, 8, 12, batch=2)
+    assert weights.shape == (1, 1, 8, 12) and weights.dtype == torch.float32
+    assert torch.equal(weights[..., :5], torch.ones(1, 1, 8, 5))
+    assert torch.equal(weights[..., 7:], torch.zeros(1, 1, 8, 5))
+    torch.testing.assert_close(weights[..., 5], torch.full((1, 1, 8), 7 / 8))  # triangle filter 8 px each side
+    torch.testing.assert_close(weights[..., 6], torch.full((1, 1, 8), 1 / 8))
+    block = torch.zeros(1, 64, 96)
+    block[:, 24:32, 40:48] = 1.0  # exactly latent pixel (3, 5)
+    assert latent_mask(block, 8, 12, batch=1)[0, 0].argmax() == 3 * 12 + 5
+
+
+def test_latent_mask_batches_clamps_and_feathers():
+    g = torch.Generator().manual_seed(1)
+    per_image = torch.rand(3, 32, 32, generator=g)
+    assert latent_mask(per_image, 4, 4, batch=3).shape == (3, 1, 4, 4)
+    over = latent_mask(torch.full((16, 16), 2.0), 2, 2, batch=1)
+    under = latent_mask(torch.full((16, 16), -1.0), 2, 2, batch=1)
+    assert torch.equal(over, torch.ones_like(over)) and torch.equal(under, torch.zeros_like(under))
+    mask = torch.zeros(1, 128, 128)
+    mask[..., :64] = 1.0
+    hard = latent_mask(mask, 16, 16, batch=1)
+    soft = latent_mask(mask, 16, 16, batch=1, feather=2.0)
+    torch.testing.assert_close(latent_mask(torch.ones(64, 64), 8, 8, 1, feather=3.0), torch.ones(1, 1, 8, 8))
+    row = soft[0, 0, 5]
+    assert (row[1:] <= row[:-1]).all() and row[0] > 0.99 and row[-1] < 0.01
+    torch.testing.assert_close(row + row.flip(0), torch.ones(16))  # the blur is symmetric about the edge
+    assert (soft[0, 0, 5, 3:7] < hard[0, 0, 5, 3:7]).all() and (soft[0, 0, 5, 9:13] > hard[0, 0, 5, 9:13]).all()
+
+
+@pytest.mark.parametrize("mask, batch, message", [
+    (torch.ones(2, 64, 64), 3, "2 masks for a batch of 3 latents"),
+    (torch.ones(1, 64, 32), 1, "region mask is 32x64 px but the image being sampled is 64x64 px"),
+    (torch.full((64, 64), float("nan")), 1, "NaN or infinite"),
+    (torch.ones(1, 1, 64, 64), 1, r"shape \(1, 1, 64, 64\)"),
+])
+def test_latent_mask_refuses_masks_that_do_not_fit(mask, batch, message):
+    with pytest.raises(RegionMaskError, match=message):
+        latent_mask(mask, 8, 8, batch)
+
+
+def test_latent_mask_accepts_the_aspect_change_of_snapping_to_multiples():
+    # a 1000x700 image restored x2 samples at 1984x1408 (multiples of 64): its mask is stretched, not refused
+    assert latent_mask(torch.ones(700, 1000), 176, 248, batch=1).shape == (1, 1, 176, 248)

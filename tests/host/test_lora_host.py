@@ -251,4 +251,4 @@ def test_nodes_are_valid_v3_nodes():
         cls.GET_SCHEMA()
         cls.VALIDATE_CLASS()
     assert {cls.GET_SCHEMA().node_id for cls in NODES} == {
-        "SUPIRLoraStack", "SUPIRLoraInspect", "SUPIRLoraMerge", "SUPIRSaveBakedCheckpoint"}
+        "SUPIRLoraStack", "SUPIRLoraInspect", "SUPIRLoraMerge", "SUPIRSaveBakedCheckpoint", "SUPIRLoraRegionBlend"}
