@@ -1,1 +1,1 @@
-"""In-graph LoRA trainer for restoration (planned; see the issue tracker)."""
+"""In-graph LoRA trainer for restoration: dataset, adapters, objective and loop, validation, loss curve."""

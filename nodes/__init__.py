@@ -12,6 +12,7 @@ from .prompt_nodes import NODES as PROMPT_NODES
 from .sampling_nodes import NODES as SAMPLING_NODES
 from .supir_nodes import NODES as SUPIR_NODES
 from .tiling_nodes import NODES as TILING_NODES
+from .training_nodes import NODES as TRAINING_NODES
 from .upscale_nodes import NODES as UPSCALE_NODES
 
 
@@ -27,7 +28,7 @@ def register_model_folder() -> None:
 class SUPIRRestoreExtension(ComfyExtension):
     async def get_node_list(self):
         return [*SUPIR_NODES, *PROMPT_NODES, *SAMPLING_NODES, *TILING_NODES, *UPSCALE_NODES, *DEGRADATION_NODES,
-                *BENCHMARK_NODES, *IMAGE_NODES, *LORA_NODES]
+                *BENCHMARK_NODES, *IMAGE_NODES, *LORA_NODES, *TRAINING_NODES]
 
 
 async def comfy_entrypoint() -> ComfyExtension:

@@ -31,6 +31,7 @@ from .sampling import STEP_KEY, sigma_ramp
 from .tiling_patch import TILES_KEY
 
 KEY = "supir_restore"
+HINT_KEY = "supir_hint"
 
 
 class SUPIRMismatchError(ValueError):
@@ -146,16 +147,18 @@ class SUPIRPatch:
 
     def hint_for(self, x: torch.Tensor, transformer_options: dict) -> torch.Tensor:
         """The hint batched like ``x``: every cond/uncond chunk gets the same LQ latents; when tiled
-        aggregation runs the call on tiles (stacked tile-major), each gets its slice of the hint."""
+        aggregation runs the call on tiles (stacked tile-major), each gets its slice of the hint. A call may
+        bring its own (latent-format) hint under ``HINT_KEY``, as the LoRA trainer does with a fresh LQ per step."""
         size, tiles = transformer_options.get(TILES_KEY) or (tuple(x.shape[-2:]), None)
-        if tuple(self.hint.shape[-2:]) != tuple(size):
+        hint = transformer_options.get(HINT_KEY, self.hint)
+        if tuple(hint.shape[-2:]) != tuple(size):
             raise SUPIRMismatchError(
                 f"the latent being sampled is {size[1] * 8}x{size[0] * 8} px but the SUPIR hint is "
-                f"{self.hint.shape[-1] * 8}x{self.hint.shape[-2] * 8} px; sample a latent of the LQ image's size "
+                f"{hint.shape[-1] * 8}x{hint.shape[-2] * 8} px; sample a latent of the LQ image's size "
                 f"(encode the same image, or use an Empty Latent of that size).")
         chunks = len(transformer_options.get("cond_or_uncond", [0]))
         per_tile = x.shape[0] // len(tiles or [None])
-        hint = comfy.utils.repeat_to_batch_size(self.hint, per_tile // chunks).repeat(chunks, 1, 1, 1)
+        hint = comfy.utils.repeat_to_batch_size(hint, per_tile // chunks).repeat(chunks, 1, 1, 1)
         if tiles:
             hint = torch.cat([hint[:, :, a:b, c:d] for a, b, c, d in tiles])
         return hint.to(x.device)
