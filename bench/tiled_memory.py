@@ -15,18 +15,8 @@ import sys
 import types
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def status_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MB."""
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS (Linux)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proc_memory import reset_peak, status_mb  # noqa: E402
 
 
 def measure(size: int) -> dict:

@@ -130,6 +130,7 @@ class RestorationObjective:
         self.cached = self._cache() if settings.cache_latents else None
 
     @staticmethod
+    @torch.no_grad()
     def _encode_text(clip, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
         cond, pooled = clip.encode_from_tokens(clip.tokenize(caption), return_pooled=True)
         return cond.float().clone(), pooled.float().clone()
@@ -143,11 +144,14 @@ class RestorationObjective:
             out.append((crop, self.encode_hq(crop[None])))
         return out
 
+    @torch.no_grad()
     def encode_hq(self, hq: torch.Tensor) -> torch.Tensor:
         return self.latent_format.process_in(self.vae.encode(hq).float()).clone()
 
+    @torch.no_grad()
     def batch(self, g: torch.Generator) -> dict[str, torch.Tensor]:
-        """HQ latent x0, hint, text context and SDXL ``y`` of one micro-batch drawn with ``g``."""
+        """HQ latent x0, hint, text context and SDXL ``y`` of one micro-batch drawn with ``g`` (the frozen
+        encoders run without autograd)."""
         bucket = self.bucket_ids[int(torch.multinomial(self.bucket_weights, 1, generator=g))]
         members = self.members[bucket]
         picks = [members[int(i)] for i in torch.randint(len(members), (self.settings.batch_size,), generator=g)]
@@ -195,6 +199,18 @@ def evaluation_loss(objective: RestorationObjective, seed: int, batches: int) ->
                    for g in evaluation_generators(seed, batches)) / batches
 
 
+def lift_inference_tensors(module: torch.nn.Module) -> None:
+    """Replace parameters and buffers created under ``torch.inference_mode`` (ComfyUI loads models inside it) by
+    normal copies, one tensor at a time: autograd cannot save inference tensors for the backward pass."""
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None and p.is_inference():
+                m._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.is_inference():
+                m._buffers[name] = b.clone()
+
+
 def unet_blocks(model) -> list[torch.nn.Module]:
     unet = model.get_model_object("diffusion_model")
     return [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
@@ -222,7 +238,12 @@ def train(model, supir: SUPIRModel, vae, clip, dataset: TrainingDataset, setting
         start, losses = 0, []
         if resume and os.path.isfile(checkpoint_path):
             start, losses = load_checkpoint(checkpoint_path, adapters, optimizer, settings.trajectory())
-        comfy.model_management.load_models_gpu([patched], force_full_load=True)
+        def load():
+            comfy.model_management.load_models_gpu([patched], force_full_load=True)
+            lift_inference_tensors(patched.model)
+            lift_inference_tensors(supir.patcher.model)
+
+        load()
         objective = RestorationObjective(patched, supir, vae, clip, dataset, settings)
         dtype = DTYPES[settings.dtype]
         result = TrainResult(adapters, losses, start, start)
@@ -253,7 +274,7 @@ def train(model, supir: SUPIRModel, vae, clip, dataset: TrainingDataset, setting
                         save()
                     if validate and validate_every > 0 and step % validate_every == 0 and step < settings.steps:
                         result.validation.append(validate(adapters, step))
-                        comfy.model_management.load_models_gpu([patched], force_full_load=True)
+                        load()
         except BaseException:
             save()
             raise

@@ -98,6 +98,19 @@ def test_interrupted_run_resumes_exactly(tiny_model, tiny_supir, tiny_vae, tiny_
                                                                               grad_accumulation=2), path)
 
 
+def test_trains_on_models_loaded_in_inference_mode(tiny_supir_file, dataset, tmp_path):
+    """ComfyUI runs every node, loaders included, under torch.inference_mode()."""
+    from supir_restore.supir.loader import load_supir
+    from tiny_models import tiny_clip, tiny_sdxl, tiny_vae
+    with torch.inference_mode():
+        vae, model, clip = tiny_vae(seed=3), tiny_sdxl(seed=0), tiny_clip(seed=2)
+        supir = load_supir(tiny_supir_file, "fp32")
+        result = train(model, supir, vae, clip, dataset, settings(steps=2, gradient_checkpointing=True),
+                       str(tmp_path / "ckpt.safetensors"))
+    assert len(result.losses) == 2
+    assert all(float(a.lora_down.weight.abs().sum()) > 0 for a in result.adapters.values())
+
+
 @pytest.mark.parametrize("targets", ["attention", "all"])
 def test_saved_lora_loads_in_stock_loader_with_no_ignored_keys(tiny_model, tiny_supir, tiny_vae, tiny_clip, dataset,
                                                                tmp_path, caplog, targets):
