@@ -84,13 +84,16 @@ class ComfyServer:
         status, body = self.post("/prompt", {"prompt": prompt, "client_id": "supir-tests"})
         if status != 200:
             return status, body
-        pid = body["prompt_id"]
+        return 200, self.wait_for(body["prompt_id"], timeout)
+
+    def wait_for(self, pid, timeout=900):
+        """The history entry of prompt ``pid`` once it has finished (successfully, with an error or interrupted)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             hist = self.get(f"/history/{pid}")
             if pid in hist and hist[pid]["status"].get("completed") is not None and (
                     hist[pid]["status"]["completed"] or hist[pid]["status"]["status_str"] == "error"):
-                return 200, hist[pid]
+                return hist[pid]
             if self.process.poll() is not None:
                 raise RuntimeError(f"ComfyUI exited; log:\n{self.log()}")
             time.sleep(0.25)
@@ -114,7 +117,7 @@ def comfy_server(tmp_path_factory):
     import safetensors.torch
     from tiny_models import full_vae, supir_state_dict, tiny_clip, tiny_sdxl
     base = tmp_path_factory.mktemp("comfy_server")
-    for d in ("custom_nodes", "models/checkpoints", "models/supir", "input", "output", "temp", "user"):
+    for d in ("custom_nodes", "models/checkpoints", "models/supir", "models/loras", "input", "output", "temp", "user"):
         os.makedirs(base / d, exist_ok=True)
     os.symlink(REPO, base / "custom_nodes" / "supir_restore")
     os.symlink(os.path.join(HERE, "shim_pack"), base / "custom_nodes" / "supir_test_shim")
@@ -126,7 +129,7 @@ def comfy_server(tmp_path_factory):
         f.write(b"\x00" * 100)
     (base / "extra_model_paths.yaml").write_text(
         f"supir_tests:\n  base_path: {base}\n  custom_nodes: custom_nodes\n  checkpoints: models/checkpoints\n"
-        f"  supir: models/supir\n")
+        f"  supir: models/supir\n  loras: models/loras\n  is_default: true\n")
     server = ComfyServer(str(base), _free_port())
     env = dict(os.environ)
     if NEEDS_TORCHVISION_STUB:

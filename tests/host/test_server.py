@@ -135,15 +135,10 @@ def test_interrupt_stops_a_restore(server):
                 return
             time.sleep(0.1)
     threading.Thread(target=interrupt_when_running, daemon=True).start()
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        hist = server.get(f"/history/{pid}")
-        if pid in hist:
-            break
-        time.sleep(0.25)
-    messages = [m[0] for m in hist[pid]["status"]["messages"]]
-    assert hist[pid]["status"]["status_str"] == "error" and "execution_interrupted" in messages
-    assert "10" not in hist[pid]["outputs"]
+    hist = server.wait_for(pid, 300)
+    messages = [m[0] for m in hist["status"]["messages"]]
+    assert hist["status"]["status_str"] == "error" and "execution_interrupted" in messages
+    assert "10" not in hist["outputs"]
 
 
 def test_tiled_restore_several_tiles_wide(server):
