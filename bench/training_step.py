@@ -3,8 +3,8 @@
 Builds an SDXL-layout UNet, SUPIR control network and VAE of a chosen width with seeded weights (no real weights
 exist here), and trains a LoRA (attention targets, rank 16, batch 1, realesrgan_x4 degradation) with and without
 gradient checkpointing. Each configuration runs in a fresh process. Reported: the median time of the steps after
-the first, and the peak resident memory during those steps above the resident memory after the first step
-(activations, gradients, optimizer state and the per-step degradation and encodes).
+the first, and the peak resident memory of the whole run above the resident memory with the models built (the
+trainer's copies, activations, gradients, optimizer state, the per-step degradation and encodes).
 
 Run: COMFYUI_PATH=/path/to/ComfyUI python bench/training_step.py [--channels 32 128] [--resolution 128 256]
 """
@@ -45,19 +45,19 @@ def measure(channels: int, resolution: int, checkpointing: bool, steps: int) -> 
     marks = []
 
     def on_step(step, loss):
-        marks.append((time.perf_counter(), status_mb("VmRSS")))
-        if step == 1:
-            reset_peak()
+        marks.append(time.perf_counter())
 
     settings = TrainSettings(steps=steps, rank=16, alpha=16.0, gradient_checkpointing=checkpointing, save_every=0)
     ckpt = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench_training_{os.getpid()}.safetensors")
+    baseline = status_mb("VmRSS")
+    reset_peak()
     train(model, supir, vae, clip, dataset, settings, ckpt, resume=False, on_step=on_step)
     os.remove(ckpt)
     peak = status_mb("VmHWM")
-    seconds = statistics.median(b[0] - a[0] for a, b in zip(marks, marks[1:]))
+    seconds = statistics.median(b - a for a, b in zip(marks, marks[1:]))
     params = sum(p.numel() for p in model.model.diffusion_model.parameters())
     return {"channels": channels, "unet_params_m": params / 1e6, "resolution": resolution,
-            "checkpointing": checkpointing, "seconds_per_step": seconds, "peak_mb": peak - marks[0][1]}
+            "checkpointing": checkpointing, "seconds_per_step": seconds, "peak_mb": peak - baseline}
 
 
 def main():
