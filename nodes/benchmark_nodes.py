@@ -11,10 +11,13 @@ from comfy_api.latest import io, ui
 
 from ..supir.benchmark import IMAGE_EXTENSIONS, Report, crop_to_multiple, list_images, load_image
 from ..supir.degradation import pil_to_image
-from ..supir.metrics import IMPLEMENTED_METRICS, LEARNED_METRICS, load_learned_metric
+from ..supir.metrics import LEARNED_METRICS, load_learned_metric
 
 CATEGORY = "supir/benchmark"
 REPORT_TITLE = "SUPIR benchmark report"
+# Learned metrics the report node had from its first version; the toggles of later ones are optional inputs, so
+# API prompts and workflows saved before they existed still validate.
+FIRST_LEARNED_METRICS = ("lpips", "dists", "clipiqa")
 
 
 def input_folder(folder: str) -> str:
@@ -110,8 +113,9 @@ def learned_metric_tooltip(name: str) -> str:
 class BenchmarkReport(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        learned = [io.Boolean.Input(name, default=False, tooltip=learned_metric_tooltip(name))
-                   for name in IMPLEMENTED_METRICS]
+        learned = [io.Boolean.Input(name, default=False, optional=name not in FIRST_LEARNED_METRICS,
+                                    tooltip=learned_metric_tooltip(name))
+                   for name in LEARNED_METRICS]
         return io.Schema(
             node_id="SUPIRBenchmarkReport",
             display_name="SUPIR Benchmark Report",
@@ -157,7 +161,7 @@ class BenchmarkReport(io.ComfyNode):
             raise ValueError(f"got {len(names)} names for {len(hq)} images; connect the names output of the node that "
                              "loaded the HQ images, or leave 'names' unconnected.")
         crop, prefix = crop_border[0], filename_prefix[0]
-        chosen = [name for name in IMPLEMENTED_METRICS if learned.get(name, [False])[0]]
+        chosen = [name for name in LEARNED_METRICS if learned.get(name, [False])[0]]
         scorers = {name: load_learned_metric(name) for name in chosen}
         output_dir = folder_paths.get_output_directory()
         full_folder, filename, counter, _, _ = folder_paths.get_save_image_path(prefix, output_dir)

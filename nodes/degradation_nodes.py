@@ -65,8 +65,8 @@ class ImageMetrics(io.ComfyNode):
                 io.Combo.Input("learned_metric", options=["none", *LEARNED_METRICS], default="none",
                                tooltip="A learned metric whose weight files you placed in "
                                        "ComfyUI/models/iqa/<metric>/; the error names any missing file. lpips, "
-                                       "dists: distances (lower is better); clipiqa: no-reference quality (higher "
-                                       "is better, the reference is ignored); musiq, maniqa: not implemented yet."),
+                                       "dists: distances (lower is better); clipiqa, musiq, maniqa: no-reference "
+                                       "quality (higher is better, the reference is ignored)."),
             ],
             outputs=[
                 io.Float.Output(display_name="psnr_y", tooltip="PSNR on Y in dB (batch mean)."),

@@ -18,7 +18,9 @@ Learned metrics never download anything: their weight files are read from ``<iqa
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -133,7 +135,7 @@ class WeightFile:
 
 @dataclass(frozen=True)
 class LearnedMetricSpec:
-    """A learned metric: its files in ``<iqa_dir>/<name>/`` and a builder from their paths (None: not implemented).
+    """A learned metric: its files in ``<iqa_dir>/<name>/`` and a builder from their paths.
 
     A no-reference metric scores the image alone; its metric function ignores the reference.
     """
@@ -141,7 +143,7 @@ class LearnedMetricSpec:
     title: str
     files: tuple[WeightFile, ...]
     lower_is_better: bool
-    build: Callable[..., Metric] | None = None
+    build: Callable[..., Metric]
     no_reference: bool = False
 
 
@@ -160,6 +162,10 @@ def _load_pickle(path: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or foreign pickles
+        if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e)):
+            raise ValueError(f"{path} holds pickled Python objects besides tensors ({found.group(1)}), e.g. a whole "
+                             "saved model or a training state. Only plain state dicts are read (torch.load with "
+                             "weights_only, so no code in a file runs); use the released weight file.") from e
         raise ValueError(f"{path} could not be read as a PyTorch weight file ({type(e).__name__}: {e}). "
                          "Download it again.") from e
 
@@ -486,6 +492,543 @@ class CLIPIQA(nn.Module):
         return (self.LOGIT_SCALE * cosine.double()).softmax(dim=-1)[:, 0].cpu()
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks shared by MUSIQ and MANIQA. Attribute names follow the released checkpoints' key names.
+
+
+def _state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.pt``/``.pth`` state dict as float32 (integer buffers kept), DataParallel's ``module.``
+    prefixes removed."""
+    state = _load_pickle(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a {what} file: it holds a {type(state).__name__}, not a state dict of "
+                         "tensors.")
+    return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _count(state: dict, pattern: str) -> int:
+    """How many keys of ``state`` match the regular expression ``pattern`` in full."""
+    return sum(1 for k in state if re.fullmatch(pattern, k))
+
+
+def _load_layout(model: nn.Module, state: dict[str, torch.Tensor], path: str, what: str,
+                 ignored: Callable[[str], bool] = lambda key: False) -> None:
+    """Loads ``state`` into ``model`` (built on the meta device) by assignment after checking that its tensors are
+    exactly the model's, by name and shape; keys for which ``ignored`` is true may be present and are skipped."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected and not ignored(k)]
+    wrong = [f"{k} is {tuple(state[k].shape)}, expected {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    problems = [f"{label}: {', '.join(items[:5])}{' …' if len(items) > 5 else ''}"
+                for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
+    if problems:
+        raise ValueError(f"{path} is not a {what} file ({'; '.join(problems)}).")
+    model.load_state_dict({k: state[k] for k in expected}, assign=True)
+
+
+def _divisible(value: int, by: int, path: str, what: str, name: str) -> None:
+    """A ValueError naming the file unless ``value`` (its ``name``, derived from a shape) is a multiple of ``by``."""
+    if value % by:
+        raise ValueError(f"{path} is not a {what} file: its {name} {value} is not a multiple of {by}.")
+
+
+class _Mlp(nn.Module):
+    """``fc1`` → exact GELU → ``fc2``."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-head scaled dot-product attention on :math:`(..., N, C)` projections -> :math:`(..., N, C)`; ``bias`` is
+    added to the logits and broadcasts to :math:`(..., heads, N, N)`."""
+    split = [t.unflatten(-1, (heads, t.shape[-1] // heads)).transpose(-3, -2) for t in (q, k, v)]
+    return F.scaled_dot_product_attention(*split, attn_mask=bias).transpose(-3, -2).flatten(-2)
+
+
+def tf_same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """Zero padding as TensorFlow's ``SAME``: the output of a ``kernel``/``stride`` window has
+    :math:`\\lceil n / stride \\rceil` positions; an odd padding puts the extra pixel after (bottom, right)."""
+    pads = []
+    for n in (x.shape[-1], x.shape[-2]):
+        total = max((math.ceil(n / stride) - 1) * stride + kernel - n, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MUSIQ.
+
+
+class _StdConv(nn.Conv2d):
+    """Weight-standardised convolution (BiT) with TensorFlow ``SAME`` padding, no bias.
+
+    Each output filter is standardised by its mean and unbiased standard deviation (+1e-5), as pyiqa's port does;
+    the JAX original divides by the population standard deviation. A GroupNorm follows every such convolution, so
+    the two differ only through the small ε's.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(tf_same_pad(x, self.kernel_size[0], self.stride[0]), w, stride=self.stride)
+
+
+class _MusiqBottleneck(nn.Module):
+    """The ResNet bottleneck unit of MUSIQ's patch stem: 1×1, 3×3, 1×1 standardised convs with GroupNorm (32 groups,
+    ε 1e-4) and a projected shortcut."""
+
+    def __init__(self, width: int, out: int):
+        super().__init__()
+        self.conv1, self.gn1 = _StdConv(width, width, 1, bias=False), nn.GroupNorm(32, width, eps=1e-4)
+        self.conv2, self.gn2 = _StdConv(width, width, 3, bias=False), nn.GroupNorm(32, width, eps=1e-4)
+        self.conv3, self.gn3 = _StdConv(width, out, 1, bias=False), nn.GroupNorm(32, out, eps=1e-4)
+        self.conv_proj, self.gn_proj = _StdConv(width, out, 1, bias=False), nn.GroupNorm(32, out, eps=1e-4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.gn_proj(self.conv_proj(x))
+        x = F.relu(self.gn1(self.conv1(x)))
+        x = F.relu(self.gn2(self.conv2(x)))
+        return F.relu(self.gn3(self.conv3(x)) + shortcut)
+
+
+class _MusiqAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(_attention(self.query(x), self.key(x), self.value(x), self.heads))
+
+
+class _MusiqBlock(nn.Module):
+    """Pre-norm Transformer encoder block (LayerNorm ε 1e-6)."""
+
+    def __init__(self, dim: int, mlp_dim: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attention = _MusiqAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = _Mlp(dim, mlp_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class _MusiqEncoder(nn.Module):
+    def __init__(self, dim: int, mlp_dim: int, layers: int, grid: int, scales: int, heads: int):
+        super().__init__()
+        self.posembed_input = nn.Module()
+        self.posembed_input.position_emb = nn.Parameter(torch.zeros(1, grid * grid, dim))
+        self.scaleembed_input = nn.Module()
+        self.scaleembed_input.scale_emb = nn.Parameter(torch.zeros(scales, dim))
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.transformer = nn.ModuleDict({f"encoderblock_{i}": _MusiqBlock(dim, mlp_dim, heads)
+                                          for i in range(layers)})
+        self.encoder_norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Embedded patches :math:`(B, N, D)` -> the normalised class token :math:`(B, D)`."""
+        x = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        for block in self.transformer.values():
+            x = block(x)
+        return self.encoder_norm(x[:, 0])
+
+
+def hashed_positions(grid: int, count_h: int, count_w: int) -> torch.Tensor:
+    """MUSIQ's hash-based 2-D positions of a ``count_h`` × ``count_w`` patch grid, row by row: patch (i, j) gets
+    embedding ``t_i · grid + t_j`` of the ``grid`` × ``grid`` table, where ``t`` maps the patch rows (columns) onto
+    the grid by nearest-neighbour resizing without half-pixel centres, :math:`t_i = \\lfloor i \\cdot grid / count
+    \\rfloor` (TF1's resize and torch's ``nearest``). :math:`\\to (count_h \\cdot count_w,)` int64."""
+    def onto_grid(count: int) -> torch.Tensor:
+        table = torch.arange(grid, dtype=torch.float32).view(1, 1, grid)
+        return F.interpolate(table, size=count, mode="nearest").view(count).long()
+    return (onto_grid(count_h)[:, None] * grid + onto_grid(count_w)[None, :]).flatten()
+
+
+class MUSIQ(nn.Module):
+    """MUSIQ (Ke, Wang, Wang, Milanfar and Yang, "MUSIQ: Multi-scale Image Quality Transformer", ICCV 2021), the
+    KonIQ-10k model as pyiqa's PyTorch port of the official checkpoint computes it. No reference; higher is better;
+    KonIQ-10k's MOS scale (about 0-100; the raw regression output, not clamped).
+
+    The image, mapped to [-1, 1], is seen at three scales: resized (bicubic, aspect ratio kept, sides rounded) so the
+    longer side is 224, then 384, and at its own resolution. Each scale is zero-padded as TensorFlow's ``SAME`` to a
+    multiple of 32 and cut into 32×32 patches; each patch goes through a small ResNet stem (7×7/2 standardised conv,
+    GroupNorm, ReLU, 3×3/2 max pool, one bottleneck unit: 256 × 8 × 8 features, flattened in TensorFlow's H, W, C
+    order) and a linear embedding. A patch's hash position (:func:`hashed_positions`, a 10×10 grid) and its scale
+    select the learned embeddings added to it. A class token and all patches of all scales go through a 14-layer
+    Transformer encoder (width 384, 6 heads, MLP 1152); a linear head on the class token gives the score.
+
+    The official preprocessing pads each resized scale to a fixed length with masked tokens, which no real token
+    attends to; they are left out here, which gives the same class token. pyiqa's port (whose file is read) differs
+    from Google's JAX code, which resizes with TensorFlow's Gaussian kernel and uses the tanh approximation of GELU:
+    pyiqa reports scores within about 3 % of the official ones; this class follows the port.
+    """
+    HEADS = 6
+    STEM_WIDTH = 64
+    LONGER_SIDES = (224, 384)
+    STEM_CHUNK = 1024  # patches per pass through the stem, bounding memory on large images
+    WHAT = "pyiqa MUSIQ (KonIQ-10k)"
+
+    def __init__(self, hidden: int = 384, mlp_dim: int = 1152, layers: int = 14, grid: int = 10, patch: int = 32):
+        super().__init__()
+        self.patch = patch
+        self.conv_root = _StdConv(3, self.STEM_WIDTH, 7, stride=2, bias=False)
+        self.gn_root = nn.GroupNorm(32, self.STEM_WIDTH, eps=1e-6)
+        self.block1 = _MusiqBottleneck(self.STEM_WIDTH, 4 * self.STEM_WIDTH)
+        self.embedding = nn.Linear(4 * self.STEM_WIDTH * math.ceil(patch / 4) ** 2, hidden)
+        self.transformer_encoder = _MusiqEncoder(hidden, mlp_dim, layers, grid, len(self.LONGER_SIDES) + 1,
+                                                 self.HEADS)
+        self.head = nn.Linear(hidden, 1)
+
+    @classmethod
+    def from_file(cls, path: str) -> "MUSIQ":
+        """Reads pyiqa's ``musiq_koniq_ckpt-e95806b9.pth``."""
+        return cls.from_state_dict(_state_dict(path, cls.WHAT), path)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], path: str) -> "MUSIQ":
+        """Builds the model from a checkpoint's tensors (``path`` names it in errors): width, MLP size, depth, hash
+        grid and patch size come from the tensor shapes, and every tensor is checked by name and shape. The tensors
+        are used as they are (meta tensors give a model on the meta device)."""
+        what = cls.WHAT
+        hidden, stem_out = _need(state, "embedding.weight", path, what).shape
+        _divisible(hidden, cls.HEADS, path, what, "width")
+        token_side = math.isqrt(stem_out // (4 * cls.STEM_WIDTH))
+        grid = math.isqrt(_need(state, "transformer_encoder.posembed_input.position_emb", path, what).shape[1])
+        mlp_dim = _need(state, "transformer_encoder.transformer.encoderblock_0.mlp.fc1.weight", path, what).shape[0]
+        layers = _count(state, r"transformer_encoder\.transformer\.encoderblock_\d+\.norm1\.weight")
+        with torch.device("meta"):
+            model = cls(hidden, mlp_dim, layers, grid, 4 * token_side)
+        _load_layout(model, state, path, what)
+        return model.eval()
+
+    def patch_features(self, patches: torch.Tensor) -> torch.Tensor:
+        """The stem: :math:`(N, 3, P, P) \\to (N, P/4 \\cdot P/4 \\cdot 256)`, flattened in H, W, C order."""
+        out = []
+        for chunk in patches.split(self.STEM_CHUNK):
+            x = F.relu(self.gn_root(self.conv_root(chunk)))
+            x = self.block1(F.max_pool2d(tf_same_pad(x, 3, 2), 3, 2))
+            out.append(x.permute(0, 2, 3, 1).flatten(1))
+        return torch.cat(out)
+
+    def scale_tokens(self, x: torch.Tensor, scale: int) -> torch.Tensor:
+        """One scale :math:`(B, 3, H, W)` in [-1, 1] -> its embedded patches with position and scale embeddings
+        :math:`(B, \\lceil H/P \\rceil \\lceil W/P \\rceil, D)`, row by row."""
+        b, p = x.shape[0], self.patch
+        x = tf_same_pad(x, p, p)
+        count_h, count_w = x.shape[2] // p, x.shape[3] // p
+        patches = x.view(b, 3, count_h, p, count_w, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, 3, p, p)
+        tokens = self.embedding(self.patch_features(patches).view(b, count_h * count_w, -1))
+        encoder = self.transformer_encoder
+        grid = math.isqrt(encoder.posembed_input.position_emb.shape[1])
+        tokens = tokens + encoder.posembed_input.position_emb[0, hashed_positions(grid, count_h, count_w)]
+        return tokens + encoder.scaleembed_input.scale_emb[scale]
+
+    def scales(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The resized views (longer side 224, 384) and the image itself, :math:`(B, 3, h_s, w_s)`."""
+        h, w = x.shape[-2:]
+        views = []
+        for side in self.LONGER_SIDES:
+            ratio = side / max(h, w)
+            size = (round(h * ratio), round(w * ratio))
+            if min(size) < 1:
+                raise ValueError(f"MUSIQ: a {h}x{w} image is too thin to resize to a longer side of {side}.")
+            views.append(F.interpolate(x, size=size, mode="bicubic", align_corners=False))
+        return views + [x]
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """IMAGE :math:`(B, H, W, 3)` in [0, 1] -> score :math:`(B,)` float64; the reference is ignored."""
+        check_image(image)
+        x = image.movedim(-1, 1).to(self.head.weight) * 2 - 1
+        tokens = torch.cat([self.scale_tokens(view, s) for s, view in enumerate(self.scales(x))], dim=1)
+        return self.head(self.transformer_encoder(tokens))[:, 0].double().cpu()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MANIQA.
+
+
+class _QKVAttention(nn.Module):
+    """Multi-head self-attention with one fused ``qkv`` projection and an output ``proj`` (timm's layout)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """:math:`(..., N, C) \\to (..., N, C)`; ``bias`` is added to the attention logits."""
+        return self.proj(_attention(*self.qkv(x).chunk(3, dim=-1), self.heads, bias))
+
+
+class _ViTBlock(nn.Module):
+    """timm's pre-norm ViT block (LayerNorm ε 1e-6)."""
+
+    def __init__(self, dim: int, mlp_dim: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = _QKVAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = _Mlp(dim, mlp_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class _TransposedAttention(nn.Module):
+    """MANIQA's transposed attention block: attention between the C channels, each a vector over the N tokens,
+    with the scale :math:`N^{-1/2}`, plus the input. :math:`(B, C, N) \\to (B, C, N)`."""
+
+    def __init__(self, tokens: int):
+        super().__init__()
+        self.c_q, self.c_k, self.c_v = (nn.Linear(tokens, tokens) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, n = x.shape
+        out = F.scaled_dot_product_attention(self.c_q(x), self.c_k(x), self.c_v(x))
+        # The released code turns the (B, C, N) result into (B, N, C) and reads that memory back as (B, C, N) — a
+        # reshape, not a transpose, which mixes channels and tokens. The weights were trained with it.
+        return out.transpose(1, 2).reshape(b, c, n) + x
+
+
+class _WindowAttention(_QKVAttention):
+    """Swin window attention: a learned bias per head for each relative offset within the window."""
+
+    def __init__(self, dim: int, heads: int, window: int):
+        super().__init__(dim, heads)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        self.register_buffer("relative_position_index", torch.zeros(window ** 2, window ** 2, dtype=torch.long))
+
+    def position_bias(self) -> torch.Tensor:
+        """:math:`(heads, w^2, w^2)`."""
+        n = self.relative_position_index.shape[0]
+        return self.relative_position_bias_table[self.relative_position_index.flatten()].view(n, n, -1).permute(2, 0, 1)
+
+
+class _SwinBlock(nn.Module):
+    """Swin block on a :math:`(B, H, W, C)` map: LayerNorm, attention in ``window`` × ``window`` windows (cyclically
+    shifted by ``shift`` first, with the released ``attn_mask`` keeping wrapped-around regions apart), LayerNorm,
+    MLP; both with residuals. The relative-position index and the mask are read from the checkpoint."""
+
+    def __init__(self, dim: int, mlp_dim: int, heads: int, window: int, shift: int, grid: int):
+        super().__init__()
+        self.window, self.shift = window, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = _WindowAttention(dim, heads, window)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = _Mlp(dim, mlp_dim)
+        if shift:
+            self.register_buffer("attn_mask", torch.zeros((grid // window) ** 2, window ** 2, window ** 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        k, s = self.window, self.shift
+        y = torch.roll(self.norm1(x), (-s, -s), (1, 2)) if s else self.norm1(x)
+        windows = y.view(b, h // k, k, w // k, k, c).transpose(2, 3).reshape(b, -1, k * k, c)
+        bias = self.attn.position_bias()
+        if s:
+            bias = bias + self.attn_mask[:, None]  # (windows, heads, k², k²)
+        y = self.attn(windows, bias).view(b, h // k, w // k, k, k, c).transpose(2, 3).reshape(b, h, w, c)
+        x = x + (torch.roll(y, (s, s), (1, 2)) if s else y)
+        return x + self.mlp(self.norm2(x))
+
+
+class _SwinStage(nn.Module):
+    """Swin blocks (every second one shifted by half a window), then a 3×3 conv and ReLU."""
+
+    def __init__(self, dim: int, depth: int, mlp_dim: int, heads: int, window: int, grid: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(_SwinBlock(dim, mlp_dim, heads, window, window // 2 if i % 2 else 0, grid)
+                                    for i in range(depth))
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`(B, H, W, C) \\to (B, H, W, C)`."""
+        for block in self.blocks:
+            x = block(x)
+        return F.relu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+
+
+class _ScaleSwin(nn.Module):
+    """MANIQA's scale Swin Transformer block: each stage's output is added to its input scaled by ``scale``."""
+
+    def __init__(self, dim: int, depths: tuple[int, ...], mlp_dim: int, heads: int, window: int, grid: int,
+                 scale: float):
+        super().__init__()
+        self.scale = scale
+        self.layers = nn.ModuleList(_SwinStage(dim, d, mlp_dim, heads, window, grid) for d in depths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`(B, C, H, W) \\to (B, C, H, W)`."""
+        x = x.permute(0, 2, 3, 1)
+        for layer in self.layers:
+            x = self.scale * layer(x) + x
+        return x.permute(0, 3, 1, 2)
+
+
+class MANIQA(nn.Module):
+    """MANIQA (Yang et al., "MANIQA: Multi-dimension Attention Network for No-Reference Image Quality Assessment",
+    CVPR Workshops 2022), the authors' KonIQ-10k model. No reference; higher is better; about 0-1.
+
+    A 224×224 crop, normalised to [-1, 1], goes through timm's ViT-B/8; the patch tokens (28 × 28) of blocks 7-10
+    (indices 6-9) are concatenated (3072 channels). Two transposed attention blocks, a 1×1 conv to 768 channels and a
+    scale Swin Transformer block (two stages of two Swin blocks, 4 heads, 4×4 windows, MLP 768, a 3×3 conv, stage
+    residuals scaled by 0.8), then again two transposed attention blocks, a 1×1 conv to 384 channels and a second
+    scale Swin block. Per patch, a score branch (Linear, ReLU, Linear, ReLU) and a weight branch (Linear, ReLU,
+    Linear, sigmoid) give :math:`s_i, w_i`; the crop scores :math:`\\sum w_i s_i / \\sum w_i`.
+
+    The image score is the mean over ``num_crops`` random 224×224 crops, as the authors' ``predict_one_image.py``
+    (20 crops). Their positions are drawn from a generator seeded with ``seed`` for each image size, so a score is
+    reproducible and every image of a batch gets the same crops. An image with a side under 224 px is first resized
+    (bilinear) so its shorter side is 224. pyiqa instead pools the patches of 20 crops on a fixed grid into one
+    weighted mean, so its scores differ slightly.
+    """
+    VIT_HEADS = 12
+    FEATURE_BLOCKS = (6, 7, 8, 9)
+    SWIN_SCALE = 0.8  # the KonIQ-10k (and KADID-10k) models' setting; the PIPAL one was trained with 0.13
+
+    def __init__(self, vit_dim: int = 768, vit_mlp: int = 3072, patch: int = 8, grid: int = 28, embed_dim: int = 768,
+                 num_tab: int = 2, depths: tuple[int, ...] = (2, 2), swin_heads: int = 4, window: int = 4,
+                 swin_mlp: int = 768, num_crops: int = 20, seed: int = 0):
+        super().__init__()
+        if num_crops < 1:
+            raise ValueError(f"MANIQA needs at least one crop; got num_crops={num_crops}.")
+        self.crop, self.num_crops, self.seed = grid * patch, num_crops, seed
+        self.vit = nn.Module()
+        self.vit.cls_token = nn.Parameter(torch.zeros(1, 1, vit_dim))
+        self.vit.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, vit_dim))
+        self.vit.patch_embed = nn.Module()
+        self.vit.patch_embed.proj = nn.Conv2d(3, vit_dim, patch, patch)
+        self.vit.blocks = nn.ModuleList(_ViTBlock(vit_dim, vit_mlp, self.VIT_HEADS)
+                                        for _ in range(max(self.FEATURE_BLOCKS) + 1))
+        swin = dict(depths=depths, mlp_dim=swin_mlp, heads=swin_heads, window=window, grid=grid,
+                    scale=self.SWIN_SCALE)
+        self.tablock1 = nn.ModuleList(_TransposedAttention(grid * grid) for _ in range(num_tab))
+        self.conv1 = nn.Conv2d(len(self.FEATURE_BLOCKS) * vit_dim, embed_dim, 1)
+        self.swintransformer1 = _ScaleSwin(embed_dim, **swin)
+        self.tablock2 = nn.ModuleList(_TransposedAttention(grid * grid) for _ in range(num_tab))
+        self.conv2 = nn.Conv2d(embed_dim, embed_dim // 2, 1)
+        self.swintransformer2 = _ScaleSwin(embed_dim // 2, **swin)
+        half = embed_dim // 2
+        # index 2 is the training-time dropout, so the linears keep the checkpoint's indices 0 and 3
+        self.fc_score = nn.Sequential(nn.Linear(half, half), nn.ReLU(), nn.Identity(), nn.Linear(half, 1), nn.ReLU())
+        self.fc_weight = nn.Sequential(nn.Linear(half, half), nn.ReLU(), nn.Identity(), nn.Linear(half, 1),
+                                       nn.Sigmoid())
+
+    @staticmethod
+    def unused(key: str) -> bool:
+        """Checkpoint tensors MANIQA never uses: the ViT's last blocks, final norm and classifier, and the Swin
+        modules' ``downsample`` conv (defined but never called)."""
+        block = re.match(r"vit\.blocks\.(\d+)\.", key)
+        return (key.startswith(("vit.norm.", "vit.head.", "swintransformer1.downsample.",
+                                "swintransformer2.downsample."))
+                or (block is not None and int(block.group(1)) > max(MANIQA.FEATURE_BLOCKS)))
+
+    @classmethod
+    def from_file(cls, path: str, num_crops: int = 20, seed: int = 0) -> "MANIQA":
+        """Reads the authors' ``ckpt_koniq10k.pt`` (a state dict that includes the ViT-B/8 backbone)."""
+        return cls.from_state_dict(_state_dict(path, "MANIQA"), path, num_crops, seed)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], path: str, num_crops: int = 20,
+                        seed: int = 0) -> "MANIQA":
+        """Builds the model from a checkpoint's tensors (``path`` names it in errors). Sizes come from the tensor
+        shapes (ViT width, patch and token grid; channels; Swin depths, heads, window and MLP); every tensor is
+        checked by name and shape. The tensors are used as they are (meta tensors give a model on the meta
+        device)."""
+        what = "MANIQA"
+        _, tokens, vit_dim = _need(state, "vit.pos_embed", path, what).shape
+        grid = math.isqrt(tokens - 1)
+        _divisible(vit_dim, cls.VIT_HEADS, path, what, "ViT width")
+        table = _need(state, "swintransformer1.layers.0.blocks.0.attn.relative_position_bias_table", path, what)
+        window, swin_heads = (math.isqrt(table.shape[0]) + 1) // 2, table.shape[1]
+        embed_dim = _need(state, "conv1.weight", path, what).shape[0]
+        _divisible(embed_dim // 2, swin_heads, path, what, "second Swin width")
+        _divisible(grid, window, path, what, "token grid")
+        depths = tuple(_count(state, rf"swintransformer1\.layers\.{i}\.blocks\.\d+\.norm1\.weight")
+                       for i in range(_count(state, r"swintransformer1\.layers\.\d+\.conv\.weight")))
+        model_args = dict(
+            vit_dim=vit_dim, grid=grid, embed_dim=embed_dim, depths=depths, swin_heads=swin_heads, window=window,
+            vit_mlp=_need(state, "vit.blocks.0.mlp.fc1.weight", path, what).shape[0],
+            patch=_need(state, "vit.patch_embed.proj.weight", path, what).shape[-1],
+            num_tab=_count(state, r"tablock1\.\d+\.c_q\.weight"),
+            swin_mlp=_need(state, "swintransformer1.layers.0.blocks.0.mlp.fc1.weight", path, what).shape[0])
+        with torch.device("meta"):
+            model = cls(**model_args, num_crops=num_crops, seed=seed)
+        _load_layout(model, state, path, what, ignored=cls.unused)
+        return model.eval()
+
+    def vit_features(self, crops: torch.Tensor) -> torch.Tensor:
+        """Normalised crops :math:`(B, 3, S, S)` -> the patch tokens of the feature blocks, concatenated along
+        channels :math:`(B, N, 4 D)`."""
+        x = self.vit.patch_embed.proj(crops).flatten(2).transpose(1, 2)
+        x = torch.cat([self.vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.vit.pos_embed
+        features = []
+        for i, block in enumerate(self.vit.blocks):
+            x = block(x)
+            if i in self.FEATURE_BLOCKS:
+                features.append(x[:, 1:])
+        return torch.cat(features, dim=-1)
+
+    def patch_scores(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised crops :math:`(B, 3, S, S)` -> per-patch scores and weights, each :math:`(B, N)`."""
+        x = self.vit_features(crops).transpose(1, 2)
+        b, grid = x.shape[0], self.crop // self.vit.patch_embed.proj.kernel_size[0]
+        for tab in self.tablock1:
+            x = tab(x)
+        x = self.swintransformer1(self.conv1(x.reshape(b, -1, grid, grid))).flatten(2)
+        for tab in self.tablock2:
+            x = tab(x)
+        x = self.swintransformer2(self.conv2(x.reshape(b, -1, grid, grid))).flatten(2).transpose(1, 2)
+        return self.fc_score(x)[..., 0], self.fc_weight(x)[..., 0]
+
+    def crop_scores(self, crops: torch.Tensor) -> torch.Tensor:
+        """Normalised crops :math:`(B, 3, S, S)` -> :math:`\\sum_i w_i s_i / \\sum_i w_i` :math:`(B,)`."""
+        score, weight = self.patch_scores(crops)
+        return (weight * score).sum(-1) / weight.sum(-1)
+
+    def crop_positions(self, height: int, width: int) -> list[tuple[int, int]]:
+        """``num_crops`` (top, left) corners of S × S crops, uniform over the image, from a generator seeded with
+        ``seed``."""
+        g = torch.Generator().manual_seed(self.seed)
+        tops = torch.randint(0, height - self.crop + 1, (self.num_crops,), generator=g)
+        lefts = torch.randint(0, width - self.crop + 1, (self.num_crops,), generator=g)
+        return list(zip(tops.tolist(), lefts.tolist()))
+
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """IMAGE :math:`(B, H, W, 3)` in [0, 1] -> :math:`(B, 3, H', W')` in [-1, 1], resized (bilinear) so that the
+        shorter side is at least the crop size."""
+        check_image(image)
+        x = image.movedim(-1, 1).to(self.conv1.weight) * 2 - 1
+        h, w = x.shape[-2:]
+        if min(h, w) < self.crop:
+            size = (self.crop, round(w * self.crop / h)) if h <= w else (round(h * self.crop / w), self.crop)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """IMAGE :math:`(B, H, W, 3)` in [0, 1] -> the mean crop score :math:`(B,)` float64; the reference is
+        ignored."""
+        x, s = self.prepare(image), self.crop
+        scores = [self.crop_scores(x[..., top:top + s, left:left + s])
+                  for top, left in self.crop_positions(*x.shape[-2:])]
+        return torch.stack(scores).mean(0).double().cpu()
+
+
 _CLIP_SOURCE = ("from a transformers CLIP folder such as huggingface.co/openai/clip-vit-base-patch32 (copy its files "
                 "into this folder)")
 
@@ -514,14 +1057,18 @@ LEARNED_METRICS: dict[str, LearnedMetricSpec] = {spec.name: spec for spec in (
         lower_is_better=False, build=CLIPIQA.from_files, no_reference=True),
     LearnedMetricSpec(
         "musiq", "MUSIQ (KonIQ-10k)",
-        (WeightFile("koniq_ckpt.npz", "the MUSIQ KonIQ-10k checkpoint from google-research/musiq"),),
-        lower_is_better=False, no_reference=True),
+        (WeightFile("musiq_koniq_ckpt-e95806b9.pth",
+                    "pyiqa's PyTorch conversion of google-research/musiq's KonIQ-10k checkpoint (koniq_ckpt.npz), "
+                    "from the chaofengc/IQA-PyTorch releases or the Hugging Face repository "
+                    "chaofengc/IQA-PyTorch-Weights"),),
+        lower_is_better=False, build=MUSIQ.from_file, no_reference=True),
     LearnedMetricSpec(
         "maniqa", "MANIQA (KonIQ-10k)",
-        (WeightFile("ckpt_koniq10k.pt", "the MANIQA KonIQ-10k checkpoint from IIGROUP/MANIQA"),),
-        lower_is_better=False, no_reference=True),
+        (WeightFile("ckpt_koniq10k.pt",
+                    "the MANIQA KonIQ-10k checkpoint (it includes the ViT-B/8 backbone), from the 'Koniq10k' release "
+                    "of IIGROUP/MANIQA or the Hugging Face repository chaofengc/IQA-PyTorch-Weights"),),
+        lower_is_better=False, build=MANIQA.from_file, no_reference=True),
 )}
-IMPLEMENTED_METRICS = tuple(name for name, spec in LEARNED_METRICS.items() if spec.build is not None)
 
 
 def default_iqa_dir() -> str:
@@ -540,17 +1087,12 @@ def load_learned_metric(name: str, iqa_dir: str | None = None) -> Metric:
 
     Raises:
         ValueError: unknown metric, or a file of the wrong kind.
-        NotImplementedError: a metric this version lists but does not compute yet.
         MissingWeightsError: a weight file is missing; the message names the file, its folder and its source.
     """
     if name not in LEARNED_METRICS:
         raise ValueError(f"unknown learned metric {name!r}; choose one of: {', '.join(LEARNED_METRICS)}.")
     spec = LEARNED_METRICS[name]
     folder = os.path.join(iqa_dir or default_iqa_dir(), name)
-    if spec.build is None:
-        needs = ", ".join(f.filename for f in spec.files)
-        raise NotImplementedError(f"{spec.title} is not implemented in this version of the pack (it would read {needs} "
-                                  f"from {folder}); implemented learned metrics: {', '.join(IMPLEMENTED_METRICS)}.")
     paths = []
     for f in spec.files:
         path = f.find(folder)

@@ -3,6 +3,7 @@ metrics load only local weight files and name any missing one."""
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -121,14 +122,6 @@ def test_missing_weights_name_the_file_and_the_folder(tmp_path):
     torch.save(torchvision_alexnet_state(), os.path.join(folder_made(tmp_path, "lpips"), "alexnet-owt-7be5be79.pth"))
     with pytest.raises(m.MissingWeightsError, match=r"alex\.pth in .*lpips.*LPIPS v0\.1 linear heads"):
         m.load_learned_metric("lpips", str(tmp_path))
-
-
-@pytest.mark.parametrize("name, needs", [("musiq", "koniq_ckpt.npz"), ("maniqa", "ckpt_koniq10k.pt")])
-def test_listed_but_unimplemented_metrics_say_so(name, needs, tmp_path):
-    with pytest.raises(NotImplementedError, match=rf"not implemented in this version of the pack \(it would read "
-                                                  rf"{needs} from .*{name}\); implemented learned metrics: lpips, "
-                                                  r"dists, clipiqa\."):
-        m.load_learned_metric(name, str(tmp_path))
 
 
 def test_unknown_metric_and_no_comfyui_folder(monkeypatch):
@@ -462,3 +455,438 @@ def test_clipiqa_names_missing_and_foreign_files(clip_dir, tmp_path):
     with pytest.raises(ValueError, match=r"needs a transformers CLIPModel folder \(model_type 'clip'\); this one is "
                                          r"'siglip'.*RN50"):
         m.load_learned_metric("clipiqa", str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------- MUSIQ and MANIQA
+# The checkpoint layouts below are written from the modules whose state_dict() the released files are: pyiqa's
+# pyiqa/archs/musiq_arch.py (MUSIQ, num_class=1) for musiq_koniq_ckpt-e95806b9.pth, and IIGROUP/MANIQA's
+# models/maniqa.py + models/swin.py (the same as pyiqa's maniqa_arch.py + maniqa_swin.py, which loads
+# ckpt_koniq10k.pt strictly) with timm's vit_base_patch8_224 as "vit." for ckpt_koniq10k.pt.
+
+def musiq_layout(hidden=384, mlp=1152, layers=14, grid=10, scales=3, outputs=1):
+    """Tensor names and shapes of pyiqa's MUSIQ checkpoint: the weight-standardised root conv (64, 7x7) and its
+    GroupNorm, one bottleneck unit 64 -> 256 with a projection, the linear embedding of a 32 px patch's 8 x 8 x 256
+    stem features, the Transformer encoder (hash-position table grid², scale table, class token, blocks with
+    separate query/key/value/out projections) and the head."""
+    layout = {"conv_root.weight": (64, 3, 7, 7), "gn_root.weight": (64,), "gn_root.bias": (64,)}
+    for conv, norm, shape in (("conv1", "gn1", (64, 64, 1, 1)), ("conv2", "gn2", (64, 64, 3, 3)),
+                              ("conv3", "gn3", (256, 64, 1, 1)), ("conv_proj", "gn_proj", (256, 64, 1, 1))):
+        layout[f"block1.{conv}.weight"] = shape
+        layout[f"block1.{norm}.weight"] = layout[f"block1.{norm}.bias"] = shape[:1]
+    encoder = "transformer_encoder."
+    layout |= {"embedding.weight": (hidden, 256 * 8 * 8), "embedding.bias": (hidden,),
+               encoder + "posembed_input.position_emb": (1, grid * grid, hidden),
+               encoder + "scaleembed_input.scale_emb": (scales, hidden), encoder + "cls": (1, 1, hidden),
+               encoder + "encoder_norm.weight": (hidden,), encoder + "encoder_norm.bias": (hidden,)}
+    for i in range(layers):
+        block = f"{encoder}transformer.encoderblock_{i}."
+        for name, (out, inp) in (("attention.query", (hidden, hidden)), ("attention.key", (hidden, hidden)),
+                                 ("attention.value", (hidden, hidden)), ("attention.out", (hidden, hidden)),
+                                 ("mlp.fc1", (mlp, hidden)), ("mlp.fc2", (hidden, mlp))):
+            layout |= {f"{block}{name}.weight": (out, inp), f"{block}{name}.bias": (out,)}
+        for norm in ("norm1", "norm2"):
+            layout[f"{block}{norm}.weight"] = layout[f"{block}{norm}.bias"] = (hidden,)
+    return layout | {"head.weight": (outputs, hidden), "head.bias": (outputs,)}
+
+
+def relative_position_index(window):
+    """Swin's relative-position lookup: window positions a = (ya, xa), b = (yb, xb) use table row
+    (ya - yb + w - 1)(2w - 1) + (xa - xb + w - 1). (w², w²) int64."""
+    ys, xs = (t.flatten() for t in torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij"))
+    return (ys[:, None] - ys[None] + window - 1) * (2 * window - 1) + xs[:, None] - xs[None] + window - 1
+
+
+def shifted_window_mask(grid, window):
+    """Swin's mask for the windows of a grid x grid map rolled by -window/2: -100 between two positions of a window
+    that come from different regions of the map before the roll (each axis split at grid - window and
+    grid - window/2), else 0. (windows, w², w²)."""
+    shift = window // 2
+    index = torch.arange(grid)
+    region = (index >= grid - window).long() + (index >= grid - shift).long()
+    label = region[:, None] * 3 + region[None, :]
+    windows = label.view(grid // window, window, grid // window, window).transpose(1, 2).reshape(-1, window ** 2)
+    return torch.where(windows[:, :, None] == windows[:, None, :], 0.0, -100.0)
+
+
+BUFFERS = ("relative_position_index", "attn_mask")  # Swin's fixed lookup tables, saved with the weights
+
+
+def maniqa_layout(vit_dim=768, vit_mlp=3072, vit_depth=12, patch=8, grid=28, embed=768, num_tab=2, depths=(2, 2),
+                  heads=4, window=4, swin_mlp=768, classes=1000):
+    """Tensor names and shapes of MANIQA's checkpoint: timm's ViT (class token, position table, patch conv, blocks
+    with a fused qkv, final norm and classifier), the transposed attention blocks over the grid² tokens, the 1x1
+    convs, two scale Swin Transformers (an unused ``downsample`` conv; per stage a 3x3 conv and blocks with a
+    relative-position table and index, and in every second block the shift mask) and the two patch heads."""
+    layout = {"vit.cls_token": (1, 1, vit_dim), "vit.pos_embed": (1, 1 + grid * grid, vit_dim),
+              "vit.patch_embed.proj.weight": (vit_dim, 3, patch, patch), "vit.patch_embed.proj.bias": (vit_dim,)}
+
+    def linear(name, out, inp):
+        layout[name + ".weight"], layout[name + ".bias"] = (out, inp), (out,)
+
+    def norm(name, dim):
+        layout[name + ".weight"] = layout[name + ".bias"] = (dim,)
+
+    for i in range(vit_depth):
+        block = f"vit.blocks.{i}."
+        norm(block + "norm1", vit_dim)
+        linear(block + "attn.qkv", 3 * vit_dim, vit_dim)
+        linear(block + "attn.proj", vit_dim, vit_dim)
+        norm(block + "norm2", vit_dim)
+        linear(block + "mlp.fc1", vit_mlp, vit_dim)
+        linear(block + "mlp.fc2", vit_dim, vit_mlp)
+    norm("vit.norm", vit_dim)
+    linear("vit.head", classes, vit_dim)
+    for stage, (dim, conv_in) in enumerate(((embed, 4 * vit_dim), (embed // 2, embed)), start=1):
+        for j in range(num_tab):
+            for proj in ("c_q", "c_k", "c_v"):
+                linear(f"tablock{stage}.{j}.{proj}", grid * grid, grid * grid)
+        layout[f"conv{stage}.weight"], layout[f"conv{stage}.bias"] = (dim, conv_in, 1, 1), (dim,)
+        swin = f"swintransformer{stage}."
+        layout[swin + "downsample.weight"], layout[swin + "downsample.bias"] = (dim, dim, 3, 3), (dim,)
+        for i, depth in enumerate(depths):
+            layer = f"{swin}layers.{i}."
+            layout[layer + "conv.weight"], layout[layer + "conv.bias"] = (dim, dim, 3, 3), (dim,)
+            for j in range(depth):
+                block = f"{layer}blocks.{j}."
+                norm(block + "norm1", dim)
+                layout[block + "attn.relative_position_bias_table"] = ((2 * window - 1) ** 2, heads)
+                layout[block + "attn.relative_position_index"] = (window ** 2, window ** 2)
+                linear(block + "attn.qkv", 3 * dim, dim)
+                linear(block + "attn.proj", dim, dim)
+                norm(block + "norm2", dim)
+                linear(block + "mlp.fc1", swin_mlp, dim)
+                linear(block + "mlp.fc2", dim, swin_mlp)
+                if j % 2:
+                    layout[block + "attn_mask"] = ((grid // window) ** 2, window ** 2, window ** 2)
+    for branch in ("fc_score", "fc_weight"):
+        linear(branch + ".0", embed // 2, embed // 2)
+        linear(branch + ".3", 1, embed // 2)
+    return layout
+
+
+def random_state(layout, seed=0):
+    """Seeded tensors for a layout: norm scales near 1, small biases and embeddings, other weights ~ N(0, 1/fan_in);
+    Swin's relative-position indices and shift masks get their defined values."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in layout.items():
+        if key.endswith("relative_position_index"):
+            state[key] = relative_position_index(math.isqrt(shape[0]))
+        elif key.endswith("attn_mask"):
+            window = math.isqrt(shape[1])
+            state[key] = shifted_window_mask(math.isqrt(shape[0]) * window, window)
+        elif re.search(r"(norm\d?|gn\w*)\.weight$", key):
+            state[key] = 1 + 0.1 * torch.randn(shape, generator=g)
+        elif key.endswith(".bias") or re.search(r"emb|cls", key):
+            state[key] = 0.05 * torch.randn(shape, generator=g)
+        else:
+            state[key] = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
+    return state
+
+
+def meta_state(layout):
+    return {k: torch.empty(shape, device="meta", dtype=torch.int64 if k.endswith("index") else torch.float32)
+            for k, shape in layout.items()}
+
+
+def parameter_count(layout, skip=lambda key: False):
+    """Learned values in a layout (Swin's lookup tables are not parameters)."""
+    return sum(math.prod(shape) for k, shape in layout.items() if not k.endswith(BUFFERS) and not skip(k))
+
+
+def pre_norm_reference_layer(dim, heads, mlp, qkv_weight, qkv_bias, block):
+    """torch's own pre-norm TransformerEncoderLayer (exact GELU, LayerNorm eps 1e-6) holding a block's weights."""
+    layer = nn.TransformerEncoderLayer(dim, heads, mlp, dropout=0.0, activation="gelu", layer_norm_eps=1e-6,
+                                       batch_first=True, norm_first=True).eval()
+    with torch.no_grad():
+        layer.self_attn.in_proj_weight.copy_(qkv_weight)
+        layer.self_attn.in_proj_bias.copy_(qkv_bias)
+        for ours, theirs in ((block.norm1, layer.norm1), (block.norm2, layer.norm2), (block.mlp.fc1, layer.linear1),
+                             (block.mlp.fc2, layer.linear2)):
+            theirs.load_state_dict(ours.state_dict())
+    return layer
+
+
+@pytest.fixture(scope="module")
+def musiq_dir(tmp_path_factory):
+    """The real-size pyiqa MUSIQ layout with seeded weights (27 M parameters, about 110 MB)."""
+    root = tmp_path_factory.mktemp("iqa")
+    torch.save(random_state(musiq_layout()), os.path.join(folder_made(root, "musiq"), "musiq_koniq_ckpt-e95806b9.pth"))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def small_musiq_path(tmp_path_factory):
+    """The same layout, narrower and shallower (the sizes come from the shapes): width 48, MLP 96, 2 layers,
+    a 4 x 4 hash grid."""
+    path = os.path.join(str(tmp_path_factory.mktemp("musiq")), "small.pth")
+    torch.save(random_state(musiq_layout(hidden=48, mlp=96, layers=2, grid=4), seed=1), path)
+    return path
+
+
+def test_musiq_reads_the_real_pyiqa_layout(musiq_dir):
+    musiq = m.load_learned_metric("musiq", musiq_dir)
+    assert isinstance(musiq, m.MUSIQ)
+    # pyiqa's MUSIQ module (hidden 384, 14 layers, 6 heads, MLP 1152, 10 x 10 grid, 3 scales) has 27,125,825
+    # parameters; all of them are used
+    assert parameter_count(musiq_layout()) == 27_125_825
+    assert sum(p.numel() for p in musiq.parameters()) == 27_125_825
+    assert (musiq.patch, len(musiq.transformer_encoder.transformer)) == (32, 14)
+    image = smooth_image(8, 40, 56)
+    score = musiq(image, torch.rand_like(image))
+    assert score.shape == (1,) and score.dtype == torch.float64 and torch.isfinite(score).all()
+    assert torch.equal(score, musiq(image, image))  # deterministic, and the reference is ignored
+
+
+def test_musiq_hashed_positions_take_the_nearest_grid_cell():
+    for count_h, count_w in ((1, 1), (3, 7), (10, 10), (12, 5), (40, 33)):
+        positions = m.hashed_positions(10, count_h, count_w).view(count_h, count_w)
+        rows = torch.tensor([i * 10 // count_h for i in range(count_h)])
+        cols = torch.tensor([j * 10 // count_w for j in range(count_w)])
+        assert torch.equal(positions, rows[:, None] * 10 + cols[None, :])
+    assert m.hashed_positions(10, 1, 3).tolist() == [0, 3, 6]
+    assert m.hashed_positions(2, 4, 1).tolist() == [0, 0, 2, 2]  # more patches than cells: neighbours share one
+
+
+def test_tf_same_padding_puts_the_odd_pixel_after():
+    x = torch.ones(1, 1, 100, 150)
+    padded = m.tf_same_pad(x, 32, 32)
+    assert padded.shape == (1, 1, 128, 160)
+    assert padded[..., 14:114, 5:155].eq(1).all() and padded.sum() == x.sum()
+    padded = m.tf_same_pad(torch.ones(1, 1, 32, 32), 7, 2)  # 16 outputs need 37 px: 2 before, 3 after
+    assert padded.shape == (1, 1, 37, 37) and padded[0, 0, 2:34, 2:34].eq(1).all() and padded.sum() == 32 * 32
+
+
+def test_musiq_tokens_come_from_three_scales(small_musiq_path):
+    musiq = m.MUSIQ.from_file(small_musiq_path)
+    x = smooth_image(9, 100, 150).movedim(-1, 1) * 2 - 1
+    views = musiq.scales(x)
+    assert [tuple(v.shape[-2:]) for v in views] == [(149, 224), (256, 384), (100, 150)]
+    assert torch.equal(views[-1], x)
+    counts = [musiq.scale_tokens(v, s).shape[1] for s, v in enumerate(views)]
+    assert counts == [5 * 7, 8 * 12, 4 * 5]  # ceil(side / 32) patches per side
+    # the scale embedding tells the scales apart: the same view as scale 0 or 1 differs by exactly that row
+    table = musiq.transformer_encoder.scaleembed_input.scale_emb
+    torch.testing.assert_close(musiq.scale_tokens(views[0], 1) - musiq.scale_tokens(views[0], 0),
+                               (table[1] - table[0]).expand(1, 35, -1), rtol=0, atol=1e-5)
+
+
+def test_musiq_block_is_a_pre_norm_transformer_layer(small_musiq_path):
+    musiq = m.MUSIQ.from_file(small_musiq_path)
+    block = musiq.transformer_encoder.transformer["encoderblock_1"]
+    attention = block.attention
+    reference = pre_norm_reference_layer(
+        48, 6, 96, torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]),
+        torch.cat([attention.query.bias, attention.key.bias, attention.value.bias]), block)
+    with torch.no_grad():
+        reference.self_attn.out_proj.load_state_dict(attention.out.state_dict())
+        x = torch.randn(2, 17, 48, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(block(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_musiq_scores_are_per_image_and_unclamped(small_musiq_path):
+    musiq = m.MUSIQ.from_file(small_musiq_path)
+    images = torch.cat([smooth_image(10, 48, 80), smooth_image(11, 48, 80)])
+    scores = musiq(images)
+    torch.testing.assert_close(scores, torch.cat([musiq(images[:1]), musiq(images[1:])]), rtol=1e-5, atol=1e-6)
+    assert abs(scores[0] - scores[1]) > 1e-4  # the images are told apart
+    with torch.no_grad():
+        musiq.head.bias += 100.0  # the score is the head's raw regression output
+    torch.testing.assert_close(musiq(images), scores + 100.0, rtol=0, atol=1e-4)
+    # weight standardisation: scaling a conv's filters or shifting them by a constant changes nothing
+    with torch.no_grad():
+        musiq.conv_root.weight.mul_(3.0).add_(0.5)
+        musiq.block1.conv2.weight.mul_(0.2)
+    torch.testing.assert_close(musiq(images), scores + 100.0, rtol=0, atol=1e-3)
+
+
+def test_musiq_names_missing_and_foreign_files(small_musiq_path, tmp_path):
+    with pytest.raises(m.MissingWeightsError) as err:
+        m.load_learned_metric("musiq", str(tmp_path))
+    assert f"musiq_koniq_ckpt-e95806b9.pth in {os.path.join(str(tmp_path), 'musiq')}" in str(err.value)
+    assert "never downloads" in str(err.value) and "chaofengc/IQA-PyTorch" in str(err.value)
+    path = str(tmp_path / "other.pth")
+    torch.save(random_state(musiq_layout(hidden=48, mlp=96, layers=2, grid=4, outputs=10)), path)  # like the AVA one
+    with pytest.raises(ValueError, match=r"other\.pth is not a pyiqa MUSIQ \(KonIQ-10k\) file \(wrong shape: "
+                                         r"head\.weight is \(10, 48\), expected \(1, 48\)"):
+        m.MUSIQ.from_file(path)
+    state = torch.load(small_musiq_path, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "block1.gn3.bias"} | {"extra": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match=r"\(missing: block1\.gn3\.bias; unexpected: extra\)"):
+        m.MUSIQ.from_file(path)
+    torch.save({"state": nn.Linear(2, 2)}, path)  # a pickled module, as whole-model saves are
+    with pytest.raises(ValueError, match=r"holds pickled Python objects besides tensors \(torch\.nn\.modules\.linear"
+                                         r"\.Linear\).*weights_only"):
+        m.MUSIQ.from_file(path)
+
+
+# -------------------------------------------------------------------------------------------------------------- MANIQA
+
+SMALL_MANIQA = dict(vit_dim=24, vit_mlp=48, patch=4, grid=8, embed=16, heads=2, window=4, swin_mlp=16, classes=10)
+
+
+@pytest.fixture(scope="module")
+def maniqa_dir(tmp_path_factory):
+    """MANIQA's layout at a small size (ViT width 24 with 12 blocks, 4 px patches on an 8 x 8 grid = 32 px crops,
+    16 channels, 2 Swin heads in 4 x 4 windows) with seeded weights."""
+    root = tmp_path_factory.mktemp("iqa")
+    state = random_state(maniqa_layout(**SMALL_MANIQA))
+    for key in ("fc_score.0.weight", "fc_score.3.weight", "fc_weight.0.weight", "fc_weight.3.weight"):
+        state[key] *= 0.2  # keeps the sigmoid weights off 0 and 1 for random features of this size
+    state["fc_score.3.bias"] += 0.5  # and most patch scores above the final ReLU's 0
+    torch.save(state, os.path.join(folder_made(root, "maniqa"), "ckpt_koniq10k.pt"))
+    return str(root)
+
+
+def small_maniqa(maniqa_dir, **kwargs):
+    return m.MANIQA.from_file(os.path.join(maniqa_dir, "maniqa", "ckpt_koniq10k.pt"), **kwargs)
+
+
+def test_maniqa_reads_the_real_layout():
+    layout = maniqa_layout()
+    model = m.MANIQA.from_state_dict(meta_state(layout), "ckpt_koniq10k.pt")
+    # 135,747,530 parameters in the checkpoint (as pyiqa's MANIQA module), 86,576,872 of them timm's ViT-B/8
+    assert parameter_count(layout) == 135_747_530
+    assert parameter_count(layout, skip=lambda k: not k.startswith("vit.")) == 86_576_872
+    unused = {k for k in layout if m.MANIQA.unused(k)}
+    assert {re.sub(r"\.(weight|bias)$", "", k) for k in unused if not k.startswith("vit.blocks.")} == {
+        "vit.norm", "vit.head", "swintransformer1.downsample", "swintransformer2.downsample"}
+    assert {int(k.split(".")[2]) for k in unused if k.startswith("vit.blocks.")} == {10, 11}
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(layout, skip=m.MANIQA.unused)
+    assert model.crop == 224 and len(model.vit.blocks) == 10 and len(model.tablock1) == 2
+    assert model.conv1.in_channels == 3072 and len(model.swintransformer2.layers) == 2
+    block = model.swintransformer1.layers[0].blocks[1]
+    assert (block.window, block.shift, block.attn.heads) == (4, 2, 4) and model.swintransformer1.scale == 0.8
+
+
+def test_maniqa_vit_block_is_a_pre_norm_transformer_layer(maniqa_dir):
+    block = small_maniqa(maniqa_dir).vit.blocks[3]
+    reference = pre_norm_reference_layer(24, 12, 48, block.attn.qkv.weight, block.attn.qkv.bias, block)
+    with torch.no_grad():
+        reference.self_attn.out_proj.load_state_dict(block.attn.proj.state_dict())
+        x = torch.randn(2, 65, 24, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(block(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def swin_block_reference(block, x, window, shift, heads):
+    """A Swin block on one (H, W, C) map, written from its definition window by window and head by head."""
+    p = {k: v.double() for k, v in block.state_dict().items()}
+    h, w, c = x.shape
+    norm = lambda t, n: nn.functional.layer_norm(t, (c,), p[f"{n}.weight"], p[f"{n}.bias"], eps=1e-5)  # noqa: E731
+    y = torch.roll(norm(x, "norm1"), (-shift, -shift), (0, 1))
+    bias = p["attn.relative_position_bias_table"][relative_position_index(window)]  # (w², w², heads)
+    mask = shifted_window_mask(h, window).double() if shift else None
+    out = torch.zeros_like(y)
+    d = c // heads
+    corners = [(top, left) for top in range(0, h, window) for left in range(0, w, window)]  # row by row
+    for i, (top, left) in enumerate(corners):
+        tokens = y[top:top + window, left:left + window].reshape(-1, c)
+        q, k, v = (tokens @ p["attn.qkv.weight"].T + p["attn.qkv.bias"]).split(c, dim=-1)
+        mixed = []
+        for head in range(heads):
+            part = slice(head * d, (head + 1) * d)
+            logits = q[:, part] @ k[:, part].T / math.sqrt(d) + bias[..., head]
+            if shift:
+                logits = logits + mask[i]
+            mixed.append(torch.softmax(logits, dim=-1) @ v[:, part])
+        window_out = torch.cat(mixed, dim=-1) @ p["attn.proj.weight"].T + p["attn.proj.bias"]
+        out[top:top + window, left:left + window] = window_out.view(window, window, c)
+    x = x + torch.roll(out, (shift, shift), (0, 1))
+    hidden = nn.functional.gelu(norm(x, "norm2") @ p["mlp.fc1.weight"].T + p["mlp.fc1.bias"])
+    return x + hidden @ p["mlp.fc2.weight"].T + p["mlp.fc2.bias"]
+
+
+def test_maniqa_swin_blocks_follow_the_shifted_window_definition(maniqa_dir):
+    maniqa = small_maniqa(maniqa_dir)
+    x = torch.randn(2, 8, 8, 16, generator=torch.Generator().manual_seed(1))
+    for index, shift in ((0, 0), (1, 2)):
+        block = maniqa.swintransformer1.layers[1].blocks[index]
+        assert block.shift == shift
+        with torch.no_grad():
+            ours = block(x)
+        for b in range(2):
+            torch.testing.assert_close(ours[b].double(), swin_block_reference(block, x[b].double(), 4, shift, 2),
+                                       rtol=1e-4, atol=1e-4)
+    small = maniqa.swintransformer2.layers[0].blocks[1]
+    with torch.no_grad():
+        torch.testing.assert_close(small(x[..., :8])[0].double(),
+                                   swin_block_reference(small, x[0, ..., :8].double(), 4, 2, 2), rtol=1e-4, atol=1e-4)
+
+
+def test_maniqa_transposed_attention_keeps_the_released_reshape(maniqa_dir):
+    tab = small_maniqa(maniqa_dir).tablock1[1]
+    x = torch.randn(2, 96, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        q, k, v = tab.c_q(x), tab.c_k(x), tab.c_v(x)
+        mixed = torch.softmax(q @ k.transpose(1, 2) / 8, dim=-1) @ v  # (B, C, N): attention between channels
+        # the released code reads the memory of mixed.transpose(1, 2), a (B, N, C) array, as (B, C, N):
+        # element (c, n) is flat position f = c * N + n of that array, i.e. mixed[f % C, f // C]
+        flat = torch.arange(96 * 64).view(96, 64)
+        expected = mixed[:, flat % 96, flat // 96] + x
+        ours = tab(x)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ours, mixed + x, atol=1e-3)
+
+
+def test_maniqa_crop_score_is_the_weighted_mean_of_patch_scores(maniqa_dir):
+    maniqa = small_maniqa(maniqa_dir, num_crops=3)
+    crops = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        score, weight = maniqa.patch_scores(crops)
+        crop_scores = maniqa.crop_scores(crops)
+    assert score.shape == weight.shape == (3, 64) and (score >= 0).all() and ((weight > 0) & (weight < 1)).all()
+    assert (score > 0).float().mean() > 0.5  # the fixture's heads give mostly positive patch scores
+    torch.testing.assert_close(crop_scores, (weight * score).sum(1) / weight.sum(1))
+    assert ((score.min(1).values <= crop_scores) & (crop_scores <= score.max(1).values)).all()
+    assert score.std() > 0 and crop_scores.std() > 0
+    # identical patch scores give that score for any image, whatever the weights
+    with torch.no_grad():
+        maniqa.fc_score[3].weight.zero_()
+        maniqa.fc_score[3].bias.fill_(0.7)
+    images = torch.cat([smooth_image(12, 40, 48), torch.rand(1, 40, 48, 3, generator=torch.Generator().manual_seed(4))])
+    torch.testing.assert_close(maniqa(images), torch.full((2,), 0.7, dtype=torch.float64), rtol=0, atol=1e-6)
+
+
+def test_maniqa_averages_seeded_random_crops(maniqa_dir):
+    maniqa = small_maniqa(maniqa_dir, num_crops=5, seed=3)
+    images = torch.cat([smooth_image(13, 40, 52), smooth_image(14, 40, 52)])
+    positions = maniqa.crop_positions(40, 52)
+    assert len(positions) == 5 and len(set(positions)) > 1
+    assert all(0 <= top <= 8 and 0 <= left <= 20 for top, left in positions)
+    x = images.movedim(-1, 1) * 2 - 1
+    with torch.no_grad():
+        by_hand = torch.stack([maniqa.crop_scores(x[..., top:top + 32, left:left + 32])
+                               for top, left in positions]).mean(0)
+    scores = maniqa(images)
+    assert scores.shape == (2,) and scores.dtype == torch.float64
+    torch.testing.assert_close(scores, by_hand.double(), rtol=1e-6, atol=1e-7)
+    assert torch.equal(scores, maniqa(images, torch.zeros_like(images)))  # deterministic; the reference is ignored
+    torch.testing.assert_close(scores, torch.cat([maniqa(images[:1]), maniqa(images[1:])]), rtol=1e-4, atol=1e-6)
+    other = small_maniqa(maniqa_dir, num_crops=5, seed=4)
+    assert other.crop_positions(40, 52) != positions and not torch.equal(other(images), scores)
+    default = m.load_learned_metric("maniqa", maniqa_dir)
+    assert (default.num_crops, default.seed) == (20, 0)
+    # an image smaller than a crop is enlarged so its shorter side fits one crop
+    assert maniqa.prepare(smooth_image(15, 20, 28)).shape == (1, 3, 32, 45)
+    assert all(top == 0 for top, _ in maniqa.crop_positions(32, 45))
+    assert torch.isfinite(maniqa(smooth_image(15, 20, 28))).all()
+    with pytest.raises(ValueError, match="at least one crop"):
+        small_maniqa(maniqa_dir, num_crops=0)
+
+
+def test_maniqa_names_missing_and_foreign_files(maniqa_dir, small_musiq_path, tmp_path):
+    with pytest.raises(m.MissingWeightsError) as err:
+        m.load_learned_metric("maniqa", str(tmp_path))
+    message = str(err.value)
+    assert f"ckpt_koniq10k.pt in {os.path.join(str(tmp_path), 'maniqa')}" in message
+    assert "ViT-B/8" in message and "IIGROUP/MANIQA" in message and "never downloads" in message
+    path = str(tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match=r"small\.pth is not a MANIQA file: it has no tensor 'vit\.pos_embed'"):
+        m.MANIQA.from_file(small_musiq_path)
+    state = torch.load(os.path.join(maniqa_dir, "maniqa", "ckpt_koniq10k.pt"), weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.startswith("vit.blocks.9.")}, path)
+    with pytest.raises(ValueError, match=r"ckpt\.pt is not a MANIQA file \(missing: vit\.blocks\.9\.norm1\.weight"):
+        m.MANIQA.from_file(path)
+    torch.save({f"module.{k}": v for k, v in state.items()}, path)  # saved from a DataParallel wrapper
+    image = smooth_image(16, 36, 36)
+    assert torch.equal(m.MANIQA.from_file(path, num_crops=2)(image), small_maniqa(maniqa_dir, num_crops=2)(image))
