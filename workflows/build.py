@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import urllib.request
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -18,7 +19,10 @@ FRONTEND_ONLY = {"Note", "MarkdownNote"}
 
 
 def is_widget(spec: list) -> bool:
-    return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
+    """A value set on the node (a COMBO, number, text or switch), not a socket-only input such as a MODEL or a
+    forceInput STRING; a widget may still be linked, and then shows as a socket too."""
+    options = spec[1] if len(spec) > 1 else {}
+    return (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES) and not options.get("forceInput")
 
 
 def input_specs(info: dict) -> dict:
@@ -36,9 +40,15 @@ def api_format(spec: dict) -> dict:
             for nid, node in spec["nodes"].items() if node["class_type"] not in FRONTEND_ONLY}
 
 
+def workflow_id(name: str) -> str:
+    """The editor wants a UUID; one derived from the name stays the same when the file is regenerated."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"supir_restore/workflows/{name}"))
+
+
 def ui_format(spec: dict, object_info: dict) -> dict:
     """The editor's format: nodes with positions, socket inputs with link ids, widget values in schema order
-    (plus the 'control after generate' value after seeds), and typed links."""
+    (plus the 'control after generate' value after seeds), and typed links. A linked widget (e.g. a width from
+    another node) is a socket marked with its widget, and keeps its default among the widget values."""
     nodes, links = [], []
     outputs = {}  # (node id, slot) -> link ids
     ids = {nid: int(nid) for nid in spec["nodes"]}
@@ -67,16 +77,17 @@ def ui_format(spec: dict, object_info: dict) -> dict:
         sockets, widgets = [], []
         for name in input_names(info):
             value = node["inputs"].get(name)
-            if is_widget(specs[name]):
-                if name in node["inputs"]:
-                    widgets.append(value)
-                    if specs[name][1].get("control_after_generate"):
-                        widgets.append("fixed")
+            linked = isinstance(value, list)
+            widget = is_widget(specs[name])
+            if widget and name in node["inputs"]:
+                widgets.append(specs[name][1].get("default") if linked else value)
+                if specs[name][1].get("control_after_generate"):
+                    widgets.append("fixed")
+            if widget and not linked:
                 continue
-            link = None
-            if isinstance(value, list):
-                link = next(l[0] for l in links if l[3] == ids[nid] and l[4] == name)
-            sockets.append({"name": name, "type": specs[name][0], "link": link})
+            link = next(l[0] for l in links if l[3] == ids[nid] and l[4] == name) if linked else None
+            sockets.append({"name": name, "type": specs[name][0], "link": link,
+                            **({"widget": {"name": name}} if widget else {})})
         entry["inputs"] = sockets
         entry["outputs"] = [{"name": out_name, "type": out_type, "links": outputs.get((nid, slot), []),
                              "slot_index": slot}
@@ -86,9 +97,12 @@ def ui_format(spec: dict, object_info: dict) -> dict:
     for link in links:  # the target slot is the input's index among the node's sockets
         target = next(n for n in nodes if n["id"] == link[3])
         link[4] = next(i for i, s in enumerate(target["inputs"]) if s["name"] == link[4])
-    return {"id": spec["name"], "revision": 0, "last_node_id": max(ids.values()), "last_link_id": len(links),
-            "nodes": nodes, "links": links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "info": {"description": spec["description"]}},
+    # the first view clears the editor's side bar and top bar and shows the top node's title
+    top = min(node["pos"][1] for node in spec["nodes"].values())
+    return {"id": workflow_id(spec["name"]), "revision": 0, "last_node_id": max(ids.values()),
+            "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [80, 100 - top]},
+                      "info": {"description": spec["description"]}},
             "version": 0.4}
 
 

@@ -1,52 +1,184 @@
 """The shipped workflows as graphs in API form (node id -> class, inputs, title, position); ``build.py`` turns
-them into the UI and API files. Model file names are the official ones; change them in the loaders."""
+them into the UI and API files. Model file names are the official ones; change them in the loaders.
+
+A graph is written with node names ("ckpt", "lq", …) that links refer to (``["lq", 0]``: output 0 of the node
+named "lq"); :func:`numbered` turns the names into the ids 1, 2, … in the order the nodes are listed."""
 from __future__ import annotations
 
 SDXL_BASE = "sd_xl_base_1.0_0.9vae.safetensors"
 SDXL_LIGHTNING = "juggernautXL_v9Rdphoto2Lightning.safetensors"
+SUPIR_Q = "SUPIR-v0Q.ckpt"
+SUPIR_F = "SUPIR-v0F.ckpt"
+DETAIL_LORA = "add-detail-xl.safetensors"  # Detail Tweaker XL, an SDXL LoRA that adds (or, below 0, removes) detail
 EXAMPLE_IMAGE = "example.png"
+BENCHMARK_FOLDER = "benchmark"
+LORA_SLOTS = 4  # slots of SUPIR LoRA Stack and of each stack of SUPIR LoRA Region Blend
+NO_LORA = "None"
+VAE_TILE = 512  # pixels: SUPIR's scripts encode in 512 px tiles and decode in 64-latent (512 px) tiles
 
 NOTE_COLOR = {"color": "#432", "bgcolor": "#653"}
 
+MODEL, CLIP, VAE = ["ckpt", 0], ["ckpt", 1], ["ckpt", 2]
+HINT, STAGE1 = ["lq", 0], ["lq", 1]
+
+
+def numbered(graph: dict[str, dict]) -> dict[str, dict]:
+    """The graph with node names replaced by ids "1", "2", … in listed order, and its links renamed to match."""
+    ids = {name: str(i) for i, name in enumerate(graph, 1)}
+
+    def relink(value):
+        return [ids[value[0]], value[1]] if isinstance(value, list) else value
+    return {ids[name]: {**node, "inputs": {k: relink(v) for k, v in node["inputs"].items()}}
+            for name, node in graph.items()}
+
+
+def node(class_type: str, title: str, pos: tuple, size: tuple | None = None, **inputs) -> dict:
+    return {"class_type": class_type, "title": title, "inputs": inputs, "pos": pos, **({"size": size} if size else {})}
+
 
 def note(text: str, pos=(20, 20)) -> dict:
-    return {"class_type": "Note", "title": "Read me", "inputs": {"text": text}, "pos": pos, "size": (400, 220),
-            **NOTE_COLOR}
+    return {**node("Note", "Read me", pos, (400, 220), text=text), **NOTE_COLOR}
 
 
-def restore_graph(ckpt: str, supir: str, preset: str, scale_end: float, readme: str) -> dict:
-    """Load → LQ encode → Apply SUPIR → conditioning → SUPIR Restore → decode → save (+ stage-1 preview)."""
-    return {
-        "1": note(readme),
-        "2": {"class_type": "CheckpointLoaderSimple", "title": "SDXL checkpoint", "inputs": {"ckpt_name": ckpt},
-              "pos": (20, 280)},
-        "3": {"class_type": "SUPIRLoader", "title": "SUPIR model",
-              "inputs": {"supir_name": supir, "weight_dtype": "auto"}, "pos": (20, 440)},
-        "4": {"class_type": "LoadImage", "title": "Low-quality image", "inputs": {"image": EXAMPLE_IMAGE},
-              "pos": (20, 580), "size": (320, 340)},
-        "5": {"class_type": "SUPIRLQEncode", "title": "Stage 1: LQ encode",
-              "inputs": {"supir": ["3", 0], "vae": ["2", 2], "image": ["4", 0], "tile_size": 0}, "pos": (420, 440)},
-        "6": {"class_type": "ApplySUPIR", "title": "Apply SUPIR",
-              "inputs": {"model": ["2", 0], "supir": ["3", 0], "hint": ["5", 0], "control_scale_start": 1.0,
-                         "control_scale_end": scale_end}, "pos": (820, 280)},
-        "7": {"class_type": "SUPIRConditioning", "title": "Prompts",
-              "inputs": {"clip": ["2", 1], "caption": "", "positive_suffix": _POSITIVE, "negative": _NEGATIVE,
-                         "size_conditioning": "1024 (official)", "caption_per_line": False, "hint": ["5", 0]},
-              "pos": (820, 480), "size": (400, 380)},
-        "8": {"class_type": "SUPIRRestore", "title": "Stage 2: restore",
-              "inputs": {"model": ["6", 0], "positive": ["7", 0], "negative": ["7", 1], "hint": ["5", 0],
-                         "seed": 0, "preset": preset, "start": "noise", "denoise": 1.0, "sampler": "RestoreEDM",
-                         "steps": 50, "s_churn": 5.0, "s_noise": 1.003, "eta": 1.0, "cfg_start": 4.0,
-                         "cfg_end": 7.5, "restore_cfg": -1.0, "restore_cfg_s_tmin": 0.05},
-              "pos": (1260, 280), "size": (340, 480)},
-        "9": {"class_type": "VAEDecode", "title": "Decode", "inputs": {"samples": ["8", 0], "vae": ["2", 2]},
-              "pos": (1640, 280)},
-        "10": {"class_type": "SaveImage", "title": "Restored",
-               "inputs": {"images": ["9", 0], "filename_prefix": "supir/restored"}, "pos": (1880, 280),
-               "size": (400, 440)},
-        "11": {"class_type": "PreviewImage", "title": "Stage-1 image", "inputs": {"images": ["5", 1]},
-               "pos": (420, 640), "size": (320, 320)},
-    }
+def models_note(ckpt: str, supir: str, lora: str | None = None) -> str:
+    """Which model files the workflow expects and where they go."""
+    places = [f"{ckpt} in ComfyUI/models/checkpoints", f"{supir} in ComfyUI/models/supir (SUPIR weights are "
+              "licensed for non-commercial use only; never bundled)"]
+    if lora:
+        places.append(f"{lora} (or any SDXL LoRA) in ComfyUI/models/loras")
+    return f"Models: {'; '.join(places)}. "
+
+
+def loaders(ckpt: str, supir: str) -> dict:
+    return {"ckpt": node("CheckpointLoaderSimple", "SDXL checkpoint", (20, 280), ckpt_name=ckpt),
+            "supir": node("SUPIRLoader", "SUPIR model", (20, 440), supir_name=supir, weight_dtype="auto")}
+
+
+def load_image() -> dict:
+    return node("LoadImage", "Low-quality image", (20, 580), (320, 340), image=EXAMPLE_IMAGE)
+
+
+def lq_encode(image: list, pos=(420, 440), tile_size: int = 0) -> dict:
+    return node("SUPIRLQEncode", "Stage 1: LQ encode", pos, supir=["supir", 0], vae=VAE, image=image,
+                tile_size=tile_size)
+
+
+def apply_supir(model: list, scale_end: float) -> dict:
+    return node("ApplySUPIR", "Apply SUPIR", (820, 280), model=model, supir=["supir", 0], hint=HINT,
+                control_scale_start=1.0, control_scale_end=scale_end)
+
+
+def prompts(clip: list, pos=(820, 480)) -> dict:
+    return node("SUPIRConditioning", "Prompts", pos, (400, 380), clip=clip, caption="", positive_suffix=_POSITIVE,
+                negative=_NEGATIVE, size_conditioning="1024 (official)", caption_per_line=False, hint=HINT)
+
+
+def restore(model: list, preset: str) -> dict:
+    return node("SUPIRRestore", "Stage 2: restore", (1260, 280), (340, 480), model=model, positive=["prompts", 0],
+                negative=["prompts", 1], hint=HINT, seed=0, preset=preset, start="noise", denoise=1.0,
+                sampler="RestoreEDM", steps=50, s_churn=5.0, s_noise=1.003, eta=1.0, cfg_start=4.0, cfg_end=7.5,
+                restore_cfg=-1.0, restore_cfg_s_tmin=0.05)
+
+
+def decode() -> dict:
+    return node("VAEDecode", "Decode", (1640, 280), samples=["restore", 0], vae=VAE)
+
+
+def save(images: list, pos) -> dict:
+    return node("SaveImage", "Restored", pos, (400, 440), images=images, filename_prefix="supir/restored")
+
+
+def preview_stage1(pos=(420, 640)) -> dict:
+    return node("PreviewImage", "Stage-1 image", pos, (320, 320), images=STAGE1)
+
+
+def lora_slots(loras: list[tuple[str, float]], stack: str = "") -> dict:
+    """The lora{stack}_i / strength{stack}_i widgets of every slot: ``loras`` (name, strength) first, then empty."""
+    filled = [*loras, *[(NO_LORA, 1.0)] * (LORA_SLOTS - len(loras))]
+    return {key: value for i, (name, strength) in enumerate(filled, 1)
+            for key, value in ((f"lora{stack}_{i}", name), (f"strength{stack}_{i}", strength))}
+
+
+def restore_graph(ckpt: str, supir: str, preset: str, scale_end: float, readme: str, model=MODEL, clip=CLIP,
+                  **extra: dict) -> dict:
+    """Load → LQ encode → Apply SUPIR → conditioning → SUPIR Restore → decode → save (+ stage-1 preview).
+    ``extra`` nodes come last; ``model`` / ``clip`` name what Apply SUPIR / the prompts take (e.g. an extra node)."""
+    return numbered({
+        "note": note(readme),
+        **loaders(ckpt, supir),
+        "image": load_image(),
+        "lq": lq_encode(["image", 0]),
+        "apply": apply_supir(model, scale_end),
+        "prompts": prompts(clip),
+        "restore": restore(["apply", 0], preset),
+        "decode": decode(),
+        "save": save(["decode", 0], (1880, 280)),
+        "preview": preview_stage1(),
+        **extra,
+    })
+
+
+def lora_graph(readme: str) -> dict:
+    """The restore graph with SUPIR LoRA Stack between the checkpoint and Apply SUPIR / the prompts."""
+    stack = node("SUPIRLoraStack", "LoRA stack", (440, 20), (340, 300), model=MODEL, clip=CLIP,
+                 **lora_slots([(DETAIL_LORA, 1.0)]))
+    return restore_graph(SDXL_BASE, SUPIR_Q, "Quality", 1.0, readme, model=["loras", 0], clip=["loras", 1],
+                         loras=stack)
+
+
+def lora_region_graph(readme: str) -> dict:
+    """The restore graph with SUPIR LoRA Region Blend before Apply SUPIR, masked by the image's painted mask."""
+    blend = node("SUPIRLoraRegionBlend", "LoRA region blend", (440, -60), (340, 480), model=MODEL, mask=["image", 1],
+                 **lora_slots([(DETAIL_LORA, 1.0)], "_inside"),
+                 **lora_slots([(DETAIL_LORA, -0.5)], "_outside"), feather=16)
+    return restore_graph(SDXL_BASE, SUPIR_Q, "Quality", 1.0, readme, model=["region", 0], region=blend)
+
+
+def upscale_graph(scale: float, readme: str) -> dict:
+    """Load → SUPIR Resize For Restore → tiled LQ encode → Apply SUPIR → Tiled Aggregation → SUPIR Restore →
+    tiled decode → Colour Fix (wavelet, against stage 1) → SUPIR Resize To Size (scale × input exactly) → save."""
+    return numbered({
+        "note": note(readme),
+        **loaders(SDXL_BASE, SUPIR_Q),
+        "image": load_image(),
+        "resize": node("SUPIRResize", "Resize for restore", (420, 640), image=["image", 0], scale_by=scale,
+                       multiple="64", method="lanczos"),
+        "lq": lq_encode(["resize", 0], (420, 440), VAE_TILE),
+        "apply": apply_supir(MODEL, 1.0),
+        "tiles": node("SUPIRTiledAggregation", "Tiled aggregation", (820, 460), (340, 190), model=["apply", 0],
+                      tile_size=1024, tile_stride=512, grid="snapped", tile_batch_size=1),
+        "prompts": prompts(CLIP, (820, 700)),
+        "restore": restore(["tiles", 0], "Quality"),
+        "decode": node("VAEDecodeTiled", "Decode (tiled)", (1640, 280), samples=["restore", 0], vae=VAE,
+                       tile_size=VAE_TILE, overlap=64, temporal_size=64, temporal_overlap=8),
+        "colour": node("SUPIRColorFix", "Colour fix", (1640, 500), image=["decode", 0], reference=STAGE1,
+                       method="wavelet", strength=1.0),
+        "resize_to": node("SUPIRResizeTo", "Resize to target", (1640, 700), image=["colour", 0],
+                          width=["resize", 1], height=["resize", 2], method="lanczos"),
+        "save": save(["resize_to", 0], (2020, 280)),
+        "preview": preview_stage1((420, 860)),
+    })
+
+
+def benchmark_graph(readme: str) -> dict:
+    """SUPIR Load Image Folder (HQ) → Degrade Image (LQ at the HQ size) → LQ encode → Apply SUPIR → prompts →
+    SUPIR Restore → decode → SUPIR Benchmark Report (HQ, LQ, restored, names); runs once per image of the folder."""
+    return numbered({
+        "note": note(readme),
+        **loaders(SDXL_BASE, SUPIR_Q),
+        "folder": node("SUPIRLoadImageFolder", "High-quality images", (20, 580), folder=BENCHMARK_FOLDER,
+                       multiple=32),
+        "degrade": node("SUPIRDegradeImage", "Degrade (synthetic LQ)", (420, 580), image=["folder", 0],
+                        preset="realesrgan_x4", seed=0, resize_to_input=True),
+        "lq": lq_encode(["degrade", 0], (420, 400)),
+        "apply": apply_supir(MODEL, 1.0),
+        "prompts": prompts(CLIP),
+        "restore": restore(["apply", 0], "Quality"),
+        "decode": decode(),
+        "report": node("SUPIRBenchmarkReport", "Benchmark report", (1880, 280), (400, 500), hq_images=["folder", 0],
+                       lq_images=["degrade", 0], restored_images=["decode", 0], crop_border=4, lpips=False,
+                       dists=False, clipiqa=False, filename_prefix="supir_benchmark/report", names=["folder", 1]),
+    })
 
 
 # The official prompt texts, repeated here so the workflows read on their own.
@@ -57,27 +189,54 @@ _NEGATIVE = ("painting, oil painting, illustration, drawing, art, sketch, oil pa
              "render, unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, "
              "signature, jpeg artifacts, deformed, lowres, over-smooth")
 
-_MODELS = ("Models: {ckpt} in ComfyUI/models/checkpoints; {supir} in ComfyUI/models/supir (SUPIR weights are "
-           "licensed for non-commercial use only; never bundled). ")
+_UPSCALE = ("Load a small or low-quality image in 'Low-quality image': it is resized to {scale} x (sides rounded to "
+            "a multiple of 64 for sampling), restored tile by tile (1024 px tiles, stride 512; one tile when the "
+            "image fits) with the Quality preset, colour-fixed against the stage-1 image and saved at exactly "
+            "{scale} x the input size. The VAE works in 512 px tiles, so memory stays bounded on large images.")
 
 SPECS = [
     {"name": "supir_restore_basic",
      "description": "Restore a photo with SDXL base + SUPIR-v0Q and the official Quality settings.",
-     "nodes": restore_graph(SDXL_BASE, "SUPIR-v0Q.ckpt", "Quality", 1.0,
-                            _MODELS.format(ckpt=SDXL_BASE, supir="SUPIR-v0Q.ckpt")
+     "nodes": restore_graph(SDXL_BASE, SUPIR_Q, "Quality", 1.0,
+                            models_note(SDXL_BASE, SUPIR_Q)
                             + "Load your image in 'Low-quality image' at the size to restore at (about 1024 px on "
                               "the short side works best) and describe it in 'Prompts' (optional). Quality "
                               "preset: 50 RestoreEDM steps, CFG 4 -> 7.5.")},
     {"name": "supir_restore_fidelity",
      "description": "Restore with SUPIR-v0F and the official Fidelity settings: closest to the input.",
-     "nodes": restore_graph(SDXL_BASE, "SUPIR-v0F.ckpt", "Fidelity", 1.0,
-                            _MODELS.format(ckpt=SDXL_BASE, supir="SUPIR-v0F.ckpt")
+     "nodes": restore_graph(SDXL_BASE, SUPIR_F, "Fidelity", 1.0,
+                            models_note(SDXL_BASE, SUPIR_F)
                             + "v0F keeps more detail on lightly degraded photos. Fidelity preset: 50 RestoreEDM "
                               "steps, CFG 1 -> 4.")},
     {"name": "supir_restore_lightning",
      "description": "Fast restore in 8 steps with a Lightning SDXL checkpoint and SUPIR-v0Q.",
-     "nodes": restore_graph(SDXL_LIGHTNING, "SUPIR-v0Q.ckpt", "Lightning Quality", 0.9,
-                            _MODELS.format(ckpt=SDXL_LIGHTNING, supir="SUPIR-v0Q.ckpt")
+     "nodes": restore_graph(SDXL_LIGHTNING, SUPIR_Q, "Lightning Quality", 0.9,
+                            models_note(SDXL_LIGHTNING, SUPIR_Q)
                             + "Needs a Lightning SDXL (the Lightning preset gives poor results on a normal SDXL). "
                               "8 RestoreDPM++ 2M SDE steps, CFG 2; control 1.0 -> 0.9.")},
+    {"name": "supir_upscale_x2",
+     "description": "Upscale x2 and restore with SUPIR-v0Q, tiled aggregation and a wavelet colour fix.",
+     "nodes": upscale_graph(2.0, models_note(SDXL_BASE, SUPIR_Q) + _UPSCALE.format(scale=2))},
+    {"name": "supir_upscale_x4",
+     "description": "Upscale x4 and restore with SUPIR-v0Q, tiled aggregation and a wavelet colour fix.",
+     "nodes": upscale_graph(4.0, models_note(SDXL_BASE, SUPIR_Q) + _UPSCALE.format(scale=4))},
+    {"name": "supir_restore_lora",
+     "description": "Restore with a LoRA stack on the SDXL prior (before Apply SUPIR).",
+     "nodes": lora_graph(models_note(SDXL_BASE, SUPIR_Q, DETAIL_LORA)
+                         + "The LoRA stack patches the SDXL model and CLIP before Apply SUPIR; pick up to four "
+                           "LoRAs and their strengths there (0 or None skips a slot). Quality preset.")},
+    {"name": "supir_restore_lora_region",
+     "description": "Restore with one LoRA stack inside a painted mask and another outside it.",
+     "nodes": lora_region_graph(models_note(SDXL_BASE, SUPIR_Q, DETAIL_LORA)
+                                + "Paint the region on 'Low-quality image' (right-click -> Open in MaskEditor): "
+                                  "the painted part gets the inside stack (here more detail), the rest the "
+                                  "outside stack (here less). Every step runs the model twice.")},
+    {"name": "supir_benchmark",
+     "description": "Benchmark SUPIR on a folder of photos: degrade, restore, score (PSNR, SSIM) and report.",
+     "nodes": benchmark_graph(models_note(SDXL_BASE, SUPIR_Q)
+                              + f"Put high-quality photos in ComfyUI/input/{BENCHMARK_FOLDER}/. Each is cropped "
+                                "to a multiple of 32, degraded (Real-ESRGAN x4 pipeline, seed + image index, "
+                                "upsampled back to its size), restored with the Quality preset and scored; the "
+                                "report (metrics.csv, summary.md, grid.png) goes to "
+                                "ComfyUI/output/supir_benchmark/report_NNNNN_/.")},
 ]

@@ -1,6 +1,6 @@
 """Tier 2: the shipped workflows against a live server: up to date with their specs, valid against
 /object_info (node types, widget values in range, typed links), listed as templates, and runnable end to end
-with tiny models substituted for the real ones.
+with tiny models (and a tiny LoRA) substituted for the real ones.
 
 After changing a node or a spec, regenerate them with SUPIR_WRITE_WORKFLOWS=1 (this test then writes them)."""
 import copy
@@ -12,20 +12,51 @@ import pytest
 pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
 
 import numpy as np  # noqa: E402
+import safetensors.torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from supir_restore.workflows.build import (FRONTEND_ONLY, build_all, input_names, input_specs, is_widget,  # noqa: E402
                                            paths, write_all)
-from supir_restore.workflows.specs import SPECS  # noqa: E402
+from supir_restore.workflows.specs import BENCHMARK_FOLDER, NO_LORA, SPECS  # noqa: E402
+from test_lora_host import file_for, modules_for  # noqa: E402
+from tiny_models import tiny_sdxl  # noqa: E402
 
 TINY = {"ckpt_name": "tiny_sdxl.safetensors", "supir_name": "tiny_supir_fp16.safetensors", "image": "example.png"}
+TINY_LORA = "tiny_lora.safetensors"
+EXAMPLE_SIZE = (32, 24)  # width, height; small, so that the x4 upscale runs in minutes on a CPU
+# name: (width, height), cropped to 96x96 and 128x96; Real-ESRGAN's x4 pipeline needs at least 74x74
+BENCHMARK_PHOTOS = {"a.png": (100, 96), "b.png": (128, 100)}
+# Cheaper settings for the run: 2 steps (the presets have tests of their own) and tiles small enough to split
+# the tiny images; a tile size of 0 (whole image) stays 0.
+TINY_STEPS = {"preset": "Custom", "steps": 2}
+TINY_TILES = {"tile_size": 64, "tile_stride": 32}
+
+
+def random_rgba(width: int, height: int, seed: int) -> np.ndarray:
+    """An opaque random RGBA image, [height, width, 4] uint8."""
+    rgba = np.random.default_rng(seed).integers(0, 255, (height, width, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    return rgba
+
+
+def write_example_image(path):
+    """A random image whose left half is transparent: Load Image's MASK is 1 there (the painted region)."""
+    rgba = random_rgba(*EXAMPLE_SIZE, seed=2)
+    rgba[:, :EXAMPLE_SIZE[0] // 2, 3] = 0
+    Image.fromarray(rgba).save(path)
 
 
 @pytest.fixture(scope="module")
 def object_info(comfy_server):
-    rng = np.random.default_rng(2)
-    Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(
-        os.path.join(comfy_server.base, "input", "example.png"))
+    """The server's /object_info, after writing the files the workflows read: the example image, a tiny kohya
+    LoRA for the tiny SDXL and a benchmark folder of two photos."""
+    write_example_image(os.path.join(comfy_server.base, "input", TINY["image"]))
+    safetensors.torch.save_file(file_for(modules_for(tiny_sdxl(seed=0)), "kohya"),
+                                os.path.join(comfy_server.base, "models", "loras", TINY_LORA))
+    folder = os.path.join(comfy_server.base, "input", BENCHMARK_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    for seed, (name, size) in enumerate(BENCHMARK_PHOTOS.items()):
+        Image.fromarray(random_rgba(*size, seed)[..., :3]).save(os.path.join(folder, name))
     return comfy_server.get("/object_info")
 
 
@@ -44,12 +75,17 @@ def test_workflows_match_their_specs(object_info):
         assert load(api_path) == json.loads(json.dumps(api)), f"{name}: API twin out of date"
 
 
+def names_a_user_file(name: str) -> bool:
+    """Inputs that name the user's model, LoRA and image files (not in this server's lists)."""
+    return name in TINY or name.startswith("lora")
+
+
 def check_value(spec, value, where):
     kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
     if isinstance(kind, list) or kind == "COMBO":
         choices = kind if isinstance(kind, list) else options.get("options", [])
-        if where.endswith(("ckpt_name", "supir_name", "image")):
-            return  # model and image files are the user's
+        if names_a_user_file(where.split(".")[-1]):
+            return
         assert value in choices, f"{where}: {value!r} not in {choices}"
     elif kind in ("INT", "FLOAT"):
         assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {value!r}"
@@ -93,15 +129,42 @@ def test_workflows_are_listed_as_templates(comfy_server, object_info):
     assert sorted(listed) == sorted(s["name"] for s in SPECS)
 
 
+def tiny_run(prompt: dict, seed: int) -> dict:
+    """The prompt with the tiny test files in place of the user's (LoRA slots set to None stay empty), 2 restore
+    steps, small tiles and a restore seed of its own (so that ComfyUI's cache does not skip a workflow that,
+    substituted, equals one run before, as Fidelity equals Quality)."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        for key, value in inputs.items():
+            if names_a_user_file(key) and isinstance(value, str) and value != NO_LORA:  # a file name, not a link
+                inputs[key] = TINY.get(key, TINY_LORA)
+        if node["class_type"] == "SUPIRRestore":
+            inputs.update(TINY_STEPS, seed=seed)
+        inputs.update({key: size for key, size in TINY_TILES.items() if inputs.get(key)})
+    return prompt
+
+
+def expected_size(prompt: dict) -> tuple[int, int]:
+    """(width, height) of a saved restoration: the example image's, times SUPIR Resize For Restore's scale."""
+    scale = next((n["inputs"]["scale_by"] for n in prompt.values() if n["class_type"] == "SUPIRResize"), 1.0)
+    return round(EXAMPLE_SIZE[0] * scale), round(EXAMPLE_SIZE[1] * scale)
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=[s["name"] for s in SPECS])
 def test_api_workflow_runs_with_tiny_models(comfy_server, object_info, spec):
-    prompt = copy.deepcopy(load(paths(spec["name"])[1]))
-    for node in prompt.values():
-        for key, value in TINY.items():
-            if isinstance(node["inputs"].get(key), str):  # a file name, not a link
-                node["inputs"][key] = value
+    prompt = tiny_run(load(paths(spec["name"])[1]), seed=SPECS.index(spec))
     status, result = comfy_server.run_prompt(prompt, timeout=600)
     assert status == 200, result
     assert result["status"]["status_str"] == "success", result["status"]["messages"]
-    saved = [o for o in result["outputs"].values() if o.get("images")]
-    assert saved
+    checked = 0
+    for nid, output in result["outputs"].items():
+        if prompt[nid]["class_type"] == "SaveImage":
+            for image in output["images"]:
+                with Image.open(os.path.join(comfy_server.base, "output", image["subfolder"], image["filename"])) as im:
+                    assert im.size == expected_size(prompt)
+                checked += 1
+        if prompt[nid]["class_type"] == "SUPIRBenchmarkReport":
+            assert f"images: {len(BENCHMARK_PHOTOS)}, crop border: 4" in output["text"][0]
+            checked += 1
+    assert checked, f"{spec['name']} saved nothing"
