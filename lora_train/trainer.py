@@ -228,6 +228,8 @@ def train(model, supir: SUPIRModel, vae, clip, dataset: TrainingDataset, setting
     runs every ``validate_every`` steps and at the end; ``eval_batches`` > 0 measures ``evaluation_loss`` at
     the start and the end of this call.
     """
+    for width, height in {dataset.buckets[b] for b in dataset.bucket_of}:  # fail now, not at step n
+        degrade(torch.zeros(1, height, width, 3), settings.degradation)
     with torch.inference_mode(False), torch.enable_grad():
         patched = apply_supir(model, supir, torch.zeros(1, 4, 8, 8), settings.control_scale, settings.control_scale)
         patched.model.requires_grad_(False)

@@ -12,6 +12,7 @@ SUPIR_F = "SUPIR-v0F.ckpt"
 DETAIL_LORA = "add-detail-xl.safetensors"  # Detail Tweaker XL, an SDXL LoRA that adds (or, below 0, removes) detail
 EXAMPLE_IMAGE = "example.png"
 BENCHMARK_FOLDER = "benchmark"
+TRAINING_FOLDER = "supir_training"
 LORA_SLOTS = 4  # slots of SUPIR LoRA Stack and of each stack of SUPIR LoRA Region Blend
 NO_LORA = "None"
 VAE_TILE = 512  # pixels: SUPIR's scripts encode in 512 px tiles and decode in 64-latent (512 px) tiles
@@ -181,6 +182,23 @@ def benchmark_graph(readme: str) -> dict:
     })
 
 
+def training_graph(readme: str) -> dict:
+    """SUPIR Training Dataset (a folder of HQ photos) → SUPIR Train Restoration LoRA (SDXL, SUPIR, VAE, CLIP); the
+    trainer shows its loss curve and writes the LoRA to models/loras."""
+    return numbered({
+        "note": note(readme),
+        **loaders(SDXL_BASE, SUPIR_Q),
+        "dataset": node("SUPIRTrainingDataset", "Training photos", (20, 600), (320, 200), folder=TRAINING_FOLDER,
+                        resolution=1024, aspect_buckets=True, default_caption=""),
+        "train": node("SUPIRTrainLoRA", "Train restoration LoRA", (420, 280), (400, 760), model=MODEL,
+                      supir_model=["supir", 0], vae=VAE, clip=CLIP, dataset=["dataset", 0],
+                      lora_name="my_restoration_lora", steps=1000, rank=16, alpha=16.0, targets="attention",
+                      learning_rate=1e-4, batch_size=1, grad_accumulation=4, training_dtype="bf16",
+                      gradient_checkpointing=True, cache_latents=False, degradation="realesrgan_x4", snr_gamma=5.0,
+                      seed=0, save_every=100, resume=True, validate_every=0, validation_steps=20),
+    })
+
+
 # The official prompt texts, repeated here so the workflows read on their own.
 _POSITIVE = ("Cinematic, High Contrast, highly detailed, taken using a Canon EOS R camera, hyper detailed photo - "
              "realistic maximum detail, 32k, Color Grading, ultra HD, extreme meticulous detailing, skin pore "
@@ -239,4 +257,13 @@ SPECS = [
                                 "upsampled back to its size), restored with the Quality preset and scored; the "
                                 "report (metrics.csv, summary.md, grid.png) goes to "
                                 "ComfyUI/output/supir_benchmark/report_NNNNN_/.")},
+    {"name": "supir_train_lora",
+     "description": "Train a restoration LoRA on your own photos with SUPIR's objective.",
+     "nodes": training_graph(models_note(SDXL_BASE, SUPIR_Q)
+                             + f"Put high-quality photos in ComfyUI/input/{TRAINING_FOLDER}/ (a same-name .txt "
+                               "beside a photo is its caption). Each step degrades random crops afresh (Real-ESRGAN "
+                               "x4 pipeline) and trains the LoRA on SDXL's attention layers under SUPIR. A "
+                               "checkpoint is saved every 100 steps and on Cancel: queue again to resume. The LoRA "
+                               "goes to ComfyUI/models/loras/my_restoration_lora.safetensors (kohya format); load it "
+                               "with SUPIR LoRA Stack or Load LoRA before Apply SUPIR.")},
 ]

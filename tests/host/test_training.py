@@ -111,6 +111,14 @@ def test_trains_on_models_loaded_in_inference_mode(tiny_supir_file, dataset, tmp
     assert all(float(a.lora_down.weight.abs().sum()) > 0 for a in result.adapters.values())
 
 
+def test_crops_too_small_for_the_degradation_fail_before_training(tiny_model, tiny_supir, tiny_vae, tiny_clip,
+                                                                   dataset, tmp_path):
+    path = tmp_path / "never.safetensors"
+    with pytest.raises(ValueError, match="at least 74x74"):
+        train(tiny_model, tiny_supir, tiny_vae, tiny_clip, dataset, settings(degradation="realesrgan_x4"), str(path))
+    assert not path.exists()
+
+
 @pytest.mark.parametrize("targets", ["attention", "all"])
 def test_saved_lora_loads_in_stock_loader_with_no_ignored_keys(tiny_model, tiny_supir, tiny_vae, tiny_clip, dataset,
                                                                tmp_path, caplog, targets):

@@ -6,6 +6,7 @@ After changing a node or a spec, regenerate them with SUPIR_WRITE_WORKFLOWS=1 (t
 import copy
 import json
 import os
+import re
 
 import pytest
 
@@ -17,7 +18,7 @@ from PIL import Image  # noqa: E402
 
 from supir_restore.workflows.build import (FRONTEND_ONLY, build_all, input_names, input_specs, is_widget,  # noqa: E402
                                            paths, write_all)
-from supir_restore.workflows.specs import BENCHMARK_FOLDER, NO_LORA, SPECS  # noqa: E402
+from supir_restore.workflows.specs import BENCHMARK_FOLDER, NO_LORA, SPECS, TRAINING_FOLDER  # noqa: E402
 from test_lora_host import file_for, modules_for  # noqa: E402
 from tiny_models import tiny_sdxl  # noqa: E402
 
@@ -30,6 +31,7 @@ BENCHMARK_PHOTOS = {"a.png": (100, 96), "b.png": (128, 100)}
 # the tiny images; a tile size of 0 (whole image) stays 0.
 TINY_STEPS = {"preset": "Custom", "steps": 2}
 TINY_TILES = {"tile_size": 64, "tile_stride": 32}
+TINY_TRAINING = {"steps": 2, "grad_accumulation": 1, "training_dtype": "fp32", "degradation": "blur_noise"}
 
 
 def random_rgba(width: int, height: int, seed: int) -> np.ndarray:
@@ -49,14 +51,15 @@ def write_example_image(path):
 @pytest.fixture(scope="module")
 def object_info(comfy_server):
     """The server's /object_info, after writing the files the workflows read: the example image, a tiny kohya
-    LoRA for the tiny SDXL and a benchmark folder of two photos."""
+    LoRA for the tiny SDXL, and two photos in the benchmark and the training folders."""
     write_example_image(os.path.join(comfy_server.base, "input", TINY["image"]))
     safetensors.torch.save_file(file_for(modules_for(tiny_sdxl(seed=0)), "kohya"),
                                 os.path.join(comfy_server.base, "models", "loras", TINY_LORA))
-    folder = os.path.join(comfy_server.base, "input", BENCHMARK_FOLDER)
-    os.makedirs(folder, exist_ok=True)
-    for seed, (name, size) in enumerate(BENCHMARK_PHOTOS.items()):
-        Image.fromarray(random_rgba(*size, seed)[..., :3]).save(os.path.join(folder, name))
+    for folder in (BENCHMARK_FOLDER, TRAINING_FOLDER):
+        os.makedirs(os.path.join(comfy_server.base, "input", folder), exist_ok=True)
+        for seed, (name, size) in enumerate(BENCHMARK_PHOTOS.items()):
+            Image.fromarray(random_rgba(*size, seed)[..., :3]).save(os.path.join(comfy_server.base, "input", folder,
+                                                                                 name))
     return comfy_server.get("/object_info")
 
 
@@ -77,7 +80,7 @@ def test_workflows_match_their_specs(object_info):
 
 def names_a_user_file(name: str) -> bool:
     """Inputs that name the user's model, LoRA and image files (not in this server's lists)."""
-    return name in TINY or name.startswith("lora")
+    return name in TINY or re.fullmatch(r"lora(_[a-z]+)?_\d+", name) is not None
 
 
 def check_value(spec, value, where):
@@ -141,6 +144,10 @@ def tiny_run(prompt: dict, seed: int) -> dict:
                 inputs[key] = TINY.get(key, TINY_LORA)
         if node["class_type"] == "SUPIRRestore":
             inputs.update(TINY_STEPS, seed=seed)
+        if node["class_type"] == "SUPIRTrainingDataset":
+            inputs["resolution"] = 64
+        if node["class_type"] == "SUPIRTrainLoRA":
+            inputs.update(TINY_TRAINING)
         inputs.update({key: size for key, size in TINY_TILES.items() if inputs.get(key)})
     return prompt
 
@@ -156,7 +163,8 @@ def test_api_workflow_runs_with_tiny_models(comfy_server, object_info, spec):
     prompt = tiny_run(load(paths(spec["name"])[1]), seed=SPECS.index(spec))
     status, result = comfy_server.run_prompt(prompt, timeout=600)
     assert status == 200, result
-    assert result["status"]["status_str"] == "success", result["status"]["messages"]
+    errors = [m[1] for m in result["status"]["messages"] if m[0] == "execution_error"]
+    assert result["status"]["status_str"] == "success", [(e["node_type"], e["exception_message"]) for e in errors]
     checked = 0
     for nid, output in result["outputs"].items():
         if prompt[nid]["class_type"] == "SaveImage":
@@ -164,6 +172,9 @@ def test_api_workflow_runs_with_tiny_models(comfy_server, object_info, spec):
                 with Image.open(os.path.join(comfy_server.base, "output", image["subfolder"], image["filename"])) as im:
                     assert im.size == expected_size(prompt)
                 checked += 1
+        if prompt[nid]["class_type"] == "SUPIRTrainLoRA":
+            assert len(output["images"]) == 1  # the loss curve
+            checked += 1
         if prompt[nid]["class_type"] == "SUPIRBenchmarkReport":
             assert f"images: {len(BENCHMARK_PHOTOS)}, crop border: 4" in output["text"][0]
             checked += 1
