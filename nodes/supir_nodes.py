@@ -5,7 +5,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..supir.loader import STORAGE_DTYPES, load_supir
-from ..supir.lq_encode import encode_lq, lq_vae
+from ..supir.lq_encode import TILED_VAES, encode_lq, lq_vae
 from ..supir.unet_patch import apply_supir
 
 SUPIRModelType = io.Custom("SUPIR_MODEL")
@@ -52,8 +52,14 @@ class SUPIRLQEncode(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The SDXL VAE (from the SDXL checkpoint); its decoder is reused."),
                 io.Image.Input("image", tooltip="The low-quality image, already at the size to restore at."),
                 io.Int.Input("tile_size", default=0, min=0, max=8192, step=64,
-                             tooltip="0 encodes the whole image at once. Above 0 (pixels): ComfyUI's tiled VAE for "
-                                     "large images (bounded memory; tiles are normalised separately)."),
+                             tooltip="0 encodes the whole image at once. Above 0 (pixels): encode and decode tile "
+                                     "by tile, for large images (memory bounded by the tile)."),
+                io.Combo.Input("tiled_vae", options=list(TILED_VAES), default="comfy", optional=True,
+                               tooltip="With tile_size above 0. comfy: ComfyUI's tiled VAE, fast; each tile is "
+                                       "normalised on its own, so tiles that differ from the whole image (a flat "
+                                       "sky, a dark corner) come out shifted and seams can show. exact: "
+                                       "whole-image normalisation and attention, equal to the untiled VAE; "
+                                       "about 10x (encode) to 20x (decode) the untiled time."),
             ],
             outputs=[
                 io.Latent.Output(display_name="hint", tooltip="LQ latent for Apply SUPIR (and for sizing the sampled latent)."),
@@ -64,8 +70,8 @@ class SUPIRLQEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, supir, vae, image, tile_size) -> io.NodeOutput:
-        latent, stage1 = encode_lq(supir, vae, image, tile_size)
+    def execute(cls, supir, vae, image, tile_size, tiled_vae="comfy") -> io.NodeOutput:
+        latent, stage1 = encode_lq(supir, vae, image, tile_size, tiled_vae)
         return io.NodeOutput({"samples": latent}, stage1, lq_vae(supir, vae))
 
 

@@ -16,6 +16,9 @@ import comfy.utils
 
 from .checkpoint import SUPIRCheckpointError, check_layout
 from .loader import SUPIRModel
+from .tiled_vae import decode_exact, encode_exact
+
+TILED_VAES = ("comfy", "exact")
 
 
 def lq_vae(supir: SUPIRModel, vae):
@@ -62,16 +65,25 @@ def snap_to_multiple(image: torch.Tensor, multiple: int = 8) -> torch.Tensor:
     return comfy.utils.common_upscale(image.movedim(-1, 1), tw, th, "bicubic", "disabled").movedim(1, -1).clamp(0, 1)
 
 
-def encode_lq(supir: SUPIRModel, vae, image: torch.Tensor, tile_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_lq(supir: SUPIRModel, vae, image: torch.Tensor, tile_size: int = 0,
+              tiled_vae: str = "comfy") -> tuple[torch.Tensor, torch.Tensor]:
     """Encode the LQ ``image`` (IMAGE [B,H,W,C] in [0,1]) with the denoise encoder.
     Returns (hint latent samples [B,4,H/8,W/8], unscaled like every ComfyUI LATENT; stage-1 image [B,H,W,3]).
-    ``tile_size`` > 0 (pixels) encodes and decodes with ComfyUI's tiled VAE (bounded memory for large images;
-    overlapping tiles averaged over three tilings, so GroupNorm statistics are per tile)."""
+    ``tile_size`` > 0 (pixels) encodes and decodes tile by tile, in memory bounded by the tile. ``tiled_vae``:
+    ``comfy`` is ComfyUI's tiled VAE (overlapping tiles averaged over three tilings; each tile is normalised
+    with its own GroupNorm statistics and attends only to itself, so tiles whose content differs from the
+    image's come out shifted); ``exact`` (``tiled_vae.py``) uses whole-image statistics and attention and equals
+    the untiled encode and decode, at 10-20 times their time."""
+    if tiled_vae not in TILED_VAES:
+        raise ValueError(f"tiled_vae '{tiled_vae}' is not one of {', '.join(TILED_VAES)}")
     pixels = snap_to_multiple(as_rgb(image))
     encoder = lq_vae(supir, vae)
     if tile_size <= 0:
         latent = encoder.encode(pixels)
         return latent, encoder.decode(latent)
+    if tiled_vae == "exact":
+        latent = encode_exact(encoder, pixels, tile_size)
+        return latent, decode_exact(encoder, latent, tile_size // 8)
     latent = encoder.encode_tiled(pixels, tile_x=tile_size, tile_y=tile_size, overlap=tile_size // 8)
     return latent, encoder.decode_tiled(latent, tile_x=tile_size // 8, tile_y=tile_size // 8,
                                         overlap=max(1, tile_size // 64))
