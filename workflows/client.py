@@ -316,12 +316,18 @@ class Client:
             except CONNECTION_ERRORS as e:
                 if not retry:
                     raise
-                first_failure = first_failure or time.monotonic()
-                if time.monotonic() - first_failure > self.retry_for:
-                    raise ServerUnreachable(f"{self.url} unreachable for {self.retry_for:.0f} s "
-                                            f"({type(e).__name__}: {e})") from e
+                first_failure = self.still_retrying(first_failure, e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def still_retrying(self, first_failure: float | None, error: Exception) -> float:
+        """The time of the first failure of this run of failures; raises ServerUnreachable once it is more than
+        ``retry_for`` seconds ago."""
+        first_failure = first_failure or time.monotonic()
+        if time.monotonic() - first_failure > self.retry_for:
+            raise ServerUnreachable(f"{self.url} unreachable for {self.retry_for:.0f} s "
+                                    f"({type(error).__name__}: {error})") from error
+        return first_failure
 
     async def get_json(self, path: str) -> Any:
         status, body = await self.request("GET", path)
@@ -461,10 +467,7 @@ async def wait_for_result(client: Client, job: Job) -> dict:
             use_websocket = False
             continue
         except CONNECTION_ERRORS as e:
-            first_failure = first_failure or time.monotonic()
-            if time.monotonic() - first_failure > client.retry_for:
-                raise ServerUnreachable(f"{client.url} unreachable for {client.retry_for:.0f} s "
-                                        f"({type(e).__name__}: {e})") from e
+            first_failure = client.still_retrying(first_failure, e)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)
 
