@@ -20,6 +20,7 @@ import torch.utils.checkpoint
 
 import comfy.model_management
 
+from ..supir.comfy_versions import non_dynamic
 from ..supir.degradation import degrade
 from ..supir.loader import SUPIRModel
 from ..supir.lq_encode import lq_vae
@@ -231,7 +232,8 @@ def train(model, supir: SUPIRModel, vae, clip, dataset: TrainingDataset, setting
     for width, height in {dataset.buckets[b] for b in dataset.bucket_of}:  # fail now, not at step n
         degrade(torch.zeros(1, height, width, 3), settings.degradation)
     with torch.inference_mode(False), torch.enable_grad():
-        patched = apply_supir(model, supir, torch.zeros(1, 4, 8, 8), settings.control_scale, settings.control_scale)
+        patched = apply_supir(non_dynamic(model, "SUPIR Train Restoration LoRA"), supir, torch.zeros(1, 4, 8, 8),
+                              settings.control_scale, settings.control_scale)
         patched.model.requires_grad_(False)
         adapters = attach_adapters(patched, target_keys(patched.get_model_object("diffusion_model"), settings.targets),
                                    settings.rank, settings.alpha, settings.seed)

@@ -14,7 +14,7 @@ class DegradeImage(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SUPIRDegradeImage",
-            display_name="Degrade Image (synthetic LQ)",
+            display_name="SUPIR Degrade Image (synthetic LQ)",
             category=CATEGORY,
             description="Makes a low-quality test image from a high-quality one: Real-ESRGAN's second-order random "
                         "pipeline (or StableSR's lighter ranges), or a fixed preset with explicit values. The same "
@@ -51,7 +51,7 @@ class ImageMetrics(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SUPIRImageMetrics",
-            display_name="Image Quality Metrics",
+            display_name="SUPIR Image Quality Metrics",
             category=CATEGORY,
             description="Scores a restored image against the ground truth: PSNR and SSIM on BT.601 luma (Y) and on "
                         "RGB, after removing crop_border pixels (the SR-paper convention), plus an optional learned "

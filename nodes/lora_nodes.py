@@ -44,7 +44,7 @@ class SUPIRLoraStack(io.ComfyNode):
             display_name="SUPIR LoRA Stack",
             category=CATEGORY,
             description="Applies up to four LoRAs to the SDXL model (and to CLIP where a file has text-encoder "
-                        "tensors) through ComfyUI's patching; place it before Apply SUPIR. Reads kohya, ComfyUI, "
+                        "tensors) through ComfyUI's patching; place it before SUPIR Apply Control. Reads kohya, ComfyUI, "
                         "diffusers/PEFT and LyCORIS files. The report counts the tensors applied and lists those "
                         "ignored; a LoRA that fits nothing in the model (e.g. one for SD1.5) is an error.",
             inputs=[
@@ -53,7 +53,7 @@ class SUPIRLoraStack(io.ComfyNode):
                 *slot_inputs("strength", "Strength of this LoRA on the model and CLIP (0 skips it)."),
             ],
             outputs=[
-                io.Model.Output(display_name="model", tooltip="The model with the LoRAs, for Apply SUPIR."),
+                io.Model.Output(display_name="model", tooltip="The model with the LoRAs, for SUPIR Apply Control."),
                 io.Clip.Output(display_name="clip", tooltip="The CLIP with the LoRAs (None when no CLIP was given)."),
                 io.String.Output(display_name="report", tooltip="Per LoRA: tensors applied, weights patched, ignored keys."),
             ],
@@ -130,7 +130,7 @@ class SUPIRSaveBakedCheckpoint(io.ComfyNode):
             category=CATEGORY,
             description="Saves the SDXL model and CLIP with their LoRAs merged into the weights, and the VAE, as "
                         "one checkpoint under ComfyUI's output folder. Connect it after SUPIR LoRA Stack, not after "
-                        "Apply SUPIR (SUPIR itself is not part of an SDXL checkpoint).",
+                        "SUPIR Apply Control (SUPIR itself is not part of an SDXL checkpoint).",
             inputs=[
                 io.Model.Input("model", tooltip="The SDXL model with LoRAs applied."),
                 io.Clip.Input("clip", tooltip="The SDXL CLIP with LoRAs applied."),
@@ -159,10 +159,10 @@ class SUPIRLoraRegionBlend(io.ComfyNode):
                         "the faces, a texture LoRA on the background). Every model call runs twice on the same UNet, "
                         "once with each stack patched into its weights in place (ComfyUI's hook LoRAs), and the two "
                         "predictions are mixed per latent pixel: mask·inside + (1 − mask)·outside. An empty stack "
-                        "means the model as it is. Works with Apply SUPIR, tiled aggregation, SUPIR Restore and "
+                        "means the model as it is. Works with SUPIR Apply Control, tiled aggregation, SUPIR Restore and "
                         "KSampler; costs two model passes per step. UNet tensors only (no CLIP).",
             inputs=[
-                io.Model.Input("model", tooltip="The SDXL model (before or after Apply SUPIR)."),
+                io.Model.Input("model", tooltip="The SDXL model (before or after SUPIR Apply Control)."),
                 io.Mask.Input("mask", tooltip="1 where the inside stack applies, 0 where the outside stack does; "
                               "drawn on the image being restored (one mask, or one per image of the batch)."),
                 *slot_inputs("strength", "Strength of this LoRA inside the mask (0 skips it).", "_inside"),

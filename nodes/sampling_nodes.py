@@ -114,7 +114,7 @@ class SUPIRGuidance(io.ComfyNode):
             description="Patches the model so any sampler (KSampler included) uses SUPIR's linear-in-sigma CFG and, "
                         "optionally, restoration guidance toward the LQ latent. The sampler's own cfg value is "
                         "then ignored.",
-            inputs=[io.Model.Input("model", tooltip="A SUPIR-patched SDXL model (Apply SUPIR).")] + _cfg_inputs(),
+            inputs=[io.Model.Input("model", tooltip="A SUPIR-patched SDXL model (SUPIR Apply Control).")] + _cfg_inputs(),
             outputs=[io.Model.Output()],
         )
 
@@ -133,7 +133,7 @@ class SUPIRRestore(io.ComfyNode):
                         "and noise to the official values (Quality, Fidelity, and Lightning for Lightning SDXL "
                         "models); Custom uses the values below. Decode the result with the SDXL VAE.",
             inputs=[
-                io.Model.Input("model", tooltip="The SUPIR-patched SDXL model (Apply SUPIR)."),
+                io.Model.Input("model", tooltip="The SUPIR-patched SDXL model (SUPIR Apply Control)."),
                 io.Conditioning.Input("positive", tooltip="From SUPIR Conditioning (caption + quality words)."),
                 io.Conditioning.Input("negative", tooltip="From SUPIR Conditioning (official negative prompt)."),
                 io.Latent.Input("hint", tooltip="The hint from SUPIR LQ Encode: sets the size and the LQ start."),

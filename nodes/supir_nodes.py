@@ -4,6 +4,7 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
+from ..supir.checkpoint import looks_like_supir
 from ..supir.loader import STORAGE_DTYPES, load_supir
 from ..supir.lq_encode import TILED_VAES, encode_lq, lq_vae
 from ..supir.unet_patch import apply_supir
@@ -12,19 +13,34 @@ SUPIRModelType = io.Custom("SUPIR_MODEL")
 CATEGORY = "supir"
 
 
+def supir_file_names() -> list[str]:
+    """Every file in models/supir, then the SUPIR files in models/model_patches (where ComfyUI's own SUPIR
+    loader looks)."""
+    names = folder_paths.get_filename_list("supir")
+    if "model_patches" in folder_paths.folder_names_and_paths:
+        names += [n for n in folder_paths.get_filename_list("model_patches")
+                  if n not in names and looks_like_supir(folder_paths.get_full_path("model_patches", n))]
+    return names
+
+
+def supir_file_path(name: str) -> str:
+    return folder_paths.get_full_path("supir", name) or folder_paths.get_full_path_or_raise("model_patches", name)
+
+
 class SUPIRLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="SUPIRLoader",
-            display_name="Load SUPIR Model",
+            display_name="SUPIR Load Model",
             category=CATEGORY,
-            description="Loads a SUPIR file (SUPIR-v0Q or v0F, .ckpt or .safetensors) from models/supir: the control "
-                        "trunk, the UNet adaptors and the denoise encoder. The SDXL UNet, VAE and CLIP come from your "
-                        "SDXL checkpoint. SUPIR weights are licensed for non-commercial use only.",
+            description="Loads a SUPIR file (SUPIR-v0Q or v0F, .ckpt or .safetensors) from models/supir (SUPIR files "
+                        "in models/model_patches are listed too): the control trunk, the UNet adaptors and the "
+                        "denoise encoder. The SDXL UNet, VAE and CLIP come from your SDXL checkpoint. SUPIR weights "
+                        "are licensed for non-commercial use only.",
             inputs=[
-                io.Combo.Input("supir_name", options=folder_paths.get_filename_list("supir"),
-                               tooltip="SUPIR checkpoint in ComfyUI/models/supir."),
+                io.Combo.Input("supir_name", options=supir_file_names(),
+                               tooltip="SUPIR checkpoint in ComfyUI/models/supir (or models/model_patches)."),
                 io.Combo.Input("weight_dtype", options=["auto", *STORAGE_DTYPES], default="auto",
                                tooltip="Storage precision of the control network. auto follows ComfyUI's choice for "
                                        "the device; fp8_e4m3fn halves memory again and computes in a wider type."),
@@ -34,7 +50,7 @@ class SUPIRLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, supir_name, weight_dtype) -> io.NodeOutput:
-        return io.NodeOutput(load_supir(folder_paths.get_full_path_or_raise("supir", supir_name), weight_dtype))
+        return io.NodeOutput(load_supir(supir_file_path(supir_name), weight_dtype))
 
 
 class SUPIRLQEncode(io.ComfyNode):
@@ -45,10 +61,10 @@ class SUPIRLQEncode(io.ComfyNode):
             display_name="SUPIR LQ Encode",
             category=CATEGORY,
             description="Stage 1: encodes the low-quality image with SUPIR's degradation-robust denoise encoder. "
-                        "The hint latent drives Apply SUPIR; the stage-1 image (its decode) is a preview and the "
-                        "colour-fix reference. Sides that are not multiples of 8 are resized to the nearest multiple.",
+                        "The hint latent drives SUPIR Apply Control; the stage-1 image (its decode) is a preview and "
+                        "the colour-fix reference. Sides that are not multiples of 8 are resized to the nearest multiple.",
             inputs=[
-                SUPIRModelType.Input("supir", tooltip="From Load SUPIR Model."),
+                SUPIRModelType.Input("supir", tooltip="From SUPIR Load Model."),
                 io.Vae.Input("vae", tooltip="The SDXL VAE (from the SDXL checkpoint); its decoder is reused."),
                 io.Image.Input("image", tooltip="The low-quality image, already at the size to restore at."),
                 io.Int.Input("tile_size", default=0, min=0, max=8192, step=64,
@@ -62,7 +78,7 @@ class SUPIRLQEncode(io.ComfyNode):
                                        "about 10x (encode) to 20x (decode) the untiled time."),
             ],
             outputs=[
-                io.Latent.Output(display_name="hint", tooltip="LQ latent for Apply SUPIR (and for sizing the sampled latent)."),
+                io.Latent.Output(display_name="hint", tooltip="LQ latent for SUPIR Apply Control (and for sizing the sampled latent)."),
                 io.Image.Output(display_name="stage1_image", tooltip="Decode of the hint: the denoised, smooth stage-1 image."),
                 io.Vae.Output(display_name="lq_vae", tooltip="A VAE with the denoise encoder and the SDXL decoder, "
                                                             "usable with the stock VAE Encode nodes (tiled too)."),
@@ -80,14 +96,14 @@ class ApplySUPIR(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ApplySUPIR",
-            display_name="Apply SUPIR",
+            display_name="SUPIR Apply Control",
             category=CATEGORY,
             description="Patches the SDXL MODEL with SUPIR: the control trunk reads the noisy latent and the hint "
                         "every step and its adaptors modulate the UNet's decoder. Works with every sampler, LoRA and "
                         "model patch; sample a latent of the hint's size.",
             inputs=[
                 io.Model.Input("model", tooltip="An SDXL model (after any LoRA loaders)."),
-                SUPIRModelType.Input("supir", tooltip="From Load SUPIR Model."),
+                SUPIRModelType.Input("supir", tooltip="From SUPIR Load Model."),
                 io.Latent.Input("hint", tooltip="The hint from SUPIR LQ Encode."),
                 io.Float.Input("control_scale_start", default=1.0, min=0.0, max=10.0, step=0.01,
                                tooltip="Control strength at the highest noise level (sigma_max)."),

@@ -14,9 +14,9 @@ class SUPIRTiledAggregation(io.ComfyNode):
             node_id="SUPIRTiledAggregation", display_name="SUPIR Tiled Aggregation", category="supir",
             description="Runs every model call tile by tile (SUPIR trunk and UNet on each tile with its slice of "
                         "the hint) and blends the predictions with Gaussian weights, so large images restore "
-                        "seamlessly with bounded memory. Works with every sampler; connect after Apply SUPIR.",
+                        "seamlessly with bounded memory. Works with every sampler; connect after SUPIR Apply Control.",
             inputs=[
-                io.Model.Input("model", tooltip="The SUPIR-patched model (after Apply SUPIR and guidance)."),
+                io.Model.Input("model", tooltip="The SUPIR-patched model (after SUPIR Apply Control and guidance)."),
                 io.Int.Input("tile_size", default=1024, min=64, max=8192, step=8,
                              tooltip="Tile size in image pixels (1024 = SDXL's native size = 128 latent pixels). "
                                      "A tile larger than the image becomes one tile."),

@@ -14,14 +14,14 @@ class SUPIRUpscaleRestore(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SUPIRUpscaleRestore", display_name="SUPIR Upscale & Restore", category="supir",
-            description="Upscales and restores in one node: resize, stage-1 encode, Apply SUPIR, SUPIR's prompts, "
+            description="Upscales and restores in one node: resize, stage-1 encode, SUPIR Apply Control, SUPIR's prompts, "
                         "tiled aggregation for large images, a preset restore, decode, colour fix against the "
                         "stage-1 image and a final resize to exactly scale x the input size.",
             inputs=[
                 io.Model.Input("model", tooltip="SDXL model (from Load Checkpoint, after any LoRA loaders)."),
                 io.Clip.Input("clip", tooltip="SDXL text encoders (from Load Checkpoint)."),
                 io.Vae.Input("vae", tooltip="SDXL VAE (from Load Checkpoint)."),
-                SUPIRModelType.Input("supir", tooltip="From Load SUPIR Model."),
+                SUPIRModelType.Input("supir", tooltip="From SUPIR Load Model."),
                 io.Image.Input("image", tooltip="The low-quality image."),
                 io.Float.Input("scale", default=2.0, min=0.25, max=8.0, step=0.05,
                                tooltip="Output size = input size x scale (exactly, after restoring at the nearest "

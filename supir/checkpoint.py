@@ -83,6 +83,21 @@ def _unpickling_reason(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def looks_like_supir(path: str) -> bool:
+    """Whether a file in a folder shared with other models (ComfyUI's models/model_patches) is a SUPIR file: a
+    .safetensors whose header names SUPIR's hint block, or a pickle named like one (a pickle's keys cannot be
+    listed without loading it)."""
+    name = os.path.basename(path).lower()
+    if not name.endswith((".safetensors", ".sft")):
+        return "supir" in name
+    import safetensors
+    try:
+        with safetensors.safe_open(path, "pt") as f:
+            return any(k.endswith("control_model.input_hint_block.0.weight") for k in f.keys())
+    except Exception:
+        return False
+
+
 def _is_zip(path: str) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == b"PK\x03\x04"

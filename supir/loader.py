@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 
 import comfy.model_management as mm
-import comfy.model_patcher
 import comfy.ops
 import comfy.ldm.modules.attention as comfy_attention
 
 from .checkpoint import load_supir_weights
+from .comfy_versions import core_model_patcher
 from .model import SUPIRControl
 
 STORAGE_DTYPES = {
@@ -32,7 +32,7 @@ def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
 class SUPIRModel:
     """A loaded SUPIR file: the control network (trunk + adaptors) managed by ComfyUI, and the denoise
     encoder's weights, which become the encoder of an LQ VAE (see ``lq_encode``)."""
-    patcher: comfy.model_patcher.ModelPatcher
+    patcher: object  # a ComfyUI ModelPatcher (the dynamic-VRAM one where ComfyUI uses it)
     denoise_encoder: dict
     compute_dtype: torch.dtype
     name: str
@@ -59,7 +59,7 @@ def load_supir(path: str, weight_dtype: str = "auto") -> SUPIRModel:
     ops = comfy.ops.pick_operations(dtype, compute_dtype, load_device=load_device)
     net = SUPIRControl(layout.trunk_config, layout.adaptor_specs, ops=ops, attention=host_attention,
                        dtype=dtype, device="meta")
+    patcher = core_model_patcher()(net, load_device=load_device, offload_device=offload_device)
     net.load_state_dict({k: v.to(offload_device, dtype) for k, v in weights.control.items()}, strict=True, assign=True)
     net.eval().requires_grad_(False)
-    patcher = comfy.model_patcher.ModelPatcher(net, load_device=load_device, offload_device=offload_device)
     return SUPIRModel(patcher, weights.denoise_encoder, compute_dtype, os.path.basename(path))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 import comfy.lora
-import comfy.sd
+import comfy.model_management
 import comfy.utils
 import comfy.weight_adapter
 import folder_paths
@@ -206,9 +206,25 @@ def save_merged_lora(sd: dict[str, torch.Tensor], filename_prefix: str, sources:
     return path
 
 
+def checkpoint_state_dict(model, clip, vae) -> dict[str, torch.Tensor]:
+    """``model`` (its patches merged into the weights), ``clip`` and ``vae`` in one checkpoint's key layout.
+    Gathered part by part because ``comfy.sd.save_checkpoint`` of ComfyUI 0.12 drops the text encoders and the
+    VAE (its ``ModelPatcher.state_dict_for_saving`` ignores them)."""
+    if hasattr(model, "state_dict_for_saving"):  # ComfyUI 0.12 on: patched weights are computed as they are read
+        comfy.model_management.load_models_gpu([model, clip.load_model()])
+        sd = model.state_dict_for_saving()
+    else:
+        comfy.model_management.load_models_gpu([model, clip.load_model()], force_patch_weights=True)
+        sd = model.model.state_dict_for_saving()
+    config = model.model.model_config
+    sd.update(config.process_clip_state_dict_for_saving(clip.get_sd()))
+    sd.update(config.process_vae_state_dict_for_saving(vae.get_sd()))
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
 def bake_checkpoint(model, clip, vae, filename_prefix: str) -> str:
     """Saves ``model`` (with its LoRA patches merged into the weights), ``clip`` and ``vae`` as one SDXL checkpoint
     under the output directory; returns the path."""
     path = output_path(filename_prefix)
-    comfy.sd.save_checkpoint(path, model, clip, vae)
+    comfy.utils.save_torch_file(checkpoint_state_dict(model, clip, vae), path)
     return path

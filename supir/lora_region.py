@@ -19,6 +19,7 @@ import torch
 import comfy.hooks
 import comfy.patcher_extension
 
+from .comfy_versions import non_dynamic
 from .lora_host import apply_lora
 from .region_mask import RegionMaskError, check_mask, latent_mask, masked_mix
 
@@ -105,7 +106,7 @@ def apply_region_blend(model, mask: torch.Tensor, inside: list[tuple[str, dict[s
     check_mask(mask)
     if feather < 0:
         raise RegionMaskError(f"feather must be 0 or more, got {feather}")
-    m = model.clone()
+    m = non_dynamic(model, "SUPIR LoRA Region Blend").clone()
     inside_group, inside_lines = register_stack(m, inside)
     outside_group, outside_lines = register_stack(m, outside)
     if inside_group is None and outside_group is None:

@@ -1,7 +1,7 @@
 """Stage 1: the degradation-robust encode of the low-quality image.
 
-The LQ VAE is a ComfyUI ``VAE`` whose encoder carries SUPIR's denoise-encoder weights and whose decoder,
-quant convs and settings are the user's SDXL VAE, so stock VAE nodes work with it. The hint latent is the
+The LQ VAE is the user's SDXL ``VAE`` with its encoder weights patched to SUPIR's denoise encoder (a patched
+clone, as a LoRA'd model is), so stock VAE nodes work with it. The hint latent is the
 posterior mode of the image in [-1, 1] (ComfyUI's KL VAEs encode to the mode); the stage-1 image is its decode.
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ import logging
 
 import torch
 
-import comfy.model_patcher
 import comfy.utils
 
 from .checkpoint import SUPIRCheckpointError, check_layout
@@ -22,8 +21,9 @@ TILED_VAES = ("comfy", "exact")
 
 
 def lq_vae(supir: SUPIRModel, vae):
-    """A copy of ``vae`` whose encoder is SUPIR's denoise encoder (the decoder weights are copied too,
-    so the two VAEs load and offload independently)."""
+    """``vae`` with SUPIR's denoise encoder: a clone of its patcher whose encoder weights are set to the denoise
+    encoder's by weight patches, sharing the module and the decoder. Nothing is copied, and ComfyUI's memory
+    management (its dynamic-VRAM mode included) loads it like any patched clone."""
     vae.throw_exception_if_invalid()
     encoder = getattr(vae.first_stage_model, "encoder", None)
     if encoder is None:
@@ -33,11 +33,8 @@ def lq_vae(supir: SUPIRModel, vae):
                  {k: v.shape for k, v in supir.denoise_encoder.items()},
                  "denoise encoder (compared with this VAE's encoder; SUPIR needs the SDXL VAE)", supir.name)
     out = copy.copy(vae)
-    out.first_stage_model = copy.deepcopy(vae.first_stage_model)
-    out.first_stage_model.encoder.load_state_dict(supir.denoise_encoder, strict=True)
-    out.patcher = comfy.model_patcher.ModelPatcher(out.first_stage_model, load_device=vae.device,
-                                                   offload_device=vae.patcher.offload_device)
-    out.size = None
+    out.patcher = vae.patcher.clone()
+    out.patcher.add_patches({f"encoder.{k}": ("set", (v,)) for k, v in supir.denoise_encoder.items()})
     return out
 
 

@@ -25,6 +25,7 @@ import comfy.patcher_extension
 import comfy.utils
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, Upsample
 
+from .comfy_versions import has_core_supir
 from .loader import SUPIRModel
 from .model import CrossAttnSpec, SFTSpec, SUPIRControl
 from .sampling import STEP_KEY, sigma_ramp
@@ -36,6 +37,13 @@ HINT_KEY = "supir_hint"
 
 class SUPIRMismatchError(ValueError):
     """The SUPIR file does not fit the MODEL it is applied to."""
+
+
+CORE_SUPIR_CONFLICT = (
+    "this MODEL carries ComfyUI's own SUPIR patch (core node 'Apply SUPIR Patch') as well as this pack's "
+    "'SUPIR Apply Control': SUPIR would run twice and the two patches break each other's skip joins. Use one "
+    "of the two: connect this pack's node to the MODEL from the checkpoint (or LoRA) loader, or use ComfyUI's "
+    "core SUPIR nodes alone.")
 
 
 class CrossAttnSlot(nn.Module):
@@ -164,6 +172,8 @@ class SUPIRPatch:
         return hint.to(x.device)
 
     def diffusion_model_wrapper(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        if has_core_supir(transformer_options):  # core's patch was added after this one
+            raise SUPIRMismatchError(CORE_SUPIR_CONFLICT)
         scale = self.control_scale(transformer_options)
         if scale > 0:
             dtype = self.supir.compute_dtype
@@ -201,8 +211,10 @@ def apply_supir(model, supir: SUPIRModel, hint_latent: torch.Tensor, scale_start
     """A clone of ``model`` (an SDXL ModelPatcher) restoring toward ``hint_latent`` (the raw LATENT samples
     from ``encode_lq``, [B,4,H/8,W/8]); the control network loads and offloads together with the UNet."""
     if KEY in model.additional_models:
-        raise SUPIRMismatchError("this MODEL already has SUPIR applied; connect Apply SUPIR to the model "
-                                 "from the checkpoint loader (or LoRA loaders), not to another Apply SUPIR.")
+        raise SUPIRMismatchError("this MODEL already has SUPIR applied; connect SUPIR Apply Control to the model "
+                                 "from the checkpoint loader (or LoRA loaders), not to another SUPIR Apply Control.")
+    if has_core_supir(model.model_options.get("transformer_options", {})):
+        raise SUPIRMismatchError(CORE_SUPIR_CONFLICT)
     unet = model.get_model_object("diffusion_model")
     middle, joins = plan_adaptors(unet, supir.control, supir.name)
     hint = model.get_model_object("latent_format").process_in(hint_latent.float())

@@ -1,5 +1,5 @@
 """Upscale and restore in one call, built from the pack's parts: resize to the sampling size, stage-1 encode,
-Apply SUPIR, SUPIR's prompts, tiled aggregation when the image is larger than a tile, a preset restore, decode,
+SUPIR Apply Control, SUPIR's prompts, tiled aggregation when the image is larger than a tile, a preset restore, decode,
 colour fix against the stage-1 image, and resize to the exact target size."""
 from __future__ import annotations
 

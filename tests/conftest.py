@@ -19,11 +19,18 @@ if PACKAGE not in sys.modules:
     sys.modules[PACKAGE] = pkg
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
-HOST_SKIP_REASON = ("tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI 0.8.0 checkout "
-                    "(see README, 'Tests')")
+HOST_SKIP_REASON = ("tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI source tree "
+                    "(0.8.0 to 0.12.1; see README, 'Tests')")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "server: a host test that runs a live ComfyUI server (set by fixture use)")
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "comfy_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
     if COMFYUI_PATH:
         return
     skip = pytest.mark.skip(reason=HOST_SKIP_REASON)

@@ -180,7 +180,7 @@ def apply_overrides(workflow: dict, overrides: Overrides) -> dict:
                 "input ckpt_name, e.g. Load Checkpoint")
     if overrides.supir_model is not None:
         set_all(out, widget_targets(out, SUPIR_MODEL_INPUTS), overrides.supir_model, "--supir-model",
-                "input supir_name of Load SUPIR Model")
+                "input supir_name of SUPIR Load Model")
     for nid, name, value in overrides.sets:
         if nid not in out:
             raise WorkflowError(f"--set {nid}.{name}: no node {nid!r} (nodes: {', '.join(out)})")
@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=float, help="scale of SUPIR Resize For Restore, SUPIR Upscale & Restore, "
                                                     "Upscale Image By")
     parser.add_argument("--checkpoint", help="every ckpt_name (the SDXL checkpoint)")
-    parser.add_argument("--supir-model", help="every supir_name (Load SUPIR Model)")
+    parser.add_argument("--supir-model", help="every supir_name (SUPIR Load Model)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
                         help="any input value (JSON when it parses, else text); repeatable; applied last")
     parser.add_argument("--previews", action="store_true", help="also download preview (temp) images")

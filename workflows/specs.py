@@ -65,7 +65,7 @@ def lq_encode(image: list, pos=(420, 440), tile_size: int = 0) -> dict:
 
 
 def apply_supir(model: list, scale_end: float) -> dict:
-    return node("ApplySUPIR", "Apply SUPIR", (820, 280), model=model, supir=["supir", 0], hint=HINT,
+    return node("ApplySUPIR", "SUPIR Apply Control", (820, 280), model=model, supir=["supir", 0], hint=HINT,
                 control_scale_start=1.0, control_scale_end=scale_end)
 
 
@@ -102,8 +102,8 @@ def lora_slots(loras: list[tuple[str, float]], stack: str = "") -> dict:
 
 def restore_graph(ckpt: str, supir: str, preset: str, scale_end: float, readme: str, model=MODEL, clip=CLIP,
                   **extra: dict) -> dict:
-    """Load → LQ encode → Apply SUPIR → conditioning → SUPIR Restore → decode → save (+ stage-1 preview).
-    ``extra`` nodes come last; ``model`` / ``clip`` name what Apply SUPIR / the prompts take (e.g. an extra node)."""
+    """Load → LQ encode → SUPIR Apply Control → conditioning → SUPIR Restore → decode → save (+ stage-1 preview).
+    ``extra`` nodes come last; ``model`` / ``clip`` name what SUPIR Apply Control / the prompts take (e.g. an extra node)."""
     return numbered({
         "note": note(readme),
         **loaders(ckpt, supir),
@@ -120,7 +120,7 @@ def restore_graph(ckpt: str, supir: str, preset: str, scale_end: float, readme: 
 
 
 def lora_graph(readme: str) -> dict:
-    """The restore graph with SUPIR LoRA Stack between the checkpoint and Apply SUPIR / the prompts."""
+    """The restore graph with SUPIR LoRA Stack between the checkpoint and SUPIR Apply Control / the prompts."""
     stack = node("SUPIRLoraStack", "LoRA stack", (440, 20), (340, 300), model=MODEL, clip=CLIP,
                  **lora_slots([(DETAIL_LORA, 1.0)]))
     return restore_graph(SDXL_BASE, SUPIR_Q, "Quality", 1.0, readme, model=["loras", 0], clip=["loras", 1],
@@ -128,7 +128,7 @@ def lora_graph(readme: str) -> dict:
 
 
 def lora_region_graph(readme: str) -> dict:
-    """The restore graph with SUPIR LoRA Region Blend before Apply SUPIR, masked by the image's painted mask."""
+    """The restore graph with SUPIR LoRA Region Blend before SUPIR Apply Control, masked by the image's painted mask."""
     blend = node("SUPIRLoraRegionBlend", "LoRA region blend", (440, -60), (340, 480), model=MODEL, mask=["image", 1],
                  **lora_slots([(DETAIL_LORA, 1.0)], "_inside"),
                  **lora_slots([(DETAIL_LORA, -0.5)], "_outside"), feather=16)
@@ -136,7 +136,7 @@ def lora_region_graph(readme: str) -> dict:
 
 
 def upscale_graph(scale: float, readme: str) -> dict:
-    """Load → SUPIR Resize For Restore → tiled LQ encode → Apply SUPIR → Tiled Aggregation → SUPIR Restore →
+    """Load → SUPIR Resize For Restore → tiled LQ encode → SUPIR Apply Control → Tiled Aggregation → SUPIR Restore →
     tiled decode → Colour Fix (wavelet, against stage 1) → SUPIR Resize To Size (scale × input exactly) → save."""
     return numbered({
         "note": note(readme),
@@ -162,7 +162,7 @@ def upscale_graph(scale: float, readme: str) -> dict:
 
 
 def benchmark_graph(readme: str) -> dict:
-    """SUPIR Load Image Folder (HQ) → Degrade Image (LQ at the HQ size) → LQ encode → Apply SUPIR → prompts →
+    """SUPIR Load Image Folder (HQ) → Degrade Image (LQ at the HQ size) → LQ encode → SUPIR Apply Control → prompts →
     SUPIR Restore → decode → SUPIR Benchmark Report (HQ, LQ, restored, names); runs once per image of the folder."""
     return numbered({
         "note": note(readme),
@@ -239,9 +239,9 @@ SPECS = [
      "description": "Upscale x4 and restore with SUPIR-v0Q, tiled aggregation and a wavelet colour fix.",
      "nodes": upscale_graph(4.0, models_note(SDXL_BASE, SUPIR_Q) + _UPSCALE.format(scale=4))},
     {"name": "supir_restore_lora",
-     "description": "Restore with a LoRA stack on the SDXL prior (before Apply SUPIR).",
+     "description": "Restore with a LoRA stack on the SDXL prior (before SUPIR Apply Control).",
      "nodes": lora_graph(models_note(SDXL_BASE, SUPIR_Q, DETAIL_LORA)
-                         + "The LoRA stack patches the SDXL model and CLIP before Apply SUPIR; pick up to four "
+                         + "The LoRA stack patches the SDXL model and CLIP before SUPIR Apply Control; pick up to four "
                            "LoRAs and their strengths there (0 or None skips a slot). Quality preset.")},
     {"name": "supir_restore_lora_region",
      "description": "Restore with one LoRA stack inside a painted mask and another outside it.",
@@ -265,5 +265,5 @@ SPECS = [
                                "x4 pipeline) and trains the LoRA on SDXL's attention layers under SUPIR. A "
                                "checkpoint is saved every 100 steps and on Cancel: queue again to resume. The LoRA "
                                "goes to ComfyUI/models/loras/my_restoration_lora.safetensors (kohya format); load it "
-                               "with SUPIR LoRA Stack or Load LoRA before Apply SUPIR.")},
+                               "with SUPIR LoRA Stack or Load LoRA before SUPIR Apply Control.")},
 ]

@@ -1,10 +1,23 @@
 """ComfyUI imported in-process on the CPU (for host tests and benchmarks): call ``setup(comfyui_path)`` before
-importing anything from ``comfy``."""
+importing anything from ``comfy``. ComfyUI's folders (models, input, output, temp, user) are put in a temporary
+base directory, so the ComfyUI tree is only read."""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TORCHVISION_STUB = os.path.join(HERE, "torchvision_stub")
+
+
+def uses_torchvision_stub() -> bool:
+    """Whether this process imports the stand-in (a server subprocess then needs it on PYTHONPATH too)."""
+    try:
+        import torchvision
+    except Exception:
+        return False
+    return os.path.abspath(torchvision.__file__).startswith(TORCHVISION_STUB)
 
 
 def needs_torchvision_stub() -> bool:
@@ -25,5 +38,7 @@ def setup(comfyui_path: str) -> bool:
         sys.path.insert(0, TORCHVISION_STUB)
     from comfy.cli_args import args
     args.cpu = True
+    args.base_directory = tempfile.mkdtemp(prefix="supir-host-base-")
+    atexit.register(shutil.rmtree, args.base_directory, ignore_errors=True)
     import comfy.model_management  # noqa: F401  (device detection must follow args.cpu)
     return stub

@@ -189,7 +189,7 @@ def benchmark_graph(folder="bench", prefix="bench/report", preset=PRESET, seed=S
                     crop_border=CROP, steps=2):
     """The benchmark workflow in API form:
 
-    SUPIR Load Image Folder (HQ, a list) -> Degrade Image (LQ at the HQ size) -> SUPIR LQ Encode -> Apply SUPIR ->
+    SUPIR Load Image Folder (HQ, a list) -> Degrade Image (LQ at the HQ size) -> SUPIR LQ Encode -> SUPIR Apply Control ->
     KSampler -> VAE Decode (restored) -> SUPIR Benchmark Report (HQ, LQ, restored, names).
 
     Every node between the folder and the report runs once per image; the report receives the whole lists. The

@@ -2,14 +2,11 @@
 servers with tiny models: a shipped API workflow end to end, the server's validation error, an execution
 error, an interrupt, and a server killed and restarted in the middle of a batch (its own server, on the same
 port and folders, so the session server is untouched)."""
-import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
@@ -19,7 +16,7 @@ pytest.importorskip("aiohttp", reason="the headless client needs aiohttp")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from host_env import TORCHVISION_STUB  # noqa: E402
+from live_server import ComfyServer  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
@@ -131,74 +128,13 @@ def test_an_interrupt_is_reported_and_fails_the_job(comfy_server, tmp_path):
 
 # --- a server killed and restarted in the middle of a batch ---
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RestartableServer:
-    """ComfyUI on a fixed port with its own input/output/temp/user folders, sharing the session server's models
-    and custom nodes (its extra_model_paths.yaml); ``kill`` and ``start`` again keep the port and folders."""
-
-    def __init__(self, shared_base: str, base: str):
-        self.shared_base, self.base, self.port = shared_base, base, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = None
-        self.starts = 0
-        for d in ("input", "output", "temp", "user"):
-            os.makedirs(os.path.join(base, d), exist_ok=True)
-
-    def get(self, path):
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:
-            return json.loads(r.read())
-
-    def start(self) -> None:
-        env = dict(os.environ)
-        import torchvision  # the server needs the same stand-in as this process when that one is used
-        if os.path.abspath(torchvision.__file__).startswith(TORCHVISION_STUB):
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [TORCHVISION_STUB, env.get("PYTHONPATH")]))
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-auto-launch",
-               "--extra-model-paths-config", os.path.join(self.shared_base, "extra_model_paths.yaml"),
-               "--input-directory", os.path.join(self.base, "input"),
-               "--output-directory", os.path.join(self.base, "output"),
-               "--temp-directory", os.path.join(self.base, "temp"), "--user-directory", os.path.join(self.base, "user"),
-               "--database-url", "sqlite:///:memory:"]
-        self.starts += 1
-        self.log_path = os.path.join(self.base, f"server{self.starts}.log")
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(cmd, cwd=COMFYUI_PATH, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 240) -> None:
-        deadline = time.time() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log()[-4000:]}")
-            try:
-                self.get("/system_stats")
-                return
-            except OSError:
-                if time.time() > deadline:
-                    raise TimeoutError(f"ComfyUI not ready after {timeout} s:\n{self.log()[-4000:]}")
-                time.sleep(0.5)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-
 @pytest.fixture()
 def restartable_server(comfy_server, tmp_path):
-    server = RestartableServer(comfy_server.base, str(tmp_path / "restartable"))
-    server.start()
+    """A server of its own (port, input/output/temp/user folders) sharing the session server's models and custom
+    nodes, so killing it leaves the session server untouched."""
+    server = ComfyServer(COMFYUI_PATH, comfy_server.models_base, folders=str(tmp_path / "restartable"))
     try:
-        server.wait_ready()
+        server.start()
         yield server
     finally:
         server.kill()

@@ -1,5 +1,5 @@
 """Tier 2: LoRA region blend on ComfyUI (tiny SDXL + SUPIR): the exact masked mix of the two stacks' predictions at
-one model call (plain, with Apply SUPIR and tiled aggregation, with the conds' own hook LoRAs), full restores with
+one model call (plain, with SUPIR Apply Control and tiled aggregation, with the conds' own hook LoRAs), full restores with
 SUPIR Restore and the stock KSampler, in-place weight patching without a second UNet, and the node."""
 import gc
 import warnings
@@ -83,7 +83,7 @@ def test_one_call_is_the_masked_mix_of_the_two_stacks(tiny_model):
 
 
 def test_masked_mix_with_apply_supir_and_tiled_aggregation(tiny_model, tiny_supir):
-    """Region blend after Apply SUPIR and tiled aggregation (two overlapping tiles): each pass runs the SUPIR trunk
+    """Region blend after SUPIR Apply Control and tiled aggregation (two overlapping tiles): each pass runs the SUPIR trunk
     and the UNet tile by tile, and the blend is the masked mix of those full-image predictions."""
     a, b = lora(tiny_model, 1), lora(tiny_model, 2)
     mask = region_mask(64, 96, seed=5)

@@ -64,6 +64,14 @@ def test_restore_graph_runs_end_to_end(server):
     assert "11" in result["outputs"]
 
 
+def test_supir_files_in_model_patches_are_listed_and_load(server):
+    options = server.get("/object_info/SUPIRLoader")["SUPIRLoader"]["input"]["required"]["supir_name"][1]["options"]
+    assert "supir_pruned.safetensors" in options and "other_patch.safetensors" not in options
+    status, result = server.run_prompt(restore_graph(supir_file="supir_pruned.safetensors", seed=5))
+    assert status == 200, result
+    assert result["status"]["status_str"] == "success", result["status"]["messages"]
+
+
 def test_corrupt_supir_file_fails_with_a_clear_message(server):
     status, result = server.run_prompt(restore_graph(supir_file="corrupt.safetensors"))
     assert status == 200

@@ -18,11 +18,10 @@ import comfy.utils  # noqa: E402
 
 from supir_restore.lora_train.adapters import TARGETS, kohya_state_dict, save_lora, target_keys  # noqa: E402
 from supir_restore.lora_train.dataset import Sample, build_dataset  # noqa: E402
-from supir_restore.lora_train.trainer import TrainSettings, train  # noqa: E402
-from supir_restore.lora_train.validation import validation_restore, with_adapters  # noqa: E402
+from supir_restore.lora_train.trainer import RestorationObjective, TrainSettings, evaluation_loss, train  # noqa: E402,E501
+from supir_restore.lora_train.validation import with_adapters  # noqa: E402
 from supir_restore.supir.lora_host import apply_lora  # noqa: E402
-from supir_restore.supir.metrics import psnr  # noqa: E402
-from supir_restore.supir.sampling import RestoreSettings  # noqa: E402
+from supir_restore.supir.unet_patch import apply_supir  # noqa: E402
 from test_full_size import SDXL_UNET  # noqa: E402
 
 RES = 64
@@ -53,24 +52,28 @@ def shapes_of(model, adapters):
     return {k: model.get_model_object(k[:-len(".weight")]).weight.shape for k in adapters}
 
 
-def test_training_lowers_the_loss_and_improves_held_out_restores(tiny_model, tiny_supir, tiny_vae, tiny_clip,
-                                                                  dataset, tmp_path):
+def held_out_loss(model, supir, vae, clip, dataset, run: TrainSettings, adapters=None) -> float:
+    """The training objective (fixed draws) on images the run never saw, with or without the trained adapters."""
+    patched = apply_supir(with_adapters(model, adapters) if adapters else model, supir, torch.zeros(1, 4, 8, 8),
+                          run.control_scale, run.control_scale)
+    mm.load_models_gpu([patched], force_full_load=True)
+    return evaluation_loss(RestorationObjective(patched, supir, vae, clip, dataset, run), seed=11, batches=8)
+
+
+def test_training_lowers_the_loss_on_training_and_held_out_images(tiny_model, tiny_supir, tiny_vae, tiny_clip,
+                                                                    dataset, tmp_path):
     # Random tiny weights: only LoRAs that reach the convs ("all") can fit the objective in a few dozen steps.
-    result = train(tiny_model, tiny_supir, tiny_vae, tiny_clip, dataset, settings(steps=30, rank=8, targets="all"),
-                   str(tmp_path / "run.safetensors"), eval_batches=4)
+    # Restorations sampled from random weights are noise-dominated, so generalisation is measured on the
+    # objective itself: held-out photographs, fixed noise draws, with and without the trained LoRA.
+    run = settings(steps=30, rank=8, targets="all")
+    result = train(tiny_model, tiny_supir, tiny_vae, tiny_clip, dataset, run, str(tmp_path / "run.safetensors"),
+                   eval_batches=4)
     assert result.eval_loss_end < 0.6 * result.eval_loss_start, (result.eval_loss_start, result.eval_loss_end)
 
-    held_out = torch.stack([photo(n, RES)[:, :RES] for n in ("camera", "immunohistochemistry")])
-    # The random VAE cannot reproduce a photograph, so restorations are scored against what it can render: the
-    # VAE round trip of the HQ image.
-    rendered = tiny_vae.decode(tiny_vae.encode(held_out)).float().clamp(0, 1)
-    restore = RestoreSettings("RestoreEDM", 8, cfg_start=1.0, cfg_end=1.0, s_churn=0.0)
-
-    def score(model):
-        out = validation_restore(model, tiny_supir, tiny_vae, tiny_clip, held_out, "blur_noise", 7, restore)
-        return float(psnr(out["restored"], rendered).mean())
-    without, with_lora = score(tiny_model), score(with_adapters(tiny_model, result.adapters))
-    assert with_lora > without + 0.1, (without, with_lora)
+    held_out = build_dataset([Sample(photo(n, 96), f"a photo of {n}", n) for n in ("camera", "coins")], RES)
+    without = held_out_loss(tiny_model, tiny_supir, tiny_vae, tiny_clip, held_out, run)
+    with_lora = held_out_loss(tiny_model, tiny_supir, tiny_vae, tiny_clip, held_out, run, result.adapters)
+    assert with_lora < 0.5 * without, (without, with_lora)
 
 
 def test_interrupted_run_resumes_exactly(tiny_model, tiny_supir, tiny_vae, tiny_clip, dataset, tmp_path):

@@ -205,3 +205,49 @@ def test_applying_twice_is_refused(tiny_model, tiny_supir):
     patched = apply_supir(tiny_model, tiny_supir, hint_latent())
     with pytest.raises(SUPIRMismatchError, match="already has SUPIR applied"):
         apply_supir(patched, tiny_supir, hint_latent())
+
+
+def core_supir_patch():
+    """ComfyUI's own SUPIR patch object where this ComfyUI has one (newer releases), else an object of a class in
+    the same module that registers the same three UNet patches as core's ``SUPIRPatch.register``: a middle-block
+    patch, an output-block patch that hands on ``skip=None``, and an Upsample handler."""
+    try:
+        from comfy.ldm.supir.supir_patch import SUPIRPatch
+        return SUPIRPatch.__new__(SUPIRPatch)
+    except ImportError:
+        pass
+    import sys
+    import types
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Upsample
+
+    class SUPIRPatch:
+        def middle_after(self, kwargs):
+            return {"h": kwargs["h"]}
+
+        def output_block(self, h, hsp, transformer_options):
+            return h, None
+
+        def pre_upsample(self, layer, x, emb, context, transformer_options, output_shape, *args, **kwargs):
+            return layer(x, output_shape=output_shape)
+
+        def register(self, model_patcher):
+            model_patcher.set_model_patch(self.middle_after, "middle_block_after_patch")
+            model_patcher.set_model_output_block_patch(self.output_block)
+            model_patcher.set_model_patch((Upsample, self.pre_upsample), "forward_timestep_embed_patch")
+    module = types.ModuleType("comfy.ldm.supir.supir_patch")
+    SUPIRPatch.__module__ = module.__name__
+    module.SUPIRPatch = SUPIRPatch
+    sys.modules[module.__name__] = module
+    return SUPIRPatch()
+
+
+def test_core_supir_patch_and_ours_on_one_model_is_a_clear_error(tiny_model, tiny_supir):
+    core_first = tiny_model.clone()
+    core_supir_patch().register(core_first)
+    with pytest.raises(SUPIRMismatchError, match="ComfyUI's own SUPIR patch .*Use one of the two"):
+        apply_supir(core_first, tiny_supir, hint_latent())
+
+    ours_first = apply_supir(tiny_model, tiny_supir, hint_latent()).clone()
+    core_supir_patch().register(ours_first)
+    with pytest.raises(SUPIRMismatchError, match="ComfyUI's own SUPIR patch .*Use one of the two"):
+        one_step(ours_first)
