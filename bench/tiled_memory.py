@@ -26,12 +26,12 @@ def measure(size: int) -> dict:
     import host_env
     host_env.setup(os.environ["COMFYUI_PATH"])
     import torch
-    from supir_restore.supir.loader import load_supir
-    from supir_restore.supir.lq_encode import encode_lq
-    from supir_restore.supir.restore import StartMode, restore_latent
-    from supir_restore.supir.sampling import RestoreSettings
-    from supir_restore.supir.tiling_patch import apply_tiled_aggregation
-    from supir_restore.supir.unet_patch import apply_supir
+    from supir_restore.supir.host.supir_loader import load_supir
+    from supir_restore.supir.host.lq_encode import encode_lq
+    from supir_restore.supir.host.restore import restore_latent
+    from supir_restore.supir.sampling.samplers import RestoreSettings, StartMode
+    from supir_restore.supir.host.tiled_aggregation import apply_tiled_aggregation
+    from supir_restore.supir.host.unet_patch import apply_supir
     from tiny_models import fake_conditioning, supir_state_dict, tiny_sdxl, tiny_vae
 
     model, vae = tiny_sdxl(seed=0), tiny_vae(seed=3)

@@ -34,11 +34,11 @@ import torch  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
 import comfy.sample  # noqa: E402
 
-from supir_restore.supir.loader import load_supir  # noqa: E402
-from supir_restore.supir.restore import restore_edm_sampler  # noqa: E402
-from supir_restore.supir.tiling import tile_grid  # noqa: E402
-from supir_restore.supir.tiling_patch import apply_tiled_aggregation  # noqa: E402
-from supir_restore.supir.unet_patch import apply_supir  # noqa: E402
+from supir_restore.supir.host.supir_loader import load_supir  # noqa: E402
+from supir_restore.supir.host.restore import restore_edm_sampler  # noqa: E402
+from supir_restore.supir.tiling.grid import tile_grid  # noqa: E402
+from supir_restore.supir.host.tiled_aggregation import apply_tiled_aggregation  # noqa: E402
+from supir_restore.supir.host.unet_patch import apply_supir  # noqa: E402
 from tiny_models import TINY_UNET_CONFIG, fake_conditioning, supir_state_dict, tiny_sdxl, tiny_vae  # noqa: E402
 
 

@@ -30,8 +30,8 @@ def measure(channels: int, resolution: int, checkpointing: bool, steps: int) -> 
     host_env.setup(os.environ["COMFYUI_PATH"])
     import torch
     from supir_restore.lora_train.dataset import Sample, build_dataset
-    from supir_restore.lora_train.trainer import TrainSettings, train
-    from supir_restore.supir.loader import load_supir
+    from supir_restore.lora_train.host.trainer import TrainSettings, train
+    from supir_restore.supir.host.supir_loader import load_supir
     from tiny_models import TINY_UNET_CONFIG, supir_state_dict, tiny_clip, tiny_sdxl, tiny_vae
 
     config = {**TINY_UNET_CONFIG, "model_channels": channels}

@@ -1,11 +1,9 @@
 """The pack's ComfyUI extension: node registration and the models/supir folder."""
-import os
-
-import folder_paths
 from comfy_api.latest import ComfyExtension
 
 from .benchmark_nodes import NODES as BENCHMARK_NODES
 from .degradation_nodes import NODES as DEGRADATION_NODES
+from .folders import register_model_folder
 from .image_nodes import NODES as IMAGE_NODES
 from .lora_nodes import NODES as LORA_NODES
 from .prompt_nodes import NODES as PROMPT_NODES
@@ -14,15 +12,6 @@ from .supir_nodes import NODES as SUPIR_NODES
 from .tiling_nodes import NODES as TILING_NODES
 from .training_nodes import NODES as TRAINING_NODES
 from .upscale_nodes import NODES as UPSCALE_NODES
-
-
-def register_model_folder() -> None:
-    """Adds models/supir (also reachable through extra_model_paths.yaml as ``supir:``)."""
-    default = os.path.join(folder_paths.models_dir, "supir")
-    paths, extensions = folder_paths.folder_names_and_paths.get("supir", ([], set()))
-    if default not in paths:
-        paths = [*paths, default]
-    folder_paths.folder_names_and_paths["supir"] = (paths, set(extensions) | folder_paths.supported_pt_extensions)
 
 
 class SUPIRRestoreExtension(ComfyExtension):

@@ -9,9 +9,11 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..supir.benchmark import IMAGE_EXTENSIONS, Report, crop_to_multiple, list_images, load_image
-from ..supir.degradation import pil_to_image
-from ..supir.metrics import LEARNED_METRICS, load_learned_metric
+from .folders import iqa_dir
+
+from ..supir.quality.benchmark import IMAGE_EXTENSIONS, Report, crop_to_multiple, list_images, load_image
+from ..supir.quality.degradation import pil_to_image
+from ..supir.quality.metrics import LEARNED_METRICS, load_learned_metric
 
 CATEGORY = "supir/benchmark"
 REPORT_TITLE = "SUPIR benchmark report"
@@ -162,7 +164,7 @@ class BenchmarkReport(io.ComfyNode):
                              "loaded the HQ images, or leave 'names' unconnected.")
         crop, prefix = crop_border[0], filename_prefix[0]
         chosen = [name for name in LEARNED_METRICS if learned.get(name, [False])[0]]
-        scorers = {name: load_learned_metric(name) for name in chosen}
+        scorers = {name: load_learned_metric(name, iqa_dir()) for name in chosen}
         output_dir = folder_paths.get_output_directory()
         full_folder, filename, counter, _, _ = folder_paths.get_save_image_path(prefix, output_dir)
         report_dir = os.path.join(full_folder, f"{filename}_{counter:05d}_")

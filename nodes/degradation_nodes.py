@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..supir.degradation import PRESETS, degrade, describe
-from ..supir.metrics import LEARNED_METRICS, fidelity_metrics, load_learned_metric
+from .folders import iqa_dir
+
+from ..supir.quality.degradation import PRESETS, degrade, describe
+from ..supir.quality.metrics import LEARNED_METRICS, fidelity_metrics, load_learned_metric
 
 CATEGORY = "supir/benchmark"
 
@@ -82,7 +84,7 @@ class ImageMetrics(io.ComfyNode):
     def execute(cls, image, reference, crop_border, learned_metric) -> io.NodeOutput:
         scores = fidelity_metrics(image, reference, crop_border)
         if learned_metric != "none":
-            scores[learned_metric] = load_learned_metric(learned_metric)(image, reference.expand_as(image))
+            scores[learned_metric] = load_learned_metric(learned_metric, iqa_dir())(image, reference.expand_as(image))
         lines = [f"{k}: mean {v.mean().item():.4f}  [{', '.join(f'{x:.4f}' for x in v.tolist())}]"
                  for k, v in scores.items()]
         report = f"crop_border {crop_border}\n" + "\n".join(lines)

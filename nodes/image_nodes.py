@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..supir.colour import COLOUR_FIXES, colour_fix
-from ..supir.resize import MAX_SIDE, MULTIPLES, RESIZE_METHODS, resize_image, sampling_size, scaled_size
+from ..supir.image.colour import COLOUR_FIXES, colour_fix
+from ..supir.image.resize import MAX_SIDE, MULTIPLES, RESIZE_METHODS, resize_image, sampling_size, scaled_size
 
 CATEGORY = "supir/image"
 METHOD_TOOLTIP = ("Resampling filter: lanczos (sharpest, for enlarging), bicubic or bilinear (antialiased when "

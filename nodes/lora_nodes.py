@@ -4,10 +4,10 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..supir.lora import inspect_lora
-from ..supir.lora_host import SAVE_DTYPES, apply_lora_stack, bake_checkpoint, merge_loras, read_lora, \
+from ..supir.host.lora_region import apply_region_blend
+from ..supir.host.lora_stack import SAVE_DTYPES, apply_lora_stack, bake_checkpoint, merge_loras, read_lora, \
     save_merged_lora
-from ..supir.lora_region import apply_region_blend
+from ..supir.lora.formats import inspect_lora
 
 CATEGORY = "supir/lora"
 SLOTS = 4

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..supir.prompts import DEFAULT_NEGATIVE, DEFAULT_POSITIVE, OFFICIAL_SIZE, supir_conditioning
+from ..supir.sampling.prompts import DEFAULT_NEGATIVE, DEFAULT_POSITIVE, OFFICIAL_SIZE, supir_conditioning
 
 SIZES = ("1024 (official)", "image size")
 

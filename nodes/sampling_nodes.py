@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..supir.restore import (DPM, EDM, SCHEDULES, START_MODES, StartMode, apply_guidance, preset_settings,
-                             restore_dpm_sampler, restore_edm_sampler, restore_latent, supir_sigmas)
-from ..supir.sampling import PRESETS, RestoreSettings
+from ..supir.host.restore import (DPM, EDM, SCHEDULES, apply_guidance, restore_dpm_sampler, restore_edm_sampler,
+                                  restore_latent, supir_sigmas)
+from ..supir.sampling.samplers import PRESETS, START_MODES, RestoreSettings, StartMode, preset_settings
 
 CATEGORY = "supir/sampling"
 DEFAULTS = PRESETS["Quality"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from ..supir.checkpoint import looks_like_supir
-from ..supir.loader import STORAGE_DTYPES, load_supir
-from ..supir.lq_encode import TILED_VAES, encode_lq, lq_vae
-from ..supir.unet_patch import apply_supir
+from ..supir.host.lq_encode import TILED_VAES, encode_lq, lq_vae
+from ..supir.host.supir_loader import STORAGE_DTYPES, load_supir
+from ..supir.host.unet_patch import apply_supir
+from ..supir.model.checkpoint import looks_like_supir
 
 SUPIRModelType = io.Custom("SUPIR_MODEL")
 CATEGORY = "supir"

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..supir.tiling import GRIDS
-from ..supir.tiling_patch import apply_tiled_aggregation
+from ..supir.host.tiled_aggregation import apply_tiled_aggregation
+from ..supir.tiling.grid import GRIDS
 
 
 class SUPIRTiledAggregation(io.ComfyNode):

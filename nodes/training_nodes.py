@@ -9,14 +9,14 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..lora_train.adapters import TARGETS, save_lora
 from ..lora_train.dataset import DatasetError, Sample, build_dataset, read_folder
+from ..lora_train.host.adapters import TARGETS, save_lora
+from ..lora_train.host.trainer import DTYPES, TrainSettings, train
+from ..lora_train.host.validation import validation_restore, with_adapters
 from ..lora_train.plot import loss_curve_image
-from ..lora_train.trainer import DTYPES, TrainSettings, train
-from ..lora_train.validation import validation_restore, with_adapters
-from ..supir.degradation import PRESETS as DEGRADATIONS
-from ..supir.lora_host import apply_lora
-from ..supir.sampling import RestoreSettings
+from ..supir.host.lora_stack import apply_lora
+from ..supir.quality.degradation import PRESETS as DEGRADATIONS
+from ..supir.sampling.samplers import RestoreSettings
 from .supir_nodes import SUPIRModelType
 
 CATEGORY = "supir/training"

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..supir.resize import MULTIPLES, RESIZE_METHODS
-from ..supir.sampling import PRESETS
-from ..supir.upscale import COLOUR_FIXES, upscale_and_restore
+from ..supir.host.upscale import COLOUR_FIXES, upscale_and_restore
+from ..supir.image.resize import MULTIPLES, RESIZE_METHODS
+from ..supir.sampling.samplers import PRESETS
 from .supir_nodes import SUPIRModelType
 
 

@@ -5,8 +5,8 @@ import os
 
 import torch
 
-from supir_restore.supir.checkpoint import vae_encoder_shapes
-from supir_restore.supir.model import SUPIRControl, TrunkConfig, adaptors_for
+from supir_restore.supir.model.checkpoint import vae_encoder_shapes
+from supir_restore.supir.model.control import SUPIRControl, TrunkConfig, adaptors_for
 
 LAYOUT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "supir-v0-layout.json")
 

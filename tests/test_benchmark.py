@@ -8,7 +8,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from supir_restore.supir import benchmark as b, degradation, metrics
+from supir_restore.supir.quality import benchmark as b, degradation, metrics
 
 
 @pytest.fixture()
@@ -91,7 +91,7 @@ def test_cli_runs_a_baseline_and_reports_bad_arguments(hq_dir, tmp_path, capsys)
 
 
 def test_restore_can_be_any_importable_callable():
-    assert b.resolve_restore("supir_restore.supir.benchmark:identity", 4) is b.identity
+    assert b.resolve_restore("supir_restore.supir.quality.benchmark:identity", 4) is b.identity
     assert b.resolve_restore("bicubic", 2) == b.Bicubic(2)
     with pytest.raises(ValueError, match="cannot load 'restore' from module 'no_such_module'"):
         b.resolve_restore("no_such_module:restore", 4)

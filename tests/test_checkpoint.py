@@ -6,7 +6,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from supir_restore.supir.checkpoint import SUPIRCheckpointError, load_supir_weights, read_state_dict
+from supir_restore.supir.model.checkpoint import SUPIRCheckpointError, load_supir_weights, read_state_dict
 
 from helpers import official_state_dict, tiny_control, tiny_encoder_sd
 

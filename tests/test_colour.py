@@ -4,8 +4,8 @@ import pytest
 import skimage.data
 import torch
 
-from supir_restore.supir import colour as c
-from supir_restore.supir.resize import resize_image
+from supir_restore.supir.image import colour as c
+from supir_restore.supir.image.resize import resize_image
 
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: 1e-6, torch.float64: 1e-12}

@@ -11,7 +11,7 @@ import torch
 from kornia.filters import get_gaussian_kernel2d
 from PIL import Image
 
-from supir_restore.supir import degradation as d
+from supir_restore.supir.quality import degradation as d
 
 
 def photo(name="chelsea", size=None):

@@ -3,7 +3,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from supir_restore.supir.lora import LoraFormatError, LowRank, convert_peft, inspect_lora, kohya_name, lora_format, \
+from supir_restore.supir.lora.formats import LoraFormatError, LowRank, convert_peft, inspect_lora, kohya_name, lora_format, \
     low_rank_modules, merge_low_rank, target_kind, to_kohya
 
 
@@ -175,7 +175,7 @@ def test_target_kind_and_kohya_names():
 # Region blend (supir/region_mask.py): the mask at latent resolution and the masked mix, without ComfyUI.
 # ---------------------------------------------------------------------------------------------------------------
 
-from supir_restore.supir.region_mask import RegionMaskError, latent_mask, masked_mix  # noqa: E402
+from supir_restore.supir.image.region_mask import RegionMaskError, latent_mask, masked_mix  # noqa: E402
 
 
 def test_masked_mix_is_exact_at_both_ends_and_linear_between():

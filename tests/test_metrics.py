@@ -14,7 +14,7 @@ import skimage.metrics
 import torch
 from torch import nn
 
-from supir_restore.supir import degradation, metrics as m
+from supir_restore.supir.quality import degradation, metrics as m
 
 PHOTOS = ["astronaut", "chelsea", "coffee"]
 
@@ -124,10 +124,9 @@ def test_missing_weights_name_the_file_and_the_folder(tmp_path):
         m.load_learned_metric("lpips", str(tmp_path))
 
 
-def test_unknown_metric_and_no_comfyui_folder(monkeypatch):
+def test_unknown_metric_and_no_weights_folder():
     with pytest.raises(ValueError, match="unknown learned metric 'niqe'; choose one of: lpips"):
         m.load_learned_metric("niqe", "/nonexistent")
-    monkeypatch.setitem(sys.modules, "folder_paths", None)  # ComfyUI absent even when the host tier is on the path
     with pytest.raises(ValueError, match="--iqa-dir"):
         m.load_learned_metric("lpips")
 

@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from supir_restore.supir.checkpoint import control_layout, split_supir_state_dict, vae_encoder_layout
-from supir_restore.supir.model import (CrossAttnSpec, SFTSpec, SUPIRControl, TrunkConfig, ZeroCrossAttn, ZeroSFT,
+from supir_restore.supir.model.adaptors import Join, OutputBlock, SUPIRMismatchError, plan_adaptors
+from supir_restore.supir.model.checkpoint import control_layout, split_supir_state_dict, vae_encoder_layout
+from supir_restore.supir.model.control import (CrossAttnSpec, SFTSpec, SUPIRControl, TrunkConfig, ZeroCrossAttn, ZeroSFT,
                                        adaptor_specs, adaptors_for)
 
 from helpers import TINY_UNET, full_layout, seeded, tiny_control
@@ -128,3 +129,25 @@ def test_full_size_layout_matches_official_files():
     assert widths == [(320, 320, 320), (320, 320, 320), (320, 320, 640), (320, 640), (320, 320, 640),
                       (640, 640, 640), (640, 640, 1280), (640, 1280), (640, 640, 1280), (1280, 1280, 1280),
                       (1280, 1280, 1280), (1280, 1280, 0)]
+
+
+# SDXL's nine output blocks: (main + skip width, output width, ends with an Upsample)
+SDXL_OUTPUT_BLOCKS = [OutputBlock(2560, 1280, False), OutputBlock(2560, 1280, False), OutputBlock(1920, 1280, True),
+                      OutputBlock(1920, 640, False), OutputBlock(1280, 640, False), OutputBlock(960, 640, True),
+                      OutputBlock(960, 320, False), OutputBlock(640, 320, False), OutputBlock(640, 320, False)]
+
+
+def test_official_adaptors_map_onto_sdxl_output_blocks():
+    net = control_layout(split_supir_state_dict({k: torch.empty(v, device="meta")
+                                                 for k, v in full_layout()["layout"].items()}).control)
+    middle, joins = plan_adaptors(net.trunk_config.unet_config(), SDXL_OUTPUT_BLOCKS, net, "SUPIR-v0Q")
+    assert middle == 11
+    assert joins == {0: Join(10, None, 8), 1: Join(9, None, 7), 2: Join(8, 7, 6), 3: Join(6, None, 5),
+                     4: Join(5, None, 4), 5: Join(4, 3, 3), 6: Join(2, None, 2), 7: Join(1, None, 1),
+                     8: Join(0, None, 0)}
+    sd15 = {**net.trunk_config.unet_config(), "context_dim": 768, "adm_in_channels": None}
+    with pytest.raises(SUPIRMismatchError, match="an SD1.x/SD2.x UNet.*context_dim: SUPIR 2048 vs MODEL 768"):
+        plan_adaptors(sd15, SDXL_OUTPUT_BLOCKS, net, "SUPIR-v0Q")
+    wrong_width = [*SDXL_OUTPUT_BLOCKS[:2], OutputBlock(1920, 1280, False), *SDXL_OUTPUT_BLOCKS[3:]]
+    with pytest.raises(SUPIRMismatchError, match="project_modules.7 is CrossAttnSpec.*needs a SFTSpec"):
+        plan_adaptors(net.trunk_config.unet_config(), wrong_width, net, "SUPIR-v0Q")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from supir_restore.supir.prompts import (DEFAULT_NEGATIVE, DEFAULT_POSITIVE, positive_text, split_captions,
+from supir_restore.supir.sampling.prompts import (DEFAULT_NEGATIVE, DEFAULT_POSITIVE, positive_text, split_captions,
                                          supir_conditioning)
 
 

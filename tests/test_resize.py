@@ -7,7 +7,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from supir_restore.supir import resize as r
+from supir_restore.supir.image import resize as r
 
 SIDES = [2, 7, 31, 32, 33, 63, 95, 96, 97, 333, 517, 1000, 1023]
 SCALES = [0.25, 0.5, 1.0, 1.5, 2.0, 2.37, 4.0]

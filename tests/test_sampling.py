@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from supir_restore.supir.sampling import (PRESETS, STEP_KEY, churn_gamma, ddpm_sigmas, discrete_sigmas, karras_sigmas,
+from supir_restore.supir.sampling.samplers import (PRESETS, STEP_KEY, churn_gamma, ddpm_sigmas, discrete_sigmas, karras_sigmas,
                                           nearest_sigma, restoration_guidance, restoration_weight,
                                           restore_dpm_sigmas, sample_restore_dpmpp_2m_sde, sample_restore_edm,
                                           sigma_ramp)

@@ -1,10 +1,13 @@
-"""Tier 1: tile grids, Gaussian weights and tiled blending."""
+"""Tier 1: tile grids, Gaussian weights, tiled blending and the exact tiled VAE's maths."""
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from supir_restore.supir.tiling import blend_tiles, gaussian_weights, tile_grid, tile_starts
+from supir_restore.supir.tiling.batching import POOLED_WIDTH, batched, tile_conditioning
+from supir_restore.supir.tiling.exact_vae import GroupMoments, tiled_exact, windows
+from supir_restore.supir.tiling.grid import blend_tiles, gaussian_weights, tile_grid, tile_starts
 
 
 @pytest.mark.parametrize("grid", ["snapped", "even"])
@@ -80,3 +83,89 @@ def test_each_tile_sees_its_own_region():
     def denoiser(x_tiles, group):
         return torch.cat([reference[:, :, a:b, c:d] for a, b, c, d in group])
     torch.testing.assert_close(blend_tiles(denoiser, torch.zeros_like(reference), tiles, 2), reference)
+
+
+# --- the exact tiled VAE's maths (supir/tiling/exact_vae.py) ---
+
+def test_windows_partition_the_image_into_cores():
+    tiles = windows(40, 100, 32, 8)
+    covered = torch.zeros(40, 100, dtype=torch.int64)
+    for tile in tiles:
+        t, b, l, r = tile.core
+        covered[t:b, l:r] += 1
+        wt, wb, wl, wr = tile.window
+        assert (wt, wl) == (max(0, t - 8), max(0, l - 8)) and (wb, wr) == (min(40, b + 8), min(100, r + 8))
+    assert (covered == 1).all() and len(tiles) == 2 * 4
+
+
+def test_group_moments_merged_over_tiles_normalise_like_group_norm():
+    x = torch.randn(2, 8, 10, 100, generator=torch.Generator().manual_seed(0)) * 3 + 5
+    norm = torch.nn.GroupNorm(4, 8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    moments = GroupMoments()
+    for part in x.split([7, 60, 33], dim=-1):  # three cores of different sizes
+        moments.add(part.reshape(2, 4, -1))
+    scale, shift = moments.affine(norm)
+    assert moments.count == 2 * 10 * 100
+    with torch.no_grad():
+        torch.testing.assert_close(x * scale[..., None, None] + shift[..., None, None], norm(x),
+                                   atol=1e-5, rtol=1e-5)
+
+
+class ToyAttention(torch.nn.Module):
+    """A VAE-style self-attention block: x + proj_out(attention(q, k, v)) over every position."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.norm = torch.nn.GroupNorm(2, c)
+        self.q, self.k, self.v, self.proj_out = (torch.nn.Conv2d(c, c, 1) for _ in range(4))
+
+    def forward(self, x):
+        h = self.norm(x)
+        b, c, hh, ww = x.shape
+        q, k, v = (t.flatten(2).transpose(1, 2).unsqueeze(1) for t in (self.q(h), self.k(h), self.v(h)))
+        out = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(b, c, hh, ww)
+        return x + self.proj_out(out)
+
+
+def test_tiled_exact_equals_the_whole_image_forward():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(4, 8), torch.nn.SiLU(),
+                              torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), ToyAttention(8),
+                              torch.nn.GroupNorm(2, 8), torch.nn.Conv2d(8, 4, 3, padding=1)).eval()
+    x = torch.rand(2, 3, 40, 72) * torch.linspace(0.2, 3, 72)  # uneven statistics across the image
+    calls = []
+    with torch.no_grad():
+        whole = net(x)
+        tiled = tiled_exact(net, net, x, 16, 2, torch.zeros(1, 3, 8, 8), (ToyAttention,),
+                            progress=lambda done, total: calls.append((done, total)))
+        per_tile_stats = torch.cat([torch.cat([net(x[:, :, r:r + 16, c:c + 16]) for c in range(0, 72, 16)], -1)
+                                    for r in range(0, 40, 16)], -2)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
+    assert (per_tile_stats - whole).abs().max() > 0.1  # naive tiles are far off
+    assert calls[-1][0] == calls[-1][1] and [d for d, _ in calls] == list(range(1, len(calls) + 1))
+
+
+# --- tile batching (supir/tiling/batching.py) ---
+
+def test_batched_repeats_per_sample_inputs_tile_major():
+    x = torch.arange(6.0).reshape(2, 3)
+    assert torch.equal(batched(x, batch=2, k=3), torch.cat([x, x, x]))
+    assert batched(x, batch=4, k=3) is x and batched("label", 2, 3) == "label" and batched(x, 2, 1) is x
+
+
+def test_tile_captions_go_to_the_cond_rows_of_their_tiles():
+    tiles = [(0, 8, 0, 8), (0, 8, 8, 16), (8, 16, 0, 8)]
+    batch, chunks = 4, [0, 1]  # two cond rows, then two uncond rows, per tile
+    group = [tiles[2], tiles[0]]
+    context = torch.zeros(batch * len(group), 77, 16)
+    y = torch.zeros(batch * len(group), POOLED_WIDTH + 8)
+    tile_context = torch.stack([torch.full((154, 16), float(i + 1)) for i in range(3)])
+    tile_pooled = torch.stack([torch.full((POOLED_WIDTH,), float(i + 1)) for i in range(3)])
+    out, out_y = tile_conditioning(context, y, tile_context, tile_pooled, group, tiles, chunks, batch)
+    assert out.shape == (8, 154, 16)  # token counts brought to a common multiple
+    expected = torch.tensor([3, 3, 0, 0, 1, 1, 0, 0], dtype=torch.float32)  # tile 2's caption, then tile 0's
+    assert torch.equal(out[:, 0, 0], expected) and torch.equal(out_y[:, 0], expected)
+    assert (out_y[:, POOLED_WIDTH:] == 0).all() and (context == 0).all()  # size part untouched, inputs not changed

@@ -44,14 +44,14 @@ def tiny_supir_file(tmp_path_factory, tiny_supir_sd):
 
 @pytest.fixture(scope="session")
 def tiny_supir(tiny_supir_file):
-    from supir_restore.supir.loader import load_supir
+    from supir_restore.supir.host.supir_loader import load_supir
     return load_supir(tiny_supir_file, "fp32")
 
 
 def write_tiny_checkpoint(path, model_patcher, vae, clip):
     """An SGM-layout SDXL checkpoint (UNet, VAE and both text encoders) in fp16, as CheckpointLoaderSimple reads."""
     import safetensors.torch
-    from supir_restore.supir.lora_host import checkpoint_state_dict
+    from supir_restore.supir.host.lora_stack import checkpoint_state_dict
     sd = checkpoint_state_dict(model_patcher, clip, vae)
     safetensors.torch.save_file({k: v.half().contiguous() for k, v in sd.items()}, str(path))
 

@@ -17,7 +17,7 @@ from PIL import Image  # noqa: E402
 
 from supir_restore.nodes import comfy_entrypoint  # noqa: E402
 from supir_restore.nodes.benchmark_nodes import NODES, BenchmarkReport, LoadImageFolder  # noqa: E402
-from supir_restore.supir import benchmark, degradation, metrics  # noqa: E402
+from supir_restore.supir.quality import benchmark, degradation, metrics  # noqa: E402
 
 PRESET, SEED, MULTIPLE, CROP = "blur_sr_x4_noise", 3, 32, 4
 

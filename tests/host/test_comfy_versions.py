@@ -9,8 +9,8 @@ import torch  # noqa: E402
 
 import comfy.model_patcher  # noqa: E402
 
-from supir_restore.supir.loader import load_supir  # noqa: E402
-from supir_restore.supir.lora_region import apply_region_blend  # noqa: E402
+from supir_restore.supir.host.supir_loader import load_supir  # noqa: E402
+from supir_restore.supir.host.lora_region import apply_region_blend  # noqa: E402
 from test_lora_region import lora  # noqa: E402
 
 

@@ -12,7 +12,7 @@ from comfy_api.internal import make_locked_method_func  # noqa: E402
 
 from supir_restore.nodes import comfy_entrypoint  # noqa: E402
 from supir_restore.nodes.degradation_nodes import NODES, DegradeImage, ImageMetrics  # noqa: E402
-from supir_restore.supir import degradation, metrics  # noqa: E402
+from supir_restore.supir.quality import degradation, metrics  # noqa: E402
 
 
 def run_node(cls, **inputs):

@@ -11,8 +11,9 @@ import torch  # noqa: E402
 import comfy.supported_models  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.model import Encoder  # noqa: E402
 
-from supir_restore.supir.checkpoint import control_layout, split_supir_state_dict  # noqa: E402
-from supir_restore.supir.unet_patch import Join, plan_adaptors  # noqa: E402
+from supir_restore.supir.model.checkpoint import control_layout, split_supir_state_dict  # noqa: E402
+from supir_restore.supir.host.unet_patch import output_blocks  # noqa: E402
+from supir_restore.supir.model.adaptors import Join, plan_adaptors, unet_config  # noqa: E402
 
 LAYOUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "supir-v0-layout.json")
 SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
@@ -35,7 +36,7 @@ def test_official_layout_maps_onto_comfyui_sdxl(official):
     cfg.set_inference_dtype(torch.float16, None)
     unet = cfg.get_model({}, device="meta").diffusion_model
     net = control_layout(official.control)
-    middle, joins = plan_adaptors(unet, net, "SUPIR-v0Q")
+    middle, joins = plan_adaptors(unet_config(unet), output_blocks(unet), net, "SUPIR-v0Q")
     assert middle == 11
     assert joins == {0: Join(10, None, 8), 1: Join(9, None, 7), 2: Join(8, 7, 6), 3: Join(6, None, 5),
                      4: Join(5, None, 4), 5: Join(4, 3, 3), 6: Join(2, None, 2), 7: Join(1, None, 1),

@@ -10,7 +10,7 @@ from comfy_api.internal import make_locked_method_func  # noqa: E402
 
 from supir_restore.nodes import comfy_entrypoint  # noqa: E402
 from supir_restore.nodes.image_nodes import NODES, SUPIRColorFix, SUPIRResize, SUPIRResizeTo  # noqa: E402
-from supir_restore.supir import colour, resize  # noqa: E402
+from supir_restore.supir.image import colour, resize  # noqa: E402
 
 
 def run_node(cls, **inputs):

@@ -15,8 +15,8 @@ import folder_paths  # noqa: E402
 from comfy_api.internal import make_locked_method_func  # noqa: E402
 
 from supir_restore.nodes.lora_nodes import NODES, SUPIRLoraInspect, SUPIRLoraMerge, SUPIRLoraStack  # noqa: E402
-from supir_restore.supir.lora import LowRank, convert_peft  # noqa: E402
-from supir_restore.supir.lora_host import LoraMismatchError, apply_lora_stack, bake_checkpoint, merge_loras, \
+from supir_restore.supir.lora.formats import LowRank, convert_peft  # noqa: E402
+from supir_restore.supir.host.lora_stack import LoraMismatchError, apply_lora_stack, bake_checkpoint, merge_loras, \
     save_merged_lora  # noqa: E402
 from test_full_size import SDXL_UNET  # noqa: E402
 from test_lora import sdxl_attention_modules  # noqa: E402

@@ -17,12 +17,12 @@ import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 
 from supir_restore.nodes.lora_nodes import SUPIRLoraRegionBlend  # noqa: E402
-from supir_restore.supir.lora_host import apply_lora_stack  # noqa: E402
-from supir_restore.supir.lora_region import apply_region_blend  # noqa: E402
-from supir_restore.supir.region_mask import RegionMaskError, latent_mask  # noqa: E402
-from supir_restore.supir.restore import supir_sigmas  # noqa: E402
-from supir_restore.supir.tiling_patch import apply_tiled_aggregation  # noqa: E402
-from supir_restore.supir.unet_patch import apply_supir  # noqa: E402
+from supir_restore.supir.host.lora_stack import apply_lora_stack  # noqa: E402
+from supir_restore.supir.host.lora_region import apply_region_blend  # noqa: E402
+from supir_restore.supir.image.region_mask import RegionMaskError, latent_mask  # noqa: E402
+from supir_restore.supir.host.restore import supir_sigmas  # noqa: E402
+from supir_restore.supir.host.tiled_aggregation import apply_tiled_aggregation  # noqa: E402
+from supir_restore.supir.host.unet_patch import apply_supir  # noqa: E402
 from test_lora_host import TARGETS, file_for, lora_folder, modules_for, patched_weights, run_node  # noqa: E402,F401
 from test_restore import run_restore  # noqa: E402
 from tiny_models import fake_conditioning  # noqa: E402

@@ -6,8 +6,9 @@ pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFY
 import torch  # noqa: E402
 
 import nodes as comfy_nodes  # noqa: E402  (ComfyUI's stock nodes)
-from supir_restore.supir.checkpoint import SUPIRCheckpointError  # noqa: E402
-from supir_restore.supir.lq_encode import as_rgb, encode_lq, lq_vae  # noqa: E402
+from supir_restore.supir.model.checkpoint import SUPIRCheckpointError  # noqa: E402
+from supir_restore.supir.host.lq_encode import encode_lq, lq_vae  # noqa: E402
+from supir_restore.supir.image.io import as_rgb  # noqa: E402
 
 
 def lq_image(h=64, w=48, c=3, seed=0):

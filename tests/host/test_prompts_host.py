@@ -6,7 +6,7 @@ pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFY
 import torch  # noqa: E402
 
 from supir_restore.nodes.prompt_nodes import SUPIRConditioning  # noqa: E402
-from supir_restore.supir.prompts import DEFAULT_NEGATIVE, DEFAULT_POSITIVE, positive_text  # noqa: E402
+from supir_restore.supir.sampling.prompts import DEFAULT_NEGATIVE, DEFAULT_POSITIVE, positive_text  # noqa: E402
 
 CAPTION = ("The image shows an old wooden fishing boat pulled up on a pebble beach at low tide, its blue paint "
            "peeling in long strips, a coil of orange rope and two rusty anchors resting in the bow, gulls standing "

@@ -11,9 +11,9 @@ import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 
 from supir_restore.nodes.sampling_nodes import SUPIRRestore, SUPIRSamplerDPM, SUPIRSamplerEDM, SUPIRSigmas  # noqa: E402
-from supir_restore.supir.restore import StartMode, apply_guidance, restore_latent, supir_sigmas  # noqa: E402
-from supir_restore.supir.sampling import PRESETS, RestoreSettings, restoration_weight  # noqa: E402
-from supir_restore.supir.unet_patch import apply_supir  # noqa: E402
+from supir_restore.supir.host.restore import apply_guidance, restore_latent, supir_sigmas  # noqa: E402
+from supir_restore.supir.sampling.samplers import PRESETS, RestoreSettings, StartMode, restoration_weight  # noqa: E402
+from supir_restore.supir.host.unet_patch import apply_supir  # noqa: E402
 from tiny_models import fake_conditioning  # noqa: E402
 
 
@@ -109,7 +109,7 @@ def test_start_modes_differ_and_use_the_hint(tiny_model, tiny_supir):
 
 def test_presets_drive_the_sampler(tiny_model, tiny_supir, monkeypatch):
     calls = []
-    import supir_restore.supir.restore as restore_module
+    import supir_restore.supir.host.restore as restore_module
     original = restore_module.supir_sigmas
     monkeypatch.setattr(restore_module, "supir_sigmas",
                         lambda model, steps, schedule, denoise=1.0: calls.append((steps, schedule)) or original(model, steps, schedule, denoise))

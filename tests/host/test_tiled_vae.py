@@ -17,11 +17,12 @@ import numpy as np  # noqa: E402
 import skimage.data  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from comfy.ldm.modules.diffusionmodules.model import AttnBlock  # noqa: E402
 
 from supir_restore.nodes.supir_nodes import SUPIRLQEncode  # noqa: E402
-from supir_restore.supir.lq_encode import encode_lq  # noqa: E402
-from supir_restore.supir.tiled_vae import (GroupMoments, UnsupportedVAEError, decode_exact,  # noqa: E402
-                                           encode_exact, layer_halos, windows)
+from supir_restore.supir.host.lq_encode import encode_lq  # noqa: E402
+from supir_restore.supir.host.tiled_vae import UnsupportedVAEError, decode_exact, encode_exact  # noqa: E402
+from supir_restore.supir.tiling.exact_vae import layer_halos  # noqa: E402
 
 
 def photograph(name: str, size: int) -> torch.Tensor:
@@ -147,7 +148,7 @@ def test_exact_tiled_vae_memory_is_bounded_by_the_tile(tiny_vae):
     downsampling's padding) however wide the image; the whole-image encoder's grows with it."""
     model = tiny_vae.first_stage_model
     with torch.inference_mode():
-        halo = layer_halos(model.encode, model.encoder, torch.zeros(1, 3, 32, 32), 8)[-1]
+        halo = layer_halos(model.encode, model.encoder, torch.zeros(1, 3, 32, 32), 8, (AttnBlock,))[-1]
     assert halo == 88  # the tiny SDXL-layout encoder's convolutions reach 85 px
     shapes = []
     hooks = [m.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape[-2:])))
@@ -168,33 +169,6 @@ def test_exact_tiled_vae_memory_is_bounded_by_the_tile(tiny_vae):
             h.remove()
     assert largest[336][0] == largest[672][0] == (9, 64 + 2 * halo + 1)
     assert largest[336][1] == (9, 337) and largest[672][1] == (9, 673)
-
-
-def test_windows_partition_the_image_into_cores():
-    tiles = windows(40, 100, 32, 8)
-    covered = torch.zeros(40, 100, dtype=torch.int64)
-    for tile in tiles:
-        t, b, l, r = tile.core
-        covered[t:b, l:r] += 1
-        wt, wb, wl, wr = tile.window
-        assert (wt, wl) == (max(0, t - 8), max(0, l - 8)) and (wb, wr) == (min(40, b + 8), min(100, r + 8))
-    assert (covered == 1).all() and len(tiles) == 2 * 4
-
-
-def test_group_moments_merged_over_tiles_normalise_like_group_norm():
-    x = torch.randn(2, 8, 10, 100, generator=torch.Generator().manual_seed(0)) * 3 + 5
-    norm = torch.nn.GroupNorm(4, 8, eps=1e-6)
-    with torch.no_grad():
-        norm.weight.uniform_(0.5, 1.5)
-        norm.bias.uniform_(-1, 1)
-    moments = GroupMoments()
-    for part in x.split([7, 60, 33], dim=-1):  # three cores of different sizes
-        moments.add(part.reshape(2, 4, -1))
-    scale, shift = moments.affine(norm)
-    assert moments.count == 2 * 10 * 100
-    with torch.no_grad():
-        torch.testing.assert_close(x * scale[..., None, None] + shift[..., None, None], norm(x),
-                                   atol=1e-5, rtol=1e-5)
 
 
 def test_unsupported_vae_is_refused():

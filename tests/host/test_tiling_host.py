@@ -9,11 +9,11 @@ import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 
 from supir_restore.nodes.tiling_nodes import SUPIRTiledAggregation  # noqa: E402
-from supir_restore.supir.restore import restore_edm_sampler, supir_sigmas  # noqa: E402
-from supir_restore.supir.tiling import tile_grid  # noqa: E402
-from supir_restore.supir.tiling_patch import TILES_KEY  # noqa: E402
-from supir_restore.supir.unet_patch import apply_supir  # noqa: E402
-from supir_restore.supir.prompts import supir_conditioning  # noqa: E402
+from supir_restore.supir.host.restore import restore_edm_sampler, supir_sigmas  # noqa: E402
+from supir_restore.supir.tiling.grid import tile_grid  # noqa: E402
+from supir_restore.supir.host.tiled_aggregation import TILES_KEY  # noqa: E402
+from supir_restore.supir.host.unet_patch import apply_supir  # noqa: E402
+from supir_restore.supir.sampling.prompts import supir_conditioning  # noqa: E402
 from tiny_models import fake_conditioning  # noqa: E402
 
 

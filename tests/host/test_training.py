@@ -16,12 +16,12 @@ import comfy.sd  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import comfy.utils  # noqa: E402
 
-from supir_restore.lora_train.adapters import TARGETS, kohya_state_dict, save_lora, target_keys  # noqa: E402
+from supir_restore.lora_train.host.adapters import TARGETS, kohya_state_dict, save_lora, target_keys  # noqa: E402
 from supir_restore.lora_train.dataset import Sample, build_dataset  # noqa: E402
-from supir_restore.lora_train.trainer import RestorationObjective, TrainSettings, evaluation_loss, train  # noqa: E402,E501
-from supir_restore.lora_train.validation import with_adapters  # noqa: E402
-from supir_restore.supir.lora_host import apply_lora  # noqa: E402
-from supir_restore.supir.unet_patch import apply_supir  # noqa: E402
+from supir_restore.lora_train.host.trainer import RestorationObjective, TrainSettings, evaluation_loss, train  # noqa: E402,E501
+from supir_restore.lora_train.host.validation import with_adapters  # noqa: E402
+from supir_restore.supir.host.lora_stack import apply_lora  # noqa: E402
+from supir_restore.supir.host.unet_patch import apply_supir  # noqa: E402
 from test_full_size import SDXL_UNET  # noqa: E402
 
 RES = 64
@@ -103,7 +103,7 @@ def test_interrupted_run_resumes_exactly(tiny_model, tiny_supir, tiny_vae, tiny_
 
 def test_trains_on_models_loaded_in_inference_mode(tiny_supir_file, dataset, tmp_path):
     """ComfyUI runs every node, loaders included, under torch.inference_mode()."""
-    from supir_restore.supir.loader import load_supir
+    from supir_restore.supir.host.supir_loader import load_supir
     from tiny_models import tiny_clip, tiny_sdxl, tiny_vae
     with torch.inference_mode():
         vae, model, clip = tiny_vae(seed=3), tiny_sdxl(seed=0), tiny_clip(seed=2)

@@ -12,8 +12,8 @@ import comfy.samplers  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.openaimodel import forward_timestep_embed  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding  # noqa: E402
 
-from supir_restore.supir.loader import load_supir  # noqa: E402
-from supir_restore.supir.unet_patch import KEY, CrossAttnSlot, SUPIRMismatchError, apply_supir  # noqa: E402
+from supir_restore.supir.host.supir_loader import load_supir  # noqa: E402
+from supir_restore.supir.host.unet_patch import KEY, CrossAttnSlot, SUPIRMismatchError, apply_supir  # noqa: E402
 from tiny_models import fake_conditioning, tiny_sd15  # noqa: E402
 
 SIGMA = 7.3

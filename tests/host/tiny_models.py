@@ -143,7 +143,7 @@ def fake_conditioning(batch: int = 1, seed: int = 0, tokens: int = 77):
 def supir_state_dict(vae, seed: int = 1, unet_config=None, with_mask: bool = True) -> dict:
     """A SUPIR file's tensors in the official prefixed layout for an SDXL UNet of ``unet_config``; the denoise
     encoder is ``vae``'s encoder with distinct weights."""
-    from supir_restore.supir.model import SUPIRControl, TrunkConfig, adaptors_for
+    from supir_restore.supir.model.control import SUPIRControl, TrunkConfig, adaptors_for
     trunk = TrunkConfig.for_unet(unet_config or TINY_UNET_CONFIG)
     net = seeded_init_(SUPIRControl(trunk, adaptors_for(trunk)), seed)
     sd = {}

@@ -1071,16 +1071,6 @@ LEARNED_METRICS: dict[str, LearnedMetricSpec] = {spec.name: spec for spec in (
 )}
 
 
-def default_iqa_dir() -> str:
-    """``ComfyUI/models/iqa``, resolved through ComfyUI's ``folder_paths`` (imported only here, when needed)."""
-    try:
-        import folder_paths
-    except ImportError as e:
-        raise ValueError("outside ComfyUI the folder of learned-metric weights must be given explicitly "
-                         "(iqa_dir=..., or --iqa-dir on the command line), e.g. ComfyUI/models/iqa.") from e
-    return os.path.join(folder_paths.models_dir, "iqa")
-
-
 def load_learned_metric(name: str, iqa_dir: str | None = None) -> Metric:
     """Builds a learned metric from ``<iqa_dir>/<name>/``; the result maps (image, reference) IMAGE pairs to
     :math:`(B,)` float64 scores on the CPU (no-reference metrics ignore the reference).
@@ -1091,8 +1081,11 @@ def load_learned_metric(name: str, iqa_dir: str | None = None) -> Metric:
     """
     if name not in LEARNED_METRICS:
         raise ValueError(f"unknown learned metric {name!r}; choose one of: {', '.join(LEARNED_METRICS)}.")
+    if iqa_dir is None:
+        raise ValueError("the folder of learned-metric weights must be given (iqa_dir=..., or --iqa-dir on the "
+                         "command line), e.g. ComfyUI/models/iqa.")
     spec = LEARNED_METRICS[name]
-    folder = os.path.join(iqa_dir or default_iqa_dir(), name)
+    folder = os.path.join(iqa_dir, name)
     paths = []
     for f in spec.files:
         path = f.find(folder)

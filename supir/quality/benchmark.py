@@ -1,8 +1,8 @@
 """Benchmark: degrade a folder of HQ images with a preset, restore them, score them, and write a report.
 
-Run from the repository (or, inside ComfyUI's ``custom_nodes``, as ``python -m supir_restore.supir.benchmark``)::
+Run from the repository (or, inside ComfyUI's ``custom_nodes``, as ``python -m supir_restore.supir.quality.benchmark``)::
 
-    python -m supir.benchmark HQ_DIR OUT_DIR --preset sr_x4 --restore bicubic
+    python -m supir.quality.benchmark HQ_DIR OUT_DIR --preset sr_x4 --restore bicubic
 
 ``--restore`` takes ``identity``, ``bicubic`` or ``module:function`` naming any Python callable IMAGE -> IMAGE.
 OUT_DIR receives ``lq/`` and ``restored/`` PNGs, ``metrics.csv`` (one row per image), ``summary.md`` (mean ± std
@@ -23,7 +23,8 @@ from typing import Callable
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from . import degradation, metrics
+from . import degradation
+from . import metrics
 from .degradation import image_to_pil, pil_to_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -246,7 +247,7 @@ def comparison_grid(rows: list[tuple[list[Image.Image], str]], height: int) -> I
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m supir.benchmark", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m supir.quality.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("hq_dir", help="folder of high-quality images")
     parser.add_argument("out_dir", help="folder for lq/, restored/, metrics.csv, summary.md, grid.png")
     parser.add_argument("--preset", default="sr_x4", choices=list(degradation.PRESETS))

@@ -16,7 +16,6 @@ sampler computes it); at scale <= 0 the trunk is skipped and the UNet is plain S
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,18 +24,14 @@ import comfy.patcher_extension
 import comfy.utils
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, Upsample
 
-from .comfy_versions import has_core_supir
-from .loader import SUPIRModel
-from .model import CrossAttnSpec, SFTSpec, SUPIRControl
-from .sampling import STEP_KEY, sigma_ramp
-from .tiling_patch import TILES_KEY
+from ..model.adaptors import Join, OutputBlock, SUPIRMismatchError, plan_adaptors, unet_config
+from ..sampling.samplers import STEP_KEY, sigma_ramp
+from .supir_loader import SUPIRModel
+from .tiled_aggregation import TILES_KEY
+from .versions import has_core_supir
 
 KEY = "supir_restore"
 HINT_KEY = "supir_hint"
-
-
-class SUPIRMismatchError(ValueError):
-    """The SUPIR file does not fit the MODEL it is applied to."""
 
 
 CORE_SUPIR_CONFLICT = (
@@ -55,78 +50,14 @@ class CrossAttnSlot(nn.Module):
         return x
 
 
-@dataclass(frozen=True)
-class Join:
-    """Adaptors of one output block: ZeroSFT index, optional ZeroCrossAttn index, trunk feature index."""
-    sft: int
-    cross_attn: int | None
-    feature: int
-
-
-def plan_adaptors(unet: nn.Module, control: SUPIRControl, name: str) -> tuple[int, dict[int, Join]]:
-    """Map SUPIR's adaptors onto ``unet``'s output blocks in SUPIR's order (indices fall from the last
-    adaptor and the last trunk feature), checking every width. Returns (middle ZeroSFT index, joins)."""
-    specs = control.adaptor_specs
-    trunk = control.trunk_config
-    feature_channels = trunk.feature_channels
-    unet_cfg = _unet_config(unet)
-    supir_cfg = trunk.unet_config()
-    diffs = [f"{k}: SUPIR {supir_cfg[k]} vs MODEL {unet_cfg.get(k)}" for k in supir_cfg if supir_cfg[k] != unet_cfg.get(k)]
-    if diffs:
-        kind = "an SD1.x/SD2.x" if unet_cfg.get("adm_in_channels") is None else "a different"
-        raise SUPIRMismatchError(
-            f"{name} does not fit this MODEL ({kind} UNet): " + "; ".join(diffs)
-            + ". SUPIR needs an SDXL model (base, Juggernaut, Lightning…); load one with Load Checkpoint.")
-
-    def want(index: int, kind: type, **widths):
-        spec = specs[index] if 0 <= index < len(specs) else None
-        got = {k: getattr(spec, k) for k in widths} if isinstance(spec, kind) else None
-        if got != widths:
-            raise SUPIRMismatchError(f"{name}: project_modules.{index} is {spec}, but this MODEL needs a "
-                                     f"{kind.__name__} with {widths}. The SUPIR file and the UNet do not match.")
-
-    a, feat = len(specs) - 1, len(feature_channels) - 1
-    mid_width = feature_channels[-1]
-    want(a, SFTSpec, control_channels=mid_width, skip_channels=mid_width, main_channels=0)
-    middle, joins = a, {}
-    a, feat = a - 1, feat - 1
-    for i, block in enumerate(unet.output_blocks):
-        block = [layer for layer in block if not isinstance(layer, CrossAttnSlot)]
-        width = block[0].in_layers[0].num_channels
-        skip = feature_channels[feat]
-        want(a, SFTSpec, control_channels=feature_channels[feat], skip_channels=skip, main_channels=width - skip)
-        sft, a = a, a - 1
-        cross = None
-        if len(block) == 3 and isinstance(block[2], Upsample):
-            want(a, CrossAttnSpec, control_channels=feature_channels[feat], query_channels=block[0].out_channels)
-            cross, a = a, a - 1
-        joins[i] = Join(sft, cross, feat)
-        feat -= 1
-    if a != -1 or feat != -1:
-        raise SUPIRMismatchError(f"{name}: {a + 1} adaptor(s) or {feat + 1} trunk feature(s) left unused; "
-                                 "the SUPIR file and the UNet do not match.")
-    return middle, joins
-
-
-def _unet_config(unet: nn.Module) -> dict:
-    """Shape of a ComfyUI UNetModel in the vocabulary of ``TrunkConfig.unet_config``."""
-    cfg = {"in_channels": unet.in_channels, "model_channels": unet.model_channels,
-           "channel_mult": tuple(unet.channel_mult), "num_res_blocks": tuple(unet.num_res_blocks),
-           "context_dim": None, "adm_in_channels": None, "transformer_depth_middle": 0}
-    depths = []
-    for block in unet.input_blocks[1:]:
-        if len(block) and hasattr(block[0], "in_layers"):
-            depths.append(len(block[1].transformer_blocks) if len(block) > 1 else 0)
-    cfg["transformer_depth"] = tuple(depths)
-    if unet.middle_block is not None and len(unet.middle_block) > 2:
-        cfg["transformer_depth_middle"] = len(unet.middle_block[1].transformer_blocks)
-    for m in unet.modules():
-        if hasattr(m, "attn2"):
-            cfg["context_dim"] = m.attn2.to_k.in_features
-            break
-    if getattr(unet, "num_classes", None) == "sequential":
-        cfg["adm_in_channels"] = unet.label_emb[0][0].in_features
-    return cfg
+def output_blocks(unet: nn.Module) -> list[OutputBlock]:
+    """The shapes of a ComfyUI UNetModel's output blocks, without the slot layers SUPIR adds."""
+    shapes = []
+    for block in unet.output_blocks:
+        layers = [layer for layer in block if not isinstance(layer, CrossAttnSlot)]
+        shapes.append(OutputBlock(layers[0].in_layers[0].num_channels, layers[0].out_channels,
+                                  len(layers) == 3 and isinstance(layers[2], Upsample)))
+    return shapes
 
 
 class SUPIRPatch:
@@ -216,7 +147,7 @@ def apply_supir(model, supir: SUPIRModel, hint_latent: torch.Tensor, scale_start
     if has_core_supir(model.model_options.get("transformer_options", {})):
         raise SUPIRMismatchError(CORE_SUPIR_CONFLICT)
     unet = model.get_model_object("diffusion_model")
-    middle, joins = plan_adaptors(unet, supir.control, supir.name)
+    middle, joins = plan_adaptors(unet_config(unet), output_blocks(unet), supir.control, supir.name)
     hint = model.get_model_object("latent_format").process_in(hint_latent.float())
     sigma_max = float(model.get_model_object("model_sampling").sigma_max)
     patch = SUPIRPatch(supir, hint.cpu(), scale_start, scale_end, sigma_max, middle, joins)

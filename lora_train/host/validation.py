@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from ..supir.degradation import degrade
-from ..supir.loader import SUPIRModel
-from ..supir.lq_encode import encode_lq
-from ..supir.metrics import psnr, ssim
-from ..supir.prompts import supir_conditioning
-from ..supir.restore import StartMode, restore_latent
-from ..supir.sampling import RestoreSettings
-from ..supir.unet_patch import apply_supir
+from ...supir.host.lq_encode import encode_lq
+from ...supir.host.restore import restore_latent
+from ...supir.host.supir_loader import SUPIRModel
+from ...supir.host.unet_patch import apply_supir
+from ...supir.quality.degradation import degrade
+from ...supir.quality.metrics import psnr, ssim
+from ...supir.sampling.prompts import supir_conditioning
+from ...supir.sampling.samplers import RestoreSettings, StartMode
 
 
 def with_adapters(model, adapters: dict[str, torch.nn.Module]):

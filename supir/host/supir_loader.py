@@ -11,9 +11,9 @@ import comfy.model_management as mm
 import comfy.ops
 import comfy.ldm.modules.attention as comfy_attention
 
-from .checkpoint import load_supir_weights
-from .comfy_versions import core_model_patcher
-from .model import SUPIRControl
+from ..model.checkpoint import load_supir_weights
+from ..model.control import SUPIRControl
+from .versions import core_model_patcher
 
 STORAGE_DTYPES = {
     "fp32": torch.float32,

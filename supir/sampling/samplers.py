@@ -175,3 +175,35 @@ def sample_restore_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None
                 x = x + noise_sampler(sigma, sigma_next) * sigma_next * (-math.expm1(-2 * eta_h)) ** 0.5 * s_noise
         old_denoised, h_last = denoised, h
     return x
+
+
+def step_sigmas(call_sigma: torch.Tensor, model_options: dict) -> tuple[float, float]:
+    """(sigma, sigma_next) of the current step: given by SUPIR's samplers, else found in the sampler's schedule."""
+    transformer_options = model_options.get("transformer_options", {})
+    step = transformer_options.get(STEP_KEY)
+    if step:
+        return step["sigma"], step["sigma_next"]
+    sigma = float(call_sigma.max())
+    schedule = transformer_options.get("sample_sigmas")
+    if schedule is None:
+        return sigma, 0.0
+    i = int((schedule.float().cpu() - sigma).abs().argmin())
+    return sigma, float(schedule[i + 1]) if i + 1 < len(schedule) else 0.0
+
+
+START_MODES = ("noise", "lq_embedded", "img2img")
+
+
+@dataclass(frozen=True)
+class StartMode:
+    name: str = "noise"
+    denoise: float = 1.0
+
+
+def preset_settings(preset: str, custom: RestoreSettings) -> RestoreSettings:
+    """The named official preset, or ``custom`` for "Custom"."""
+    if preset == "Custom":
+        return custom
+    if preset not in PRESETS:
+        raise ValueError(f"preset '{preset}' is not one of {', '.join(PRESETS)}, Custom")
+    return PRESETS[preset]

@@ -3,8 +3,6 @@ restoration guidance as model patches (so stock KSampler and SamplerCustomAdvanc
 all-in-one restore with SUPIR's presets and start modes."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 import comfy.k_diffusion.sampling
@@ -13,13 +11,12 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from .sampling import (PRESETS, STEP_KEY, RestoreSettings, discrete_sigmas, gaussian_noise_sampler,
-                       restoration_guidance, restore_dpm_sigmas, sample_restore_dpmpp_2m_sde, sample_restore_edm,
-                       sigma_ramp)
+from ..sampling.samplers import (START_MODES, STEP_KEY, RestoreSettings, StartMode, discrete_sigmas,
+                                 restoration_guidance, restore_dpm_sigmas, sample_restore_dpmpp_2m_sde,
+                                 sample_restore_edm, sigma_ramp, step_sigmas)
 
 EDM, DPM = "RestoreEDM", "RestoreDPM++ 2M SDE"
 SCHEDULES = {"supir_discrete": discrete_sigmas, "supir_karras": restore_dpm_sigmas}
-START_MODES = ("noise", "lq_embedded", "img2img")
 
 
 def restore_edm_sampler(s_churn: float = 5.0, s_noise: float = 1.003, s_tmin: float = 0.0,
@@ -53,20 +50,6 @@ def supir_sigmas(model, steps: int, schedule: str = "supir_discrete", denoise: f
     table = model.get_model_object("model_sampling").sigmas.float().cpu()
     full = SCHEDULES[schedule](int(steps / denoise), table)
     return full[-(steps + 1):]
-
-
-def step_sigmas(call_sigma: torch.Tensor, model_options: dict) -> tuple[float, float]:
-    """(sigma, sigma_next) of the current step: given by SUPIR's samplers, else found in the sampler's schedule."""
-    transformer_options = model_options.get("transformer_options", {})
-    step = transformer_options.get(STEP_KEY)
-    if step:
-        return step["sigma"], step["sigma_next"]
-    sigma = float(call_sigma.max())
-    schedule = transformer_options.get("sample_sigmas")
-    if schedule is None:
-        return sigma, 0.0
-    i = int((schedule.float().cpu() - sigma).abs().argmin())
-    return sigma, float(schedule[i + 1]) if i + 1 < len(schedule) else 0.0
 
 
 def apply_guidance(model, cfg_start: float, cfg_end: float, restore_cfg: float = -1.0,
@@ -103,12 +86,6 @@ def apply_guidance(model, cfg_start: float, cfg_end: float, restore_cfg: float =
     return m
 
 
-@dataclass(frozen=True)
-class StartMode:
-    name: str = "noise"
-    denoise: float = 1.0
-
-
 def restore_latent(model, positive, negative, hint: torch.Tensor, seed: int, settings: RestoreSettings,
                    start: StartMode = StartMode(), restoration_target: torch.Tensor | None = None,
                    restore_cfg_s_tmin: float = 0.05, disable_pbar: bool | None = None) -> torch.Tensor:
@@ -133,12 +110,3 @@ def restore_latent(model, positive, negative, hint: torch.Tensor, seed: int, set
         disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
     return comfy.sample.sample_custom(guided, noise, settings.cfg_start, sampler, sigmas, positive, negative, latent,
                                       callback=callback, disable_pbar=disable_pbar, seed=seed)
-
-
-def preset_settings(preset: str, custom: RestoreSettings) -> RestoreSettings:
-    """The named official preset, or ``custom`` for "Custom"."""
-    if preset == "Custom":
-        return custom
-    if preset not in PRESETS:
-        raise ValueError(f"preset '{preset}' is not one of {', '.join(PRESETS)}, Custom")
-    return PRESETS[preset]

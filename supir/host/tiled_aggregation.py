@@ -4,23 +4,15 @@ SUPIR patch, which reads the call's tile coordinates to slice its hint, and it w
 because CFG, restoration guidance and the sampler step all see the blended full-size prediction."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 import comfy.patcher_extension
 
-from .tiling import Tile, blend_tiles, check_tiling, tile_grid
+from ..tiling.batching import batched, tile_conditioning
+from ..tiling.grid import Tile, blend_tiles, check_tiling, tile_grid
 
 KEY = "supir_tiled_aggregation"
 TILES_KEY = "supir_tiles"  # transformer_options entry: ((full height, full width), tiles of this call)
-POOLED_WIDTH = 1280  # SDXL's y vector starts with the pooled text embedding
-
-
-def _repeat_tokens(context: torch.Tensor, tokens: int) -> torch.Tensor:
-    """Repeat a [.., N, C] context along its tokens to ``tokens`` (a multiple of N); attention is unchanged."""
-    return context.repeat_interleave(tokens // context.shape[-2], dim=-2) if context.shape[-2] != tokens else \
-        context
 
 
 class TiledAggregation:
@@ -50,39 +42,15 @@ class TiledAggregation:
 
         def denoise(x_tiles: torch.Tensor, group: list[Tile]) -> torch.Tensor:
             k = len(group)
-            tiled = {name: self._batched(value, batch, k) for name, value in kwargs.items()}
-            context = self._batched(c_crossattn, batch, k)
+            tiled = {name: batched(value, batch, k) for name, value in kwargs.items()}
+            context = batched(c_crossattn, batch, k)
             if self.tile_context is not None:
-                context, tiled["y"] = self._tile_conditioning(context, tiled.get("y"), group, tiles, chunks, batch)
+                context, tiled["y"] = tile_conditioning(context, tiled.get("y"), self.tile_context, self.tile_pooled,
+                                                         group, tiles, chunks, batch)
             concat = None if c_concat is None else torch.cat([c_concat[:, :, a:b, c:d] for a, b, c, d in group])
             options = {**transformer_options, TILES_KEY: (tuple(x.shape[-2:]), group)}
-            return executor(x_tiles, self._batched(t, batch, k), concat, context, control, options, **tiled)
+            return executor(x_tiles, batched(t, batch, k), concat, context, control, options, **tiled)
         return blend_tiles(denoise, x, tiles, self.tile_batch_size)
-
-    @staticmethod
-    def _batched(value, batch: int, k: int):
-        """Per-sample tensors repeated for ``k`` tiles stacked tile-major; anything else passed through."""
-        if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch and k > 1:
-            return value.repeat(k, *([1] * (value.ndim - 1)))
-        return value
-
-    def _tile_conditioning(self, context, y, group, tiles, chunks, batch):
-        """Each tile's caption replaces the positive (cond) rows' text context and pooled embedding."""
-        per_chunk = batch // len(chunks)
-        tile_context = self.tile_context.to(context)
-        tokens = math.lcm(context.shape[-2], tile_context.shape[-2])
-        context, tile_context = _repeat_tokens(context, tokens).clone(), _repeat_tokens(tile_context, tokens)
-        y = None if y is None else y.clone()
-        for k, tile in enumerate(group):
-            index = tiles.index(tile)
-            for c, kind in enumerate(chunks):
-                if kind != 0:
-                    continue
-                rows = slice(k * batch + c * per_chunk, k * batch + (c + 1) * per_chunk)
-                context[rows] = tile_context[index]
-                if y is not None and self.tile_pooled is not None:
-                    y[rows, :POOLED_WIDTH] = self.tile_pooled[index].to(y)
-        return context, y
 
 
 def apply_tiled_aggregation(model, tile: int, stride: int, grid: str = "snapped", tile_batch_size: int = 1,

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from .colour import colour_fix
-from .loader import SUPIRModel
-from .lq_encode import as_rgb, encode_lq
-from .prompts import supir_conditioning
-from .resize import resize_image, sampling_size, scaled_size
-from .restore import StartMode, restore_latent
-from .sampling import PRESETS
-from .tiling_patch import apply_tiled_aggregation
+from ..image.colour import colour_fix
+from ..image.io import as_rgb
+from ..image.resize import resize_image, sampling_size, scaled_size
+from ..sampling.prompts import supir_conditioning
+from ..sampling.samplers import PRESETS, StartMode
+from .lq_encode import encode_lq
+from .restore import restore_latent
+from .supir_loader import SUPIRModel
+from .tiled_aggregation import apply_tiled_aggregation
 from .unet_patch import apply_supir
 
 COLOUR_FIXES = ("wavelet", "adain", "none")

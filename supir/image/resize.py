@@ -15,6 +15,7 @@ Images follow ComfyUI's IMAGE convention, float tensors :math:`(B, H, W, C)` in 
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -114,3 +115,13 @@ def resize_image(image: torch.Tensor, height: int, width: int, method: str = "la
     else:
         out = F.interpolate(x, size=(height, width), mode=method, antialias=method != "area")
     return out.movedim(1, -1).clamp(0, 1).to(image.dtype)
+
+
+def snap_to_multiple(image: torch.Tensor, multiple: int = 8) -> torch.Tensor:
+    """An IMAGE resized (bicubic) so both sides are :func:`snap`-ped to ``multiple``; unchanged if they are."""
+    h, w = image.shape[1:3]
+    th, tw = snap(h, multiple), snap(w, multiple)
+    if (th, tw) == (h, w):
+        return image
+    logging.info("SUPIR: resizing the image from %dx%d to %dx%d (multiples of %d)", w, h, tw, th, multiple)
+    return resize_image(image, th, tw, "bicubic")

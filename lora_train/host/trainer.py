@@ -20,13 +20,13 @@ import torch.utils.checkpoint
 
 import comfy.model_management
 
-from ..supir.comfy_versions import non_dynamic
-from ..supir.degradation import degrade
-from ..supir.loader import SUPIRModel
-from ..supir.lq_encode import lq_vae
-from ..supir.unet_patch import HINT_KEY, apply_supir
+from ...supir.host.lq_encode import lq_vae
+from ...supir.host.supir_loader import SUPIRModel
+from ...supir.host.unet_patch import HINT_KEY, apply_supir
+from ...supir.host.versions import non_dynamic
+from ...supir.quality.degradation import degrade
+from ..dataset import TrainingDataset, random_crop
 from .adapters import attach_adapters, load_checkpoint, save_checkpoint, target_keys, trainable_parameters
-from .dataset import TrainingDataset, random_crop
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import SUPIRConfigError, SUPIRControl
+from .control import SUPIRConfigError, SUPIRControl
 
 HELP = ("SUPIR files are SUPIR-v0Q/v0F (.ckpt or .safetensors) and go in ComfyUI/models/supir; "
         "the SDXL checkpoint goes in models/checkpoints")

@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 from comfy.weight_adapter.lora import LoRAAdapter
 
-from ..supir.lora import kohya_name
+from ...supir.lora.formats import kohya_name
 
 # Which UNet linears get a LoRA. "attention" is the default (SUPIR's LoRAs and most restoration LoRAs).
 TARGETS = {

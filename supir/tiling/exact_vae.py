@@ -1,4 +1,4 @@
-"""Exact tiled VAE: tile-by-tile encode and decode that equal the whole-image VAE up to float rounding.
+"""Exact tiled VAE, the maths: tile-by-tile encode and decode that equal the whole-image VAE up to float rounding.
 
 ComfyUI's tiled VAE runs the network on each tile as if it were an image, so every GroupNorm normalises a
 tile with that tile's own statistics and the middle self-attention sees only the tile: a tile whose content
@@ -17,6 +17,8 @@ half the number of passes (16 for the tiny test encoder, 24 for its decoder; 24 
 tiled forward: with SDXL's layout (at 32 channels; 768 px image, 384 px tiles, CPU time) 11x the
 whole-image encode and 19x the decode, against 4x and 2.5x for ComfyUI's tiled VAE. For when seams matter
 more than time.
+
+Plain torch; ``host/tiled_vae.py`` runs it on ComfyUI's VAEs.
 """
 from __future__ import annotations
 
@@ -26,22 +28,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-import comfy.model_management
-import comfy.ops
-import comfy.utils
-from comfy.ldm.modules.diffusionmodules.model import AttnBlock, Decoder, Encoder
-
 Box = tuple[int, int, int, int]  # (top, bottom, left, right)
-
-
-class UnsupportedVAEError(ValueError):
-    """The VAE is not built from ComfyUI's 2-D Encoder/Decoder."""
-
-
-class _Stop(Exception):
-    """Ends a tile's forward at the layer this pass measures."""
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -59,6 +50,10 @@ def windows(height: int, width: int, core: int, halo: int) -> list[Window]:
             out.append(Window(c, (max(0, c[0] - halo), min(height, c[1] + halo),
                                   max(0, c[2] - halo), min(width, c[3] + halo))))
     return out
+
+
+class _Stop(Exception):
+    """Ends a tile's forward at the layer this pass measures."""
 
 
 class GroupMoments:
@@ -95,8 +90,9 @@ class _Tape:
     """The non-local layers of one network in execution order, and what is known about each: a GroupNorm's
     (scale, shift) or an attention block's keys and values [B, 1, N, C] over the whole image."""
 
-    def __init__(self, size: tuple[int, int]):
+    def __init__(self, size: tuple[int, int], attention: Attention):
         self.size = size  # (height, width) of the whole input
+        self.sdpa = attention
         self.known: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.position = 0
         self.tile: Window | None = None
@@ -139,14 +135,14 @@ class _Tape:
         self.measuring.add(core.reshape(core.shape[0], norm.num_groups, -1))
         raise _Stop
 
-    def attention(self, block: AttnBlock, x: torch.Tensor) -> torch.Tensor:
+    def attention(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         h = block.norm(x)
         i = self.next_layer()
         if i < len(self.known):
             keys, values = (t.to(device=x.device, dtype=x.dtype) for t in self.known[i])
             q = block.q(h)
             b, c, hh, ww = q.shape
-            out = comfy.ops.scaled_dot_product_attention(q.flatten(2).transpose(1, 2).unsqueeze(1), keys, values)
+            out = self.sdpa(q.flatten(2).transpose(1, 2).unsqueeze(1), keys, values)
             return x + block.proj_out(out.squeeze(1).transpose(1, 2).reshape(b, c, hh, ww))
         core, (rows, cols) = self.core_of(h)
         k, v = block.k(core), block.v(core)
@@ -161,12 +157,13 @@ class _Tape:
 
 
 @contextmanager
-def _intercepted(network: nn.Module, tape: _Tape) -> Iterator[None]:
-    """Route the network's GroupNorm and AttnBlock calls through ``tape`` (instance attributes, removed after)."""
+def _intercepted(network: nn.Module, tape: _Tape, attention_blocks: tuple[type, ...]) -> Iterator[None]:
+    """Route the network's GroupNorm and attention-block calls through ``tape`` (instance attributes, removed
+    after)."""
     patched = []
     try:
         for module in network.modules():
-            if isinstance(module, AttnBlock):
+            if isinstance(module, attention_blocks):
                 module.forward = lambda x, _m=module: tape.attention(_m, x)
             elif isinstance(module, nn.GroupNorm):
                 module.forward = lambda x, _m=module: tape.group_norm(_m, x)
@@ -180,7 +177,7 @@ def _intercepted(network: nn.Module, tape: _Tape) -> Iterator[None]:
 
 
 def layer_halos(forward: Callable[[torch.Tensor], torch.Tensor], network: nn.Module, probe: torch.Tensor,
-                align: int) -> list[int]:
+                align: int, attention_blocks: tuple[type, ...]) -> list[int]:
     """Halos (input pixels) that make a tile core exact at each non-local layer of ``network`` in execution
     order, and last for the output of ``forward``. A halo bounds how far the convolutions run before that point
     reach: the sum of their one-sided reaches, each in input pixels at its resolution (found by running
@@ -199,7 +196,7 @@ def layer_halos(forward: Callable[[torch.Tensor], torch.Tensor], network: nn.Mod
     hooks = [m.register_forward_pre_hook(conv_hook) for m in network.modules() if isinstance(m, nn.Conv2d)]
     hooks += [m.register_forward_pre_hook(layer_hook) for m in network.modules() if isinstance(m, nn.GroupNorm)]
     # an attention block is the layer right after its own GroupNorm (which must be known first)
-    hooks += [m.norm.register_forward_hook(layer_hook) for m in network.modules() if isinstance(m, AttnBlock)]
+    hooks += [m.norm.register_forward_hook(layer_hook) for m in network.modules() if isinstance(m, attention_blocks)]
     try:
         forward(probe)
     finally:
@@ -209,26 +206,32 @@ def layer_halos(forward: Callable[[torch.Tensor], torch.Tensor], network: nn.Mod
 
 
 def tiled_exact(forward: Callable[[torch.Tensor], torch.Tensor], network: nn.Module, x: torch.Tensor, core: int,
-                align: int, probe: torch.Tensor) -> torch.Tensor:
+                align: int, probe: torch.Tensor, attention_blocks: tuple[type, ...],
+                attention: Attention = F.scaled_dot_product_attention,
+                progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Run ``forward`` (whose non-local layers live in ``network``) on x [B, C, H, W] tile by tile with
     whole-image GroupNorm statistics and attention. ``core`` and H, W are multiples of ``align`` (the encoder's
-    downscale; 1 for a decoder). Returns the output [B, C', H*f, W*f] where f is the forward's scale factor."""
+    downscale; 1 for a decoder). ``attention_blocks``: the network's self-attention block types (with ``norm``,
+    ``q``, ``k``, ``v``, ``proj_out``), whose attention is ``attention(q, k, v)`` on [B, 1, N, C] tensors.
+    ``progress(done, total)`` follows the tile forwards. Returns the output [B, C', H*f, W*f] where f is the
+    forward's scale factor."""
     if core >= max(x.shape[-2:]):  # one tile: the plain forward
         return forward(x)
-    halos = layer_halos(forward, network, probe, align)
-    tape = _Tape(tuple(x.shape[-2:]))
-    progress = comfy.utils.ProgressBar(len(halos) * len(windows(x.shape[-2], x.shape[-1], core, 0)))
+    halos = layer_halos(forward, network, probe, align, attention_blocks)
+    tape = _Tape(tuple(x.shape[-2:]), attention)
+    total, done = len(halos) * len(windows(x.shape[-2], x.shape[-1], core, 0)), 0
     out = None
-    with _intercepted(network, tape):
+    with _intercepted(network, tape, attention_blocks):
         for halo in halos:
             for tile in windows(x.shape[-2], x.shape[-1], core, halo):
-                comfy.model_management.throw_exception_if_processing_interrupted()
                 tape.start_tile(tile)
                 t, b, l, r = tile.window
+                done += 1
                 try:
                     y = forward(x[:, :, t:b, l:r])
                 except _Stop:
-                    progress.update(1)
+                    if progress:
+                        progress(done, total)
                     continue
                 f = y.shape[-1] / (r - l)
                 if out is None:
@@ -236,48 +239,11 @@ def tiled_exact(forward: Callable[[torch.Tensor], torch.Tensor], network: nn.Mod
                                       dtype=y.dtype, device=y.device)
                 part, (rows, cols) = tape.core_of(y)
                 out[:, :, rows, cols] = part
-                progress.update(1)
+                if progress:
+                    progress(done, total)
             if out is not None:
                 return out
             tape.commit()
     raise RuntimeError("the VAE's forward never completed; it has more non-local layers than it reported")
 
 
-def _autoencoder(vae):
-    """The VAE's first-stage model, checked to be made of ComfyUI's 2-D Encoder and Decoder."""
-    vae.throw_exception_if_invalid()
-    model = vae.first_stage_model
-    encoder, decoder = getattr(model, "encoder", None), getattr(model, "decoder", None)
-    if not (isinstance(encoder, Encoder) and isinstance(decoder, Decoder)) or any(
-            isinstance(m, nn.Conv3d) for m in model.modules()):
-        raise UnsupportedVAEError("exact tiling supports image VAEs built from ComfyUI's Encoder/Decoder (SD, SDXL, "
-                                  "Flux); use ComfyUI's tiled VAE (tiled_vae = comfy) for this one")
-    return model
-
-
-def encode_exact(vae, pixels: torch.Tensor, tile: int) -> torch.Tensor:
-    """IMAGE [B,H,W,C] -> latent [B, c, H/8, W/8] (unscaled, like VAE.encode), ``tile`` pixels per core."""
-    model = _autoencoder(vae)
-    ratio = vae.spacial_compression_encode()
-    x = vae.process_input(vae.vae_encode_crop_pixels(pixels).movedim(-1, 1))
-    core = max(ratio, tile // ratio * ratio)
-    comfy.model_management.load_models_gpu([vae.patcher], memory_required=vae.memory_used_encode(
-        (1, 3, core * 3, core * 3), vae.vae_dtype), force_full_load=vae.disable_offload)
-
-    def forward(window):
-        return model.encode(window.to(vae.vae_dtype).to(vae.device)).to(vae.output_device).float()
-    with torch.inference_mode():
-        return tiled_exact(forward, model.encoder, x, core, ratio, torch.zeros(1, 3, 4 * ratio, 4 * ratio))
-
-
-def decode_exact(vae, latent: torch.Tensor, tile: int) -> torch.Tensor:
-    """latent [B, c, h, w] -> IMAGE [B, 8h, 8w, 3], ``tile`` latent pixels per core."""
-    model = _autoencoder(vae)
-    comfy.model_management.load_models_gpu([vae.patcher], memory_required=vae.memory_used_decode(
-        (1, latent.shape[1], tile * 3, tile * 3), vae.vae_dtype), force_full_load=vae.disable_offload)
-
-    def forward(window):
-        return vae.process_output(model.decode(window.to(vae.vae_dtype).to(vae.device)).to(vae.output_device).float())
-    with torch.inference_mode():
-        probe = torch.zeros(1, latent.shape[1], 4, 4)
-        return tiled_exact(forward, model.decoder, latent, max(1, tile), 1, probe).movedim(1, -1)

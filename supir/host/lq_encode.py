@@ -7,14 +7,12 @@ posterior mode of the image in [-1, 1] (ComfyUI's KL VAEs encode to the mode); t
 from __future__ import annotations
 
 import copy
-import logging
-
 import torch
 
-import comfy.utils
-
-from .checkpoint import SUPIRCheckpointError, check_layout
-from .loader import SUPIRModel
+from ..image.io import as_rgb
+from ..image.resize import snap_to_multiple
+from ..model.checkpoint import SUPIRCheckpointError, check_layout
+from .supir_loader import SUPIRModel
 from .tiled_vae import decode_exact, encode_exact
 
 TILED_VAES = ("comfy", "exact")
@@ -36,30 +34,6 @@ def lq_vae(supir: SUPIRModel, vae):
     out.patcher = vae.patcher.clone()
     out.patcher.add_patches({f"encoder.{k}": ("set", (v,)) for k, v in supir.denoise_encoder.items()})
     return out
-
-
-def as_rgb(image: torch.Tensor) -> torch.Tensor:
-    """IMAGE [B,H,W,C] with 1 (grey), 3 or 4 (alpha dropped) channels -> [B,H,W,3]."""
-    if image.ndim != 4:
-        raise ValueError(f"expected an IMAGE batch [B,H,W,C], got a tensor of shape {list(image.shape)}")
-    c = image.shape[-1]
-    if c == 3:
-        return image
-    if c == 4:
-        return image[..., :3]
-    if c == 1:
-        return image.expand(-1, -1, -1, 3)
-    raise ValueError(f"the image has {c} channels; SUPIR takes grey (1), RGB (3) or RGBA (4) images")
-
-
-def snap_to_multiple(image: torch.Tensor, multiple: int = 8) -> torch.Tensor:
-    """Resize [B,H,W,C] so both sides are multiples of ``multiple`` (rounded to the nearest, at least one)."""
-    h, w = image.shape[1:3]
-    th, tw = (max(multiple, round(s / multiple) * multiple) for s in (h, w))
-    if (th, tw) == (h, w):
-        return image
-    logging.info("SUPIR: resizing the LQ image from %dx%d to %dx%d (multiples of %d)", w, h, tw, th, multiple)
-    return comfy.utils.common_upscale(image.movedim(-1, 1), tw, th, "bicubic", "disabled").movedim(1, -1).clamp(0, 1)
 
 
 def encode_lq(supir: SUPIRModel, vae, image: torch.Tensor, tile_size: int = 0,

@@ -19,9 +19,9 @@ import torch
 import comfy.hooks
 import comfy.patcher_extension
 
-from .comfy_versions import non_dynamic
-from .lora_host import apply_lora
-from .region_mask import RegionMaskError, check_mask, latent_mask, masked_mix
+from ..image.region_mask import RegionMaskError, check_mask, latent_mask, masked_mix
+from .lora_stack import apply_lora
+from .versions import non_dynamic
 
 KEY = "supir_lora_region"
 

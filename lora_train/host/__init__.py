@@ -1,0 +1,1 @@
+"""The trainer on ComfyUI: trainable adapters, the training loop, validation restores."""

@@ -1,0 +1,1 @@
+"""The ComfyUI integration: the only modules of supir/ that import ComfyUI."""

@@ -1,0 +1,1 @@
+"""Image operations: colour fix, resizing and sizes, region masks."""

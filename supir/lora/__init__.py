@@ -1,0 +1,1 @@
+"""LoRA files: formats, PEFT conversion, inspection and SVD merge."""

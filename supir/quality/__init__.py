@@ -1,0 +1,1 @@
+"""Quality: synthetic degradations, metrics and the benchmark."""

@@ -1,0 +1,1 @@
+"""Restoration sampling: SUPIR's schedules, samplers, guidance and presets, and its prompts."""
