@@ -1,6 +1,7 @@
 """Tier 1: the headless client (workflows/client.py): overrides on the shipped API workflows, argument parsing,
 error messages, and the protocol — upload, submit, websocket progress, history, downloads, retries without
-duplicated jobs — against an in-process fake of ComfyUI's HTTP and websocket API run on its own thread."""
+duplicated jobs — against an in-process fake of ComfyUI's HTTP and websocket API run on its own thread. The
+tests and the fake wait for events (a request arrived, a line was printed), never for time to pass."""
 import asyncio
 import copy
 import json
@@ -9,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -208,40 +208,88 @@ def test_the_cli_runs_as_module_and_as_script(how):
 
 # --- the protocol, against a fake ComfyUI ---
 
+# A bound on waiting for something that should happen at once; reaching it fails the test (instead of hanging it).
+WAIT = 30
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-class FakeComfy:
-    """ComfyUI's client protocol in-process (as server.py and execution.py speak it): /upload/image, /prompt
-    (prompt_id taken from the request, 400 with error + node_errors), /ws?clientId= with executing / progress /
-    execution_* messages, /queue, /history/{id}, /view. Knobs: ``outcome`` of each run, ``step_seconds`` (each
-    run has two steps), ``reject`` (a validation body), ``drop_prompt_responses`` (queue the job, then cut the
-    connection before answering), ``restarts_at_start`` (that many times, "restart" when a job starts: the port
-    closes for a moment and the queue and history are lost), ``websocket`` (False: /ws answers 404)."""
+class Background:
+    """``function(*args, **kwargs)`` on a thread of its own, so the test can act while it runs."""
+
+    def __init__(self, function, *args, **kwargs):
+        self.value, self.error = None, None
+        self.thread = threading.Thread(target=self.run, args=(function, args, kwargs), daemon=True)
+        self.thread.start()
+
+    def run(self, function, args, kwargs):
+        try:
+            self.value = function(*args, **kwargs)
+        except BaseException as e:  # handed to the test by result()
+            self.error = e
+
+    def result(self):
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive(), f"still running after {WAIT} s"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class LoopThread:
+    """An asyncio loop on a thread of its own, for a server the client under test talks to."""
 
     def __init__(self):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.outcome, self.reject, self.websocket, self.step_seconds = "success", None, True, 0.02
-        self.drop_prompt_responses = self.restarts_at_start = 0
-        self.uploads, self.files = {}, {}
-        self.posts: list[dict] = []       # every POST /prompt body
-        self.queued: list[str] = []       # every prompt id put in a queue (across restarts)
-        self.duplicates: list[str] = []   # ids posted while the server still had them
-        self.queue, self.history, self.sockets = [], {}, {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.call(self.start())
 
     def call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=WAIT)
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=WAIT)
+
+
+class FakeComfy(LoopThread):
+    """ComfyUI's client protocol in-process (as server.py and execution.py speak it): /upload/image, /prompt
+    (prompt_id taken from the request, 400 with error + node_errors), /ws?clientId= with executing / progress /
+    execution_* messages, /queue, /history/{id}, /view. Records every request (``requests``, ``posts``, what
+    /queue answered) and lets the test wait for one (``wait_until``). Knobs: ``outcome`` of each run, ``reject``
+    (a validation body), ``hold`` (a run waits in node 8 until ``release()``), ``drop_prompt_responses`` (queue
+    the job, then cut the connection before answering), ``restarts_at_start`` (that many times, "restart" when a
+    job starts: the websockets close, the queue and history are lost, and the next request is cut off as by a
+    server not back yet), ``websocket`` (False: /ws answers 404)."""
+
+    def __init__(self, listen=True):
+        super().__init__()
+        self.outcome, self.reject, self.websocket, self.hold = "success", None, True, False
+        self.drop_prompt_responses = self.restarts_at_start = 0
+        self.down = False
+        self.uploads, self.files, self.prompts = {}, {}, {}
+        self.requests: list[str] = []     # "GET /queue", ... in arrival order
+        self.posts: list[dict] = []       # every POST /prompt body
+        self.queued: list[str] = []       # every prompt id put in a queue (across restarts)
+        self.duplicates: list[str] = []   # ids posted while the server still had them
+        self.queue_answers: list[list[str]] = []  # the queue as each GET /queue saw it
+        self.queue, self.history, self.sockets = [], {}, {}
+        self.changed = threading.Condition()
+        self.wake, self.released = asyncio.Event(), asyncio.Event()
+        if listen:
+            self.listen()
+
+    def listen(self):
+        self.call(self.start())
 
     async def start(self):
-        app = web.Application()
+        app = web.Application(middlewares=[self.record])
         app.router.add_post("/upload/image", self.upload)
         app.router.add_post("/prompt", self.prompt)
         app.router.add_get("/ws", self.ws)
@@ -253,20 +301,40 @@ class FakeComfy:
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
         self.worker = asyncio.ensure_future(self.work())
 
+    def stop(self):
+        if hasattr(self, "runner"):
+            self.worker.cancel()
+            self.call(self.runner.cleanup())
+        super().stop()
+
+    def notify(self):
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait_until(self, condition):
+        with self.changed:
+            assert self.changed.wait_for(condition, timeout=WAIT), f"not within {WAIT} s: {self.requests}"
+
+    def release(self):
+        self.loop.call_soon_threadsafe(self.released.set)
+
+    @web.middleware
+    async def record(self, request, handler):
+        self.requests.append(f"{request.method} {request.path}")
+        try:
+            if self.down:  # a restarting server cuts off one request, then it is back
+                self.down = False
+                request.transport.close()
+                return web.Response()
+            return await handler(request)
+        finally:
+            self.notify()
+
     async def restart(self):
-        self.worker.cancel()
         for ws in list(self.sockets.values()):
             await ws.close()
-        await self.runner.cleanup()
         self.queue, self.history, self.sockets = [], {}, {}
-        await asyncio.sleep(0.5)
-        await self.start()
-
-    def stop(self):
-        self.worker.cancel()
-        self.call(self.runner.cleanup())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
+        self.down = True
 
     async def upload(self, request):
         form = await request.post()
@@ -284,8 +352,8 @@ class FakeComfy:
         self.queue.append(pid)
         self.queued.append(pid)
         self.client_of = body["client_id"]
-        self.prompts = getattr(self, "prompts", {})
         self.prompts[pid] = body["prompt"]
+        self.wake.set()
         if self.drop_prompt_responses:
             self.drop_prompt_responses -= 1
             request.transport.close()
@@ -303,6 +371,7 @@ class FakeComfy:
         return ws
 
     async def get_queue(self, request):
+        self.queue_answers.append(list(self.queue))
         return web.json_response({"queue_running": [[0, p, {}, {}, []] for p in self.queue[:1]],
                                   "queue_pending": [[0, p, {}, {}, []] for p in self.queue[1:]]})
 
@@ -321,44 +390,48 @@ class FakeComfy:
 
     async def work(self):
         while True:
-            await asyncio.sleep(0.02)
-            if not self.queue:
-                continue
-            pid = self.queue[0]
-            await self.send("execution_start", {"prompt_id": pid})
-            if self.restarts_at_start:
-                self.restarts_at_start -= 1
-                asyncio.ensure_future(self.restart())
-                return
-            await self.send("executing", {"node": "8", "display_node": "8", "prompt_id": pid})
-            for step in (1, 2):
-                await asyncio.sleep(self.step_seconds)
-                await self.send("progress", {"value": step, "max": 2, "prompt_id": pid, "node": "8"})
-            image = self.prompts[pid]["4"]["inputs"]["image"]
-            messages = [["execution_start", {"prompt_id": pid}]]
-            outputs = {}
-            if self.outcome == "error":
-                error = {"prompt_id": pid, "node_id": "3", "node_type": "SUPIRLoader",
-                         "exception_type": "SUPIRCheckpointError", "exception_message": "not a SUPIR file"}
-                messages.append(["execution_error", error])
-                await self.send("execution_error", error)
-            elif self.outcome == "interrupted":
-                stop = {"prompt_id": pid, "node_id": "8", "node_type": "SUPIRRestore"}
-                messages.append(["execution_interrupted", stop])
-                await self.send("execution_interrupted", stop)
-            else:
-                name = f"restored_{len(self.files) + 1:05}_.png"
-                self.files[("output", "supir", name)] = b"restored " + self.uploads[image]
-                self.files[("temp", "", "preview.png")] = b"preview"
-                outputs = {"10": {"images": [{"filename": name, "subfolder": "supir", "type": "output"}]},
-                           "11": {"images": [{"filename": "preview.png", "subfolder": "", "type": "temp"}]}}
-                messages.append(["execution_success", {"prompt_id": pid}])
-                await self.send("execution_success", {"prompt_id": pid})
-            self.queue.pop(0)
-            self.history[pid] = {"prompt": [0, pid, {}, {}, []], "outputs": outputs, "status": {
-                "status_str": "success" if self.outcome == "success" else "error",
-                "completed": self.outcome == "success", "messages": messages}}
-            await self.send("executing", {"node": None, "prompt_id": pid})
+            await self.wake.wait()
+            self.wake.clear()
+            while self.queue:
+                await self.execute(self.queue[0])
+                self.notify()
+
+    async def execute(self, pid):
+        await self.send("execution_start", {"prompt_id": pid})
+        if self.restarts_at_start:
+            self.restarts_at_start -= 1
+            await self.restart()
+            return
+        await self.send("executing", {"node": "8", "display_node": "8", "prompt_id": pid})
+        await self.send("progress", {"value": 1, "max": 2, "prompt_id": pid, "node": "8"})
+        if self.hold:
+            await self.released.wait()
+        await self.send("progress", {"value": 2, "max": 2, "prompt_id": pid, "node": "8"})
+        image = self.prompts[pid]["4"]["inputs"]["image"]
+        messages = [["execution_start", {"prompt_id": pid}]]
+        outputs = {}
+        if self.outcome == "error":
+            error = {"prompt_id": pid, "node_id": "3", "node_type": "SUPIRLoader",
+                     "exception_type": "SUPIRCheckpointError", "exception_message": "not a SUPIR file"}
+            messages.append(["execution_error", error])
+            await self.send("execution_error", error)
+        elif self.outcome == "interrupted":
+            stop = {"prompt_id": pid, "node_id": "8", "node_type": "SUPIRRestore"}
+            messages.append(["execution_interrupted", stop])
+            await self.send("execution_interrupted", stop)
+        else:
+            name = f"restored_{len(self.files) + 1:05}_.png"
+            self.files[("output", "supir", name)] = b"restored " + self.uploads[image]
+            self.files[("temp", "", "preview.png")] = b"preview"
+            outputs = {"10": {"images": [{"filename": name, "subfolder": "supir", "type": "output"}]},
+                       "11": {"images": [{"filename": "preview.png", "subfolder": "", "type": "temp"}]}}
+            messages.append(["execution_success", {"prompt_id": pid}])
+            await self.send("execution_success", {"prompt_id": pid})
+        self.queue.pop(0)
+        self.history[pid] = {"prompt": [0, pid, {}, {}, []], "outputs": outputs, "status": {
+            "status_str": "success" if self.outcome == "success" else "error",
+            "completed": self.outcome == "success", "messages": messages}}
+        await self.send("executing", {"node": None, "prompt_id": pid})
 
 
 @pytest.fixture()
@@ -378,7 +451,7 @@ def photos(tmp_path):
 
 
 def run(fake, *args, input_path=None, out=None):
-    argv = ["supir_restore_basic", "--server", fake.url, "--retry-for", "5", "--poll-interval", "0.3", *args]
+    argv = ["supir_restore_basic", "--server", fake.url, "--retry-for", "30", "--poll-interval", "0.3", *args]
     if input_path is not None:
         argv += ["--input", str(input_path)]
     if out is not None:
@@ -388,9 +461,10 @@ def run(fake, *args, input_path=None, out=None):
 
 def test_a_batch_uploads_submits_follows_and_downloads(fake, photos, tmp_path, capsys):
     out = tmp_path / "out"
-    started = time.monotonic()
-    assert run(fake, "--seed", "7", "--poll-interval", "60", input_path=photos, out=out) == 0
-    assert time.monotonic() - started < 30, "the end of a job comes over the websocket, not from polling"
+    # No status check comes from the clock within the test: the end of each job must come over the websocket.
+    batch = Background(run, fake, "--seed", "7", "--poll-interval", "3600", input_path=photos, out=out)
+    assert batch.result() == 0
+    assert fake.requests.count("GET /queue") == 4, "one look-up before each submission, one at the job's end"
     assert sorted(os.listdir(out)) == ["harbour.png", "portrait.png"]
     assert (out / "harbour.png").read_bytes() == b"restored pixels of harbour"
     assert (out / "portrait.png").read_bytes() == b"restored pixels of portrait"
@@ -436,8 +510,12 @@ def test_execution_errors_and_interrupts_fail_the_job(fake, photos, tmp_path, ca
 
 
 def test_a_lost_prompt_response_does_not_queue_the_job_twice(fake, photos, tmp_path):
-    fake.drop_prompt_responses, fake.step_seconds = 1, 1.0  # still running when the client looks it up
-    assert run(fake, input_path=photos, out=tmp_path / "out") == 0
+    fake.drop_prompt_responses, fake.hold = 1, True
+    batch = Background(run, fake, input_path=photos, out=tmp_path / "out")
+    # The first job stays in node 8 until the client, not knowing whether its POST arrived, finds it queued.
+    fake.wait_until(lambda: fake.posts and any(fake.posts[0]["prompt_id"] in seen for seen in fake.queue_answers))
+    fake.release()
+    assert batch.result() == 0
     assert len(fake.queued) == 2 and len(set(fake.queued)) == 2 and fake.duplicates == []
     assert sorted(os.listdir(tmp_path / "out")) == ["harbour.png", "portrait.png"]
 
@@ -463,16 +541,16 @@ def test_a_job_lost_more_often_than_allowed_fails_and_the_batch_goes_on(fake, ph
 
 def test_without_a_websocket_the_status_is_polled(fake, photos, tmp_path, capsys):
     fake.websocket = False
-    assert run(fake, input_path=photos / "portrait.png", out=tmp_path / "out") == 0
+    assert run(fake, "--poll-interval", "0.05", input_path=photos / "portrait.png", out=tmp_path / "out") == 0
     assert "polling" in capsys.readouterr().out
     assert fake.duplicates == [] and len(fake.queued) == 1
 
 
 def test_an_unreachable_server_fails_every_job_and_says_so(photos, tmp_path, capsys):
     url = f"http://127.0.0.1:{free_port()}"
-    code = client.main(["supir_restore_basic", "--server", url, "--retry-for", "1", "--input", str(photos),
+    code = client.main(["supir_restore_basic", "--server", url, "--retry-for", "0", "--input", str(photos),
                         "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1
-    assert f"FAILED harbour: {url} unreachable for 1 s" in err
+    assert f"FAILED harbour: {url} unreachable for 0 s" in err
     assert "FAILED portrait: not run: the server was unreachable" in err
