@@ -6,6 +6,7 @@ import asyncio
 import copy
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -196,6 +197,30 @@ def test_bad_arguments_exit_2_before_contacting_a_server(capsys, tmp_path):
     assert client.main(["supir_restore_basic", "--scale", "2", "--server", "http://127.0.0.1:9"]) == 2
     assert "--scale: no node" in capsys.readouterr().err
     assert client.main(["supir_restore_basic", "--input", str(tmp_path / "missing")]) == 2
+    assert client.main(["supir_restore_basic", "--timeout", "0", "--server", "http://127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err.endswith("error: --timeout 0: give a number of seconds above 0\n")
+
+
+@pytest.mark.parametrize("server, problem", [
+    ("ftp://127.0.0.1:8188", "the scheme 'ftp' is not http or https"),
+    ("http://:8188", "no host name"),
+    ("http://127.0.0.1:99999", "no valid port"),
+    ("http://127.0.0.1:port", "no valid port"),
+    ("8188", "no scheme and no port"),
+    ("http://127.0.0.1:8188/?x=1", "a query or fragment")])
+def test_an_invalid_server_url_exits_2_with_one_line(capsys, server, problem):
+    assert client.main(["supir_restore_basic", "--server", server, "--retry-for", "0"]) == 2
+    assert capsys.readouterr().err == (f"error: --server {server!r}: {problem}; give the address of a ComfyUI "
+                                       f"server, e.g. http://127.0.0.1:8188\n")
+
+
+def test_a_server_error_ends_the_report_in_one_line_after_the_jobs_that_failed_on_their_own():
+    jobs = [client.Job("a", {}, finished=True), client.Job("b", {}, error="interrupted in node 8 (SUPIRRestore)"),
+            client.Job("c", {})]
+    problem = client.ServerError("server http://127.0.0.1:8188 did not answer GET /queue within 60 s: ...")
+    assert client.summary(jobs, problem) == (
+        "FAILED b: interrupted in node 8 (SUPIRRestore)\n"
+        "error: server http://127.0.0.1:8188 did not answer GET /queue within 60 s: ... (1 of 3 job(s) succeeded)", 1)
 
 
 @pytest.mark.parametrize("how", ["module", "script"])
@@ -258,6 +283,36 @@ class LoopThread:
         self.thread.join(timeout=WAIT)
 
 
+class RawServer(LoopThread):
+    """A port that accepts connections, then sends ``reply`` (bytes that are not HTTP) or, when None, nothing at
+    all; counts the connections."""
+
+    def __init__(self, reply=None):
+        super().__init__()
+        self.reply, self.connections, self.writers = reply, 0, []
+        self.server = self.call(asyncio.start_server(self.serve, "127.0.0.1", self.port))
+
+    async def serve(self, reader, writer):
+        self.connections += 1
+        self.writers.append(writer)
+        if self.reply is not None:
+            writer.write(self.reply)
+        await reader.read()  # until either side hangs up
+
+    async def close(self):
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+            await writer.wait_closed()
+
+    def stop(self):
+        self.call(self.close())
+        super().stop()
+
+
+ERROR_PAGE = "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>\n"
+
+
 class FakeComfy(LoopThread):
     """ComfyUI's client protocol in-process (as server.py and execution.py speak it): /upload/image, /prompt
     (prompt_id taken from the request, 400 with error + node_errors), /ws?clientId= with executing / progress /
@@ -266,13 +321,14 @@ class FakeComfy(LoopThread):
     (a validation body), ``hold`` (a run waits in node 8 until ``release()``), ``drop_prompt_responses`` (queue
     the job, then cut the connection before answering), ``restarts_at_start`` (that many times, "restart" when a
     job starts: the websockets close, the queue and history are lost, and the next request is cut off as by a
-    server not back yet), ``websocket`` (False: /ws answers 404)."""
+    server not back yet), ``websocket`` (False: /ws answers 404), ``garbage`` ((path prefix, status): those
+    requests get an HTML error page)."""
 
     def __init__(self, listen=True):
         super().__init__()
         self.outcome, self.reject, self.websocket, self.hold = "success", None, True, False
         self.drop_prompt_responses = self.restarts_at_start = 0
-        self.down = False
+        self.down, self.garbage = False, None
         self.uploads, self.files, self.prompts = {}, {}, {}
         self.requests: list[str] = []     # "GET /queue", ... in arrival order
         self.posts: list[dict] = []       # every POST /prompt body
@@ -326,6 +382,8 @@ class FakeComfy(LoopThread):
                 self.down = False
                 request.transport.close()
                 return web.Response()
+            if self.garbage and request.path.startswith(self.garbage[0]):
+                return web.Response(status=self.garbage[1], text=ERROR_PAGE, content_type="text/html")
             return await handler(request)
         finally:
             self.notify()
@@ -546,11 +604,52 @@ def test_without_a_websocket_the_status_is_polled(fake, photos, tmp_path, capsys
     assert fake.duplicates == [] and len(fake.queued) == 1
 
 
-def test_an_unreachable_server_fails_every_job_and_says_so(photos, tmp_path, capsys):
+def the_one_line(err: str, url: str) -> str:
+    """What a run ended by its server printed on stderr: one line, naming the server."""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: server {url} "), err
+    return lines[0]
+
+
+def test_an_unreachable_server_ends_the_batch_with_one_line(photos, tmp_path, capsys):
     url = f"http://127.0.0.1:{free_port()}"
     code = client.main(["supir_restore_basic", "--server", url, "--retry-for", "0", "--input", str(photos),
                         "--output", str(tmp_path / "out")])
-    err = capsys.readouterr().err
     assert code == 1
-    assert f"FAILED harbour: {url} unreachable for 0 s" in err
-    assert "FAILED portrait: not run: the server was unreachable" in err
+    line = the_one_line(capsys.readouterr().err, url)
+    assert f"{url} unreachable for 0 s (ClientConnectorError: " in line
+    assert line.endswith("start ComfyUI there, check --server, or wait longer with --retry-for "
+                         "(0 of 2 job(s) succeeded)")
+
+
+@pytest.mark.parametrize("path, status, request_line", [
+    ("/upload/image", 200, "POST /upload/image"), ("/prompt", 200, "POST /prompt"), ("/queue", 200, "GET /queue"),
+    ("/history/", 200, "GET /history/"), ("/queue", 502, "GET /queue")])
+def test_a_server_that_answers_unlike_comfyui_ends_the_batch_with_one_line(fake, photos, tmp_path, capsys, path,
+                                                                             status, request_line):
+    fake.garbage = (path, status)
+    assert run(fake, input_path=photos, out=tmp_path / "out") == 1
+    line = the_one_line(capsys.readouterr().err, fake.url)
+    answer = "something other than a JSON object" if status == 200 else f"HTTP {status}"
+    assert re.search(rf'answered {request_line}\S* with {answer} \("<!DOCTYPE html> <html><head><title>502 ', line)
+    assert line.endswith("check that --server is the address of a ComfyUI server (0 of 2 job(s) succeeded)")
+
+
+@pytest.mark.parametrize("reply, with_input, problem", [
+    (None, True, "did not answer POST /upload/image within 0.2 s: check that ComfyUI runs there and is not stuck, "
+                 "or wait longer with --timeout"),
+    (None, False, "did not answer GET /ws within 0.2 s"),
+    (b"SSH-2.0-OpenSSH_9.6\r\n", True,
+     'answered POST /upload/image with something that is not HTTP ("Bad status line')])
+def test_a_server_that_is_silent_or_not_http_ends_the_batch_with_one_line(photos, tmp_path, capsys, reply,
+                                                                          with_input, problem):
+    server = RawServer(reply)
+    try:
+        code = client.main(["supir_restore_basic", "--server", server.url, "--timeout", "0.2",
+                            *(["--input", str(photos / "harbour.png")] if with_input else []),
+                            "--output", str(tmp_path / "out")])
+    finally:
+        server.stop()
+    assert code == 1
+    assert problem in the_one_line(capsys.readouterr().err, server.url)
+    assert server.connections == 1, "the client must not wait on a silent server again and again"
