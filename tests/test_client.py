@@ -265,6 +265,23 @@ class Background:
         return self.value
 
 
+class Printed:
+    """The client's log (``run_batch(log=...)``); ``wait_for`` a line, as it is printed."""
+
+    def __init__(self):
+        self.lines, self.changed = [], threading.Condition()
+
+    def __call__(self, line):
+        with self.changed:
+            self.lines.append(line)
+            self.changed.notify_all()
+
+    def wait_for(self, pattern):
+        with self.changed:
+            assert self.changed.wait_for(lambda: any(re.fullmatch(pattern, line) for line in self.lines), WAIT), \
+                f"no line like {pattern!r} within {WAIT} s: {self.lines}"
+
+
 class LoopThread:
     """An asyncio loop on a thread of its own, for a server the client under test talks to."""
 
@@ -620,6 +637,23 @@ def test_an_unreachable_server_ends_the_batch_with_one_line(photos, tmp_path, ca
     assert f"{url} unreachable for 0 s (ClientConnectorError: " in line
     assert line.endswith("start ComfyUI there, check --server, or wait longer with --retry-for "
                          "(0 of 2 job(s) succeeded)")
+
+
+def test_the_client_says_it_waits_for_an_unreachable_server_and_goes_on_when_it_comes(photos, tmp_path):
+    fake = FakeComfy(listen=False)
+    jobs = client.make_jobs(basic(), BASIC, [photos / "harbour.png"])
+    printed = Printed()
+    try:
+        batch = Background(asyncio.run, client.run_batch(fake.url, jobs, tmp_path / "out", retry_for=600,
+                                                         log=printed))
+        printed.wait_for(rf"server {re.escape(fake.url)} unreachable \(ClientConnectorError\), retrying for another "
+                         rf"\d+ s")
+        fake.listen()
+        batch.result()
+    finally:
+        fake.stop()
+    assert jobs[0].error is None
+    assert (tmp_path / "out" / "harbour.png").read_bytes() == b"restored pixels of harbour"
 
 
 @pytest.mark.parametrize("path, status, request_line", [

@@ -361,13 +361,14 @@ class Client:
                 delay = min(delay * 2, 5.0)
 
     def still_retrying(self, first_failure: float | None, error: Exception) -> float:
-        """The time of the first failure of this run of failures; raises ServerError once ``retry_for`` seconds
-        have passed since that failure."""
+        """The time of the first failure of this run of failures; says how much longer the client retries, and
+        raises ServerError once ``retry_for`` seconds have passed since that failure."""
         now = time.monotonic()
         first_failure = first_failure or now
         left = self.retry_for - (now - first_failure)
         if left <= 0:
             raise self.unusable(error) from error
+        self.log(f"server {self.url} unreachable ({type(error).__name__}), retrying for another {left:.0f} s")
         return first_failure
 
     def unusable(self, problem: Exception | str, request: str = "", answer: bytes | str = b"") -> ServerError:
