@@ -1,15 +1,16 @@
 """Tier 1: the headless client (workflows/client.py): overrides on the shipped API workflows, argument parsing,
 error messages, and the protocol — upload, submit, websocket progress, history, downloads, retries without
-duplicated jobs — against an in-process fake of ComfyUI's HTTP and websocket API run on its own thread."""
+duplicated jobs — against an in-process fake of ComfyUI's HTTP and websocket API run on its own thread. The
+tests and the fake wait for events (a request arrived, a line was printed), never for time to pass."""
 import asyncio
 import copy
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -196,6 +197,30 @@ def test_bad_arguments_exit_2_before_contacting_a_server(capsys, tmp_path):
     assert client.main(["supir_restore_basic", "--scale", "2", "--server", "http://127.0.0.1:9"]) == 2
     assert "--scale: no node" in capsys.readouterr().err
     assert client.main(["supir_restore_basic", "--input", str(tmp_path / "missing")]) == 2
+    assert client.main(["supir_restore_basic", "--timeout", "0", "--server", "http://127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err.endswith("error: --timeout 0: give a number of seconds above 0\n")
+
+
+@pytest.mark.parametrize("server, problem", [
+    ("ftp://127.0.0.1:8188", "the scheme 'ftp' is not http or https"),
+    ("http://:8188", "no host name"),
+    ("http://127.0.0.1:99999", "no valid port"),
+    ("http://127.0.0.1:port", "no valid port"),
+    ("8188", "no scheme and no port"),
+    ("http://127.0.0.1:8188/?x=1", "a query or fragment")])
+def test_an_invalid_server_url_exits_2_with_one_line(capsys, server, problem):
+    assert client.main(["supir_restore_basic", "--server", server, "--retry-for", "0"]) == 2
+    assert capsys.readouterr().err == (f"error: --server {server!r}: {problem}; give the address of a ComfyUI "
+                                       f"server, e.g. http://127.0.0.1:8188\n")
+
+
+def test_a_server_error_ends_the_report_in_one_line_after_the_jobs_that_failed_on_their_own():
+    jobs = [client.Job("a", {}, finished=True), client.Job("b", {}, error="interrupted in node 8 (SUPIRRestore)"),
+            client.Job("c", {})]
+    problem = client.ServerError("server http://127.0.0.1:8188 did not answer GET /queue within 60 s: ...")
+    assert client.summary(jobs, problem) == (
+        "FAILED b: interrupted in node 8 (SUPIRRestore)\n"
+        "error: server http://127.0.0.1:8188 did not answer GET /queue within 60 s: ... (1 of 3 job(s) succeeded)", 1)
 
 
 @pytest.mark.parametrize("how", ["module", "script"])
@@ -208,40 +233,136 @@ def test_the_cli_runs_as_module_and_as_script(how):
 
 # --- the protocol, against a fake ComfyUI ---
 
+# A bound on waiting for something that should happen at once; reaching it fails the test (instead of hanging it).
+WAIT = 30
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-class FakeComfy:
-    """ComfyUI's client protocol in-process (as server.py and execution.py speak it): /upload/image, /prompt
-    (prompt_id taken from the request, 400 with error + node_errors), /ws?clientId= with executing / progress /
-    execution_* messages, /queue, /history/{id}, /view. Knobs: ``outcome`` of each run, ``step_seconds`` (each
-    run has two steps), ``reject`` (a validation body), ``drop_prompt_responses`` (queue the job, then cut the
-    connection before answering), ``restarts_at_start`` (that many times, "restart" when a job starts: the port
-    closes for a moment and the queue and history are lost), ``websocket`` (False: /ws answers 404)."""
+class Background:
+    """``function(*args, **kwargs)`` on a thread of its own, so the test can act while it runs."""
+
+    def __init__(self, function, *args, **kwargs):
+        self.value, self.error = None, None
+        self.thread = threading.Thread(target=self.run, args=(function, args, kwargs), daemon=True)
+        self.thread.start()
+
+    def run(self, function, args, kwargs):
+        try:
+            self.value = function(*args, **kwargs)
+        except BaseException as e:  # handed to the test by result()
+            self.error = e
+
+    def result(self):
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive(), f"still running after {WAIT} s"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Printed:
+    """The client's log (``run_batch(log=...)``); ``wait_for`` a line, as it is printed."""
+
+    def __init__(self):
+        self.lines, self.changed = [], threading.Condition()
+
+    def __call__(self, line):
+        with self.changed:
+            self.lines.append(line)
+            self.changed.notify_all()
+
+    def wait_for(self, pattern):
+        with self.changed:
+            assert self.changed.wait_for(lambda: any(re.fullmatch(pattern, line) for line in self.lines), WAIT), \
+                f"no line like {pattern!r} within {WAIT} s: {self.lines}"
+
+
+class LoopThread:
+    """An asyncio loop on a thread of its own, for a server the client under test talks to."""
 
     def __init__(self):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.outcome, self.reject, self.websocket, self.step_seconds = "success", None, True, 0.02
-        self.drop_prompt_responses = self.restarts_at_start = 0
-        self.uploads, self.files = {}, {}
-        self.posts: list[dict] = []       # every POST /prompt body
-        self.queued: list[str] = []       # every prompt id put in a queue (across restarts)
-        self.duplicates: list[str] = []   # ids posted while the server still had them
-        self.queue, self.history, self.sockets = [], {}, {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.call(self.start())
 
     def call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=WAIT)
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=WAIT)
+
+
+class RawServer(LoopThread):
+    """A port that accepts connections, then sends ``reply`` (bytes that are not HTTP) or, when None, nothing at
+    all; counts the connections."""
+
+    def __init__(self, reply=None):
+        super().__init__()
+        self.reply, self.connections, self.writers = reply, 0, []
+        self.server = self.call(asyncio.start_server(self.serve, "127.0.0.1", self.port))
+
+    async def serve(self, reader, writer):
+        self.connections += 1
+        self.writers.append(writer)
+        if self.reply is not None:
+            writer.write(self.reply)
+        await reader.read()  # until either side hangs up
+
+    async def close(self):
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+            await writer.wait_closed()
+
+    def stop(self):
+        self.call(self.close())
+        super().stop()
+
+
+ERROR_PAGE = "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>\n"
+
+
+class FakeComfy(LoopThread):
+    """ComfyUI's client protocol in-process (as server.py and execution.py speak it): /upload/image, /prompt
+    (prompt_id taken from the request, 400 with error + node_errors), /ws?clientId= with executing / progress /
+    execution_* messages, /queue, /history/{id}, /view. Records every request (``requests``, ``posts``, what
+    /queue answered) and lets the test wait for one (``wait_until``). Knobs: ``outcome`` of each run, ``reject``
+    (a validation body), ``hold`` (a run waits in node 8 until ``release()``), ``drop_prompt_responses`` (queue
+    the job, then cut the connection before answering), ``restarts_at_start`` (that many times, "restart" when a
+    job starts: the websockets close, the queue and history are lost, and the next request is cut off as by a
+    server not back yet), ``websocket`` (False: /ws answers 404), ``garbage`` ((path prefix, status): those
+    requests get an HTML error page)."""
+
+    def __init__(self, listen=True):
+        super().__init__()
+        self.outcome, self.reject, self.websocket, self.hold = "success", None, True, False
+        self.drop_prompt_responses = self.restarts_at_start = 0
+        self.down, self.garbage = False, None
+        self.uploads, self.files, self.prompts = {}, {}, {}
+        self.requests: list[str] = []     # "GET /queue", ... in arrival order
+        self.posts: list[dict] = []       # every POST /prompt body
+        self.queued: list[str] = []       # every prompt id put in a queue (across restarts)
+        self.duplicates: list[str] = []   # ids posted while the server still had them
+        self.queue_answers: list[list[str]] = []  # the queue as each GET /queue saw it
+        self.queue, self.history, self.sockets = [], {}, {}
+        self.changed = threading.Condition()
+        self.wake, self.released = asyncio.Event(), asyncio.Event()
+        if listen:
+            self.listen()
+
+    def listen(self):
+        self.call(self.start())
 
     async def start(self):
-        app = web.Application()
+        app = web.Application(middlewares=[self.record])
         app.router.add_post("/upload/image", self.upload)
         app.router.add_post("/prompt", self.prompt)
         app.router.add_get("/ws", self.ws)
@@ -253,20 +374,42 @@ class FakeComfy:
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
         self.worker = asyncio.ensure_future(self.work())
 
+    def stop(self):
+        if hasattr(self, "runner"):
+            self.worker.cancel()
+            self.call(self.runner.cleanup())
+        super().stop()
+
+    def notify(self):
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait_until(self, condition):
+        with self.changed:
+            assert self.changed.wait_for(condition, timeout=WAIT), f"not within {WAIT} s: {self.requests}"
+
+    def release(self):
+        self.loop.call_soon_threadsafe(self.released.set)
+
+    @web.middleware
+    async def record(self, request, handler):
+        self.requests.append(f"{request.method} {request.path}")
+        try:
+            if self.down:  # a restarting server cuts off one request, then it is back
+                self.down = False
+                request.transport.close()
+                return web.Response()
+            if self.garbage and request.path.startswith(self.garbage[0]):
+                return web.Response(status=self.garbage[1], text=ERROR_PAGE, content_type="text/html")
+            return await handler(request)
+        finally:
+            self.notify()
+
     async def restart(self):
-        self.worker.cancel()
         for ws in list(self.sockets.values()):
             await ws.close()
-        await self.runner.cleanup()
         self.queue, self.history, self.sockets = [], {}, {}
-        await asyncio.sleep(0.5)
-        await self.start()
-
-    def stop(self):
-        self.worker.cancel()
-        self.call(self.runner.cleanup())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
+        self.down = True
 
     async def upload(self, request):
         form = await request.post()
@@ -284,8 +427,8 @@ class FakeComfy:
         self.queue.append(pid)
         self.queued.append(pid)
         self.client_of = body["client_id"]
-        self.prompts = getattr(self, "prompts", {})
         self.prompts[pid] = body["prompt"]
+        self.wake.set()
         if self.drop_prompt_responses:
             self.drop_prompt_responses -= 1
             request.transport.close()
@@ -303,6 +446,7 @@ class FakeComfy:
         return ws
 
     async def get_queue(self, request):
+        self.queue_answers.append(list(self.queue))
         return web.json_response({"queue_running": [[0, p, {}, {}, []] for p in self.queue[:1]],
                                   "queue_pending": [[0, p, {}, {}, []] for p in self.queue[1:]]})
 
@@ -321,44 +465,48 @@ class FakeComfy:
 
     async def work(self):
         while True:
-            await asyncio.sleep(0.02)
-            if not self.queue:
-                continue
-            pid = self.queue[0]
-            await self.send("execution_start", {"prompt_id": pid})
-            if self.restarts_at_start:
-                self.restarts_at_start -= 1
-                asyncio.ensure_future(self.restart())
-                return
-            await self.send("executing", {"node": "8", "display_node": "8", "prompt_id": pid})
-            for step in (1, 2):
-                await asyncio.sleep(self.step_seconds)
-                await self.send("progress", {"value": step, "max": 2, "prompt_id": pid, "node": "8"})
-            image = self.prompts[pid]["4"]["inputs"]["image"]
-            messages = [["execution_start", {"prompt_id": pid}]]
-            outputs = {}
-            if self.outcome == "error":
-                error = {"prompt_id": pid, "node_id": "3", "node_type": "SUPIRLoader",
-                         "exception_type": "SUPIRCheckpointError", "exception_message": "not a SUPIR file"}
-                messages.append(["execution_error", error])
-                await self.send("execution_error", error)
-            elif self.outcome == "interrupted":
-                stop = {"prompt_id": pid, "node_id": "8", "node_type": "SUPIRRestore"}
-                messages.append(["execution_interrupted", stop])
-                await self.send("execution_interrupted", stop)
-            else:
-                name = f"restored_{len(self.files) + 1:05}_.png"
-                self.files[("output", "supir", name)] = b"restored " + self.uploads[image]
-                self.files[("temp", "", "preview.png")] = b"preview"
-                outputs = {"10": {"images": [{"filename": name, "subfolder": "supir", "type": "output"}]},
-                           "11": {"images": [{"filename": "preview.png", "subfolder": "", "type": "temp"}]}}
-                messages.append(["execution_success", {"prompt_id": pid}])
-                await self.send("execution_success", {"prompt_id": pid})
-            self.queue.pop(0)
-            self.history[pid] = {"prompt": [0, pid, {}, {}, []], "outputs": outputs, "status": {
-                "status_str": "success" if self.outcome == "success" else "error",
-                "completed": self.outcome == "success", "messages": messages}}
-            await self.send("executing", {"node": None, "prompt_id": pid})
+            await self.wake.wait()
+            self.wake.clear()
+            while self.queue:
+                await self.execute(self.queue[0])
+                self.notify()
+
+    async def execute(self, pid):
+        await self.send("execution_start", {"prompt_id": pid})
+        if self.restarts_at_start:
+            self.restarts_at_start -= 1
+            await self.restart()
+            return
+        await self.send("executing", {"node": "8", "display_node": "8", "prompt_id": pid})
+        await self.send("progress", {"value": 1, "max": 2, "prompt_id": pid, "node": "8"})
+        if self.hold:
+            await self.released.wait()
+        await self.send("progress", {"value": 2, "max": 2, "prompt_id": pid, "node": "8"})
+        image = self.prompts[pid]["4"]["inputs"]["image"]
+        messages = [["execution_start", {"prompt_id": pid}]]
+        outputs = {}
+        if self.outcome == "error":
+            error = {"prompt_id": pid, "node_id": "3", "node_type": "SUPIRLoader",
+                     "exception_type": "SUPIRCheckpointError", "exception_message": "not a SUPIR file"}
+            messages.append(["execution_error", error])
+            await self.send("execution_error", error)
+        elif self.outcome == "interrupted":
+            stop = {"prompt_id": pid, "node_id": "8", "node_type": "SUPIRRestore"}
+            messages.append(["execution_interrupted", stop])
+            await self.send("execution_interrupted", stop)
+        else:
+            name = f"restored_{len(self.files) + 1:05}_.png"
+            self.files[("output", "supir", name)] = b"restored " + self.uploads[image]
+            self.files[("temp", "", "preview.png")] = b"preview"
+            outputs = {"10": {"images": [{"filename": name, "subfolder": "supir", "type": "output"}]},
+                       "11": {"images": [{"filename": "preview.png", "subfolder": "", "type": "temp"}]}}
+            messages.append(["execution_success", {"prompt_id": pid}])
+            await self.send("execution_success", {"prompt_id": pid})
+        self.queue.pop(0)
+        self.history[pid] = {"prompt": [0, pid, {}, {}, []], "outputs": outputs, "status": {
+            "status_str": "success" if self.outcome == "success" else "error",
+            "completed": self.outcome == "success", "messages": messages}}
+        await self.send("executing", {"node": None, "prompt_id": pid})
 
 
 @pytest.fixture()
@@ -378,7 +526,7 @@ def photos(tmp_path):
 
 
 def run(fake, *args, input_path=None, out=None):
-    argv = ["supir_restore_basic", "--server", fake.url, "--retry-for", "5", "--poll-interval", "0.3", *args]
+    argv = ["supir_restore_basic", "--server", fake.url, "--retry-for", "30", "--poll-interval", "0.3", *args]
     if input_path is not None:
         argv += ["--input", str(input_path)]
     if out is not None:
@@ -388,9 +536,10 @@ def run(fake, *args, input_path=None, out=None):
 
 def test_a_batch_uploads_submits_follows_and_downloads(fake, photos, tmp_path, capsys):
     out = tmp_path / "out"
-    started = time.monotonic()
-    assert run(fake, "--seed", "7", "--poll-interval", "60", input_path=photos, out=out) == 0
-    assert time.monotonic() - started < 30, "the end of a job comes over the websocket, not from polling"
+    # No status check comes from the clock within the test: the end of each job must come over the websocket.
+    batch = Background(run, fake, "--seed", "7", "--poll-interval", "3600", input_path=photos, out=out)
+    assert batch.result() == 0
+    assert fake.requests.count("GET /queue") == 4, "one look-up before each submission, one at the job's end"
     assert sorted(os.listdir(out)) == ["harbour.png", "portrait.png"]
     assert (out / "harbour.png").read_bytes() == b"restored pixels of harbour"
     assert (out / "portrait.png").read_bytes() == b"restored pixels of portrait"
@@ -436,8 +585,12 @@ def test_execution_errors_and_interrupts_fail_the_job(fake, photos, tmp_path, ca
 
 
 def test_a_lost_prompt_response_does_not_queue_the_job_twice(fake, photos, tmp_path):
-    fake.drop_prompt_responses, fake.step_seconds = 1, 1.0  # still running when the client looks it up
-    assert run(fake, input_path=photos, out=tmp_path / "out") == 0
+    fake.drop_prompt_responses, fake.hold = 1, True
+    batch = Background(run, fake, input_path=photos, out=tmp_path / "out")
+    # The first job stays in node 8 until the client, not knowing whether its POST arrived, finds it queued.
+    fake.wait_until(lambda: fake.posts and any(fake.posts[0]["prompt_id"] in seen for seen in fake.queue_answers))
+    fake.release()
+    assert batch.result() == 0
     assert len(fake.queued) == 2 and len(set(fake.queued)) == 2 and fake.duplicates == []
     assert sorted(os.listdir(tmp_path / "out")) == ["harbour.png", "portrait.png"]
 
@@ -463,16 +616,74 @@ def test_a_job_lost_more_often_than_allowed_fails_and_the_batch_goes_on(fake, ph
 
 def test_without_a_websocket_the_status_is_polled(fake, photos, tmp_path, capsys):
     fake.websocket = False
-    assert run(fake, input_path=photos / "portrait.png", out=tmp_path / "out") == 0
+    assert run(fake, "--poll-interval", "0.05", input_path=photos / "portrait.png", out=tmp_path / "out") == 0
     assert "polling" in capsys.readouterr().out
     assert fake.duplicates == [] and len(fake.queued) == 1
 
 
-def test_an_unreachable_server_fails_every_job_and_says_so(photos, tmp_path, capsys):
+def the_one_line(err: str, url: str) -> str:
+    """What a run ended by its server printed on stderr: one line, naming the server."""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: server {url} "), err
+    return lines[0]
+
+
+def test_an_unreachable_server_ends_the_batch_with_one_line(photos, tmp_path, capsys):
     url = f"http://127.0.0.1:{free_port()}"
-    code = client.main(["supir_restore_basic", "--server", url, "--retry-for", "1", "--input", str(photos),
+    code = client.main(["supir_restore_basic", "--server", url, "--retry-for", "0", "--input", str(photos),
                         "--output", str(tmp_path / "out")])
-    err = capsys.readouterr().err
     assert code == 1
-    assert f"FAILED harbour: {url} unreachable for 1 s" in err
-    assert "FAILED portrait: not run: the server was unreachable" in err
+    line = the_one_line(capsys.readouterr().err, url)
+    assert f"{url} unreachable for 0 s (ClientConnectorError: " in line
+    assert line.endswith("start ComfyUI there, check --server, or wait longer with --retry-for "
+                         "(0 of 2 job(s) succeeded)")
+
+
+def test_the_client_says_it_waits_for_an_unreachable_server_and_goes_on_when_it_comes(photos, tmp_path):
+    fake = FakeComfy(listen=False)
+    jobs = client.make_jobs(basic(), BASIC, [photos / "harbour.png"])
+    printed = Printed()
+    try:
+        batch = Background(asyncio.run, client.run_batch(fake.url, jobs, tmp_path / "out", retry_for=600,
+                                                         log=printed))
+        printed.wait_for(rf"server {re.escape(fake.url)} unreachable \(ClientConnectorError\), retrying for another "
+                         rf"\d+ s")
+        fake.listen()
+        batch.result()
+    finally:
+        fake.stop()
+    assert jobs[0].error is None
+    assert (tmp_path / "out" / "harbour.png").read_bytes() == b"restored pixels of harbour"
+
+
+@pytest.mark.parametrize("path, status, request_line", [
+    ("/upload/image", 200, "POST /upload/image"), ("/prompt", 200, "POST /prompt"), ("/queue", 200, "GET /queue"),
+    ("/history/", 200, "GET /history/"), ("/queue", 502, "GET /queue")])
+def test_a_server_that_answers_unlike_comfyui_ends_the_batch_with_one_line(fake, photos, tmp_path, capsys, path,
+                                                                             status, request_line):
+    fake.garbage = (path, status)
+    assert run(fake, input_path=photos, out=tmp_path / "out") == 1
+    line = the_one_line(capsys.readouterr().err, fake.url)
+    answer = "something other than a JSON object" if status == 200 else f"HTTP {status}"
+    assert re.search(rf'answered {request_line}\S* with {answer} \("<!DOCTYPE html> <html><head><title>502 ', line)
+    assert line.endswith("check that --server is the address of a ComfyUI server (0 of 2 job(s) succeeded)")
+
+
+@pytest.mark.parametrize("reply, with_input, problem", [
+    (None, True, "did not answer POST /upload/image within 0.2 s: check that ComfyUI runs there and is not stuck, "
+                 "or wait longer with --timeout"),
+    (None, False, "did not answer GET /ws within 0.2 s"),
+    (b"SSH-2.0-OpenSSH_9.6\r\n", True,
+     'answered POST /upload/image with something that is not HTTP ("Bad status line')])
+def test_a_server_that_is_silent_or_not_http_ends_the_batch_with_one_line(photos, tmp_path, capsys, reply,
+                                                                          with_input, problem):
+    server = RawServer(reply)
+    try:
+        code = client.main(["supir_restore_basic", "--server", server.url, "--timeout", "0.2",
+                            *(["--input", str(photos / "harbour.png")] if with_input else []),
+                            "--output", str(tmp_path / "out")])
+    finally:
+        server.stop()
+    assert code == 1
+    assert problem in the_one_line(capsys.readouterr().err, server.url)
+    assert server.connections == 1, "the client must not wait on a silent server again and again"

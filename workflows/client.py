@@ -11,7 +11,8 @@ lost connection is looked up in ``/queue`` and ``/history`` and submitted again 
 knows it (a restarted server has lost its queue), so a job never runs twice on a live server.
 
 Needs only the standard library and aiohttp (which ComfyUI already requires). Exit status: 0 when every job
-succeeded, 1 when any failed (each failure is named), 2 for a bad command line, workflow or override.
+succeeded, 1 when any failed (each failure is named) or the server could not be used (one line says why), 2 for
+a bad command line, workflow or override.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -36,21 +38,23 @@ CHECKPOINT_INPUTS = ("ckpt_name",)
 SUPIR_MODEL_INPUTS = ("supir_name",)
 SCALE_INPUTS = {"SUPIRResize": "scale_by", "SUPIRUpscaleRestore": "scale", "ImageScaleBy": "scale_by"}
 TEXT_ENCODER_INPUTS = ("text", "text_g", "text_l")
-# A failed connection attempt, a dropped connection, or a request that timed out.
-CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, ConnectionError)
+# A failed connection attempt or a dropped connection: retried, as the server may be restarting. A request the
+# server does not answer within the timeout (aiohttp.SocketTimeoutError, one of these too) is not retried.
+CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class WorkflowError(ValueError):
-    """The workflow file or an override cannot be used; nothing was submitted."""
+    """The command line, the workflow file or an override cannot be used; nothing was submitted."""
 
 
 class JobFailed(Exception):
     """A job ended without results: rejected by validation, failed in a node, interrupted, or lost too often."""
 
 
-class ServerUnreachable(Exception):
-    """The server could not be reached for the whole retry window."""
+class ServerError(Exception):
+    """The server cannot be used: unreachable for the whole retry window, silent past the timeout, or answering
+    unlike ComfyUI. Ends the batch; the message is one line that names the server and what to do."""
 
 
 @dataclass
@@ -286,14 +290,48 @@ def output_names(name: str, files: list[tuple[str, dict]]) -> list[str]:
 
 # --- talking to the server ---
 
+def one_line(text: str | bytes, limit: int = 200) -> str:
+    """A server's answer or an error as one short line, to quote in a message."""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def server_url(text: str) -> str:
+    """The base URL of --server: http(s)://HOST[:PORT][/PATH], or HOST:PORT for http."""
+    url = text if "://" in text else f"http://{text}"
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if parts.scheme not in ("http", "https"):
+        problem = f"the scheme {parts.scheme!r} is not http or https"
+    elif not parts.hostname or any(c.isspace() for c in url):
+        problem = "no host name"
+    elif port == 0:
+        problem = "no valid port"
+    elif "://" not in text and port is None:
+        problem = "no scheme and no port"
+    elif parts.query or parts.fragment:
+        problem = "a query or fragment"
+    else:
+        return url.rstrip("/")
+    raise WorkflowError(f"--server {text!r}: {problem}; give the address of a ComfyUI server, e.g. "
+                        f"http://127.0.0.1:8188")
+
+
 @dataclass
 class Client:
-    """A server connection: ``retry_for`` seconds of failed connections before giving up, a status check
-    (/queue, /history) every ``poll_interval`` seconds, at most ``max_resubmits`` resubmissions of a lost job."""
+    """A server connection: ``retry_for`` seconds of failed connections before giving up, ``timeout`` seconds
+    for the server to answer a request, a status check (/queue, /history) every ``poll_interval`` seconds, at
+    most ``max_resubmits`` resubmissions of a lost job."""
     url: str
     session: aiohttp.ClientSession
     client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     retry_for: float = 180.0
+    timeout: float = 60.0
     poll_interval: float = 2.0
     max_resubmits: int = 1
     log: Callable[[str], None] = print
@@ -313,6 +351,8 @@ class Client:
                 data = make_data() if make_data else None
                 async with self.session.request(method, self.url + path, data=data, **kwargs) as response:
                     return response.status, await response.read()
+            except (aiohttp.SocketTimeoutError, aiohttp.ClientResponseError) as e:
+                raise self.unusable(e, f"{method} {path}") from e
             except CONNECTION_ERRORS as e:
                 if not retry:
                     raise
@@ -321,19 +361,47 @@ class Client:
                 delay = min(delay * 2, 5.0)
 
     def still_retrying(self, first_failure: float | None, error: Exception) -> float:
-        """The time of the first failure of this run of failures; raises ServerUnreachable once it is more than
-        ``retry_for`` seconds ago."""
-        first_failure = first_failure or time.monotonic()
-        if time.monotonic() - first_failure > self.retry_for:
-            raise ServerUnreachable(f"{self.url} unreachable for {self.retry_for:.0f} s "
-                                    f"({type(error).__name__}: {error})") from error
+        """The time of the first failure of this run of failures; says how much longer the client retries, and
+        raises ServerError once ``retry_for`` seconds have passed since that failure."""
+        now = time.monotonic()
+        first_failure = first_failure or now
+        left = self.retry_for - (now - first_failure)
+        if left <= 0:
+            raise self.unusable(error) from error
+        self.log(f"server {self.url} unreachable ({type(error).__name__}), retrying for another {left:.0f} s")
         return first_failure
 
-    async def get_json(self, path: str) -> Any:
+    def unusable(self, problem: Exception | str, request: str = "", answer: bytes | str = b"") -> ServerError:
+        """The one line that says why the server cannot be used and what to do. ``problem`` is what went wrong
+        with ``request`` ("GET /queue"): a text such as "HTTP 502" (``answer`` is quoted), a timeout, a reply
+        that is not HTTP, or else a connection failure that outlasted the retry window."""
+        if isinstance(problem, aiohttp.SocketTimeoutError):
+            return ServerError(f"server {self.url} did not answer {request} within {self.timeout:g} s: check that "
+                               f"ComfyUI runs there and is not stuck, or wait longer with --timeout")
+        if isinstance(problem, aiohttp.ClientResponseError):  # aiohttp could not parse the reply
+            return self.unusable("something that is not HTTP", request, problem.message)
+        if isinstance(problem, str):
+            return ServerError(f'server {self.url} answered {request} with {problem} ("{one_line(answer)}"): check '
+                               f'that --server is the address of a ComfyUI server')
+        return ServerError(f"server {self.url} unreachable for {self.retry_for:g} s ({type(problem).__name__}: "
+                           f"{one_line(str(problem))}): start ComfyUI there, check --server, or wait longer with "
+                           f"--retry-for")
+
+    def json_object(self, request: str, body: bytes | str) -> dict:
+        """The JSON object ComfyUI answers with; anything else is a server that does not speak its API."""
+        try:
+            value = json.loads(body)
+        except ValueError:  # not JSON, or not UTF-8
+            value = None
+        if not isinstance(value, dict):
+            raise self.unusable("something other than a JSON object", request, body)
+        return value
+
+    async def get_json(self, path: str) -> dict:
         status, body = await self.request("GET", path)
         if status != 200:
-            raise JobFailed(f"GET {path} answered HTTP {status}: {body[:500].decode(errors='replace')}")
-        return json.loads(body)
+            raise self.unusable(f"HTTP {status}", f"GET {path}", body)
+        return self.json_object(f"GET {path}", body)
 
 
 async def upload_image(client: Client, path: Path) -> str:
@@ -348,8 +416,10 @@ async def upload_image(client: Client, path: Path) -> str:
 
     status, body = await client.request("POST", "/upload/image", make_data=form)
     if status != 200:
-        raise JobFailed(f"uploading {path} failed: HTTP {status} {body[:500].decode(errors='replace')}")
-    stored = json.loads(body)
+        raise JobFailed(f"uploading {path} failed: HTTP {status} {one_line(body)}")
+    stored = client.json_object("POST /upload/image", body)
+    if not isinstance(stored.get("name"), str):
+        raise client.unusable("JSON without the stored file's name", "POST /upload/image", body)
     return f"{stored['subfolder']}/{stored['name']}" if stored.get("subfolder") else stored["name"]
 
 
@@ -369,11 +439,12 @@ async def submit(client: Client, job: Job) -> None:
     if status == 400:
         try:
             details = validation_message(json.loads(body))
-        except json.JSONDecodeError:
-            details = body[:2000].decode(errors="replace")
+        except ValueError:
+            details = one_line(body, 2000)
         raise JobFailed(f"the server rejected the workflow: {details}")
     if status != 200:
-        raise JobFailed(f"POST /prompt answered HTTP {status}: {body[:500].decode(errors='replace')}")
+        raise JobFailed(f"POST /prompt answered HTTP {status}: {one_line(body)}")
+    client.json_object("POST /prompt", body)
 
 
 async def reconcile(client: Client, job: Job) -> dict | None:
@@ -438,7 +509,8 @@ async def follow(client: Client, job: Job, ws: aiohttp.ClientWebSocketResponse |
             if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
                                 aiohttp.WSMsgType.ERROR):
                 return None
-            if message.type != aiohttp.WSMsgType.TEXT or not report(client, job, json.loads(message.data)):
+            if message.type != aiohttp.WSMsgType.TEXT or not report(
+                    client, job, client.json_object("GET /ws", message.data)):
                 continue  # binary previews, other messages
         else:
             next_check = loop.time() + client.poll_interval
@@ -466,6 +538,8 @@ async def wait_for_result(client: Client, job: Job) -> dict:
             client.log(f"[{job.name}] no websocket at {client.url}; polling the job's status instead")
             use_websocket = False
             continue
+        except (aiohttp.SocketTimeoutError, aiohttp.ClientResponseError) as e:  # of the websocket's handshake
+            raise client.unusable(e, "GET /ws") from e
         except CONNECTION_ERRORS as e:
             first_failure = client.still_retrying(first_failure, e)
         await asyncio.sleep(delay)
@@ -495,7 +569,7 @@ async def download_outputs(client: Client, job: Job, entry: dict, out_dir: Path,
 
 async def run_job(client: Client, job: Job, out_dir: Path, image_node_id: str | None = None,
                   previews: bool = False) -> None:
-    """Upload, submit, follow, download; raises JobFailed or ServerUnreachable."""
+    """Upload, submit, follow, download; raises JobFailed or ServerError."""
     if job.image is not None:
         node_id = image_node(job.workflow, image_node_id)
         job.workflow = copy.deepcopy(job.workflow)
@@ -511,24 +585,20 @@ async def run_job(client: Client, job: Job, out_dir: Path, image_node_id: str | 
 
 
 async def run_batch(url: str, jobs: list[Job], out_dir: Path, *, image_node_id: str | None = None,
-                    previews: bool = False, retry_for: float = 180.0, poll_interval: float = 2.0,
-                    max_resubmits: int = 1, log: Callable[[str], None] = print) -> list[Job]:
-    """Runs the jobs one after another; a failed job is recorded in ``job.error`` and the batch goes on, except
-    when the server stays unreachable (the remaining jobs are then marked as not run)."""
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=120)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        client = Client(url.rstrip("/"), session, retry_for=retry_for, poll_interval=poll_interval,
-                        max_resubmits=max_resubmits, log=log)
-        for i, job in enumerate(jobs):
+                    previews: bool = False, retry_for: float = 180.0, timeout: float = 60.0,
+                    poll_interval: float = 2.0, max_resubmits: int = 1,
+                    log: Callable[[str], None] = print) -> list[Job]:
+    """Runs the jobs one after another; a failed job is recorded in ``job.error`` and the batch goes on. A
+    server that cannot be used ends the batch with ServerError (the jobs not run yet keep ``error`` None)."""
+    session_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+    async with aiohttp.ClientSession(timeout=session_timeout) as session:
+        client = Client(url.rstrip("/"), session, retry_for=retry_for, timeout=timeout,
+                        poll_interval=poll_interval, max_resubmits=max_resubmits, log=log)
+        for job in jobs:
             try:
                 await run_job(client, job, out_dir, image_node_id, previews)
             except JobFailed as e:
                 job.error = str(e)
-            except ServerUnreachable as e:
-                job.error = str(e)
-                for rest in jobs[i + 1:]:
-                    rest.error = "not run: the server was unreachable"
-                break
     return jobs
 
 
@@ -538,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m workflows.client",
         description="Run an API-format ComfyUI workflow on a server, one job per input image, and download the "
-                    "results. Exit status 0: all jobs succeeded; 1: a job failed; 2: bad arguments or workflow.")
+                    "results. Exit status 0: all jobs succeeded; 1: a job failed or the server could not be used; "
+                    "2: bad arguments or workflow.")
     parser.add_argument("workflow", help="API-format workflow JSON, or a shipped name such as supir_restore_basic")
     parser.add_argument("-s", "--server", default="http://127.0.0.1:8188", help="ComfyUI URL (%(default)s)")
     parser.add_argument("-i", "--input", type=Path,
@@ -560,6 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--previews", action="store_true", help="also download preview (temp) images")
     parser.add_argument("--retry-for", type=float, default=180.0,
                         help="seconds to keep retrying an unreachable server (%(default)s)")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds to wait for the server to accept a connection or answer a request; a server "
+                             "that stays silent longer ends the batch (%(default)s)")
     parser.add_argument("--max-resubmits", type=int, default=1,
                         help="times a job lost by a restarted server is submitted again (%(default)s)")
     parser.add_argument("--poll-interval", type=float, default=2.0,
@@ -574,17 +648,24 @@ def overrides_from_args(args: argparse.Namespace) -> Overrides:
                      sets=[parse_set(text) for text in args.sets])
 
 
-def summary(jobs: list[Job]) -> tuple[str, int]:
-    """The closing report and the exit status."""
-    failed = [job for job in jobs if job.error]
-    lines = [f"{len(jobs) - len(failed)} of {len(jobs)} job(s) succeeded"]
-    lines += [f"FAILED {job.name}: {job.error}" for job in failed]
+def summary(jobs: list[Job], server_error: ServerError | None = None) -> tuple[str, int]:
+    """The closing report and the exit status. A server that could not be used is one line that ends it, after
+    the jobs that failed on their own."""
+    failed = [f"FAILED {job.name}: {job.error}" for job in jobs if job.error]
+    if server_error:
+        succeeded = sum(job.finished and not job.error for job in jobs)
+        last = f"error: {server_error} ({succeeded} of {len(jobs)} job(s) succeeded)"
+        return "\n".join(failed + [last]), EXIT_FAILED
+    lines = [f"{len(jobs) - len(failed)} of {len(jobs)} job(s) succeeded"] + failed
     return "\n".join(lines), EXIT_FAILED if failed else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        server = server_url(args.server)
+        if args.timeout <= 0:
+            raise WorkflowError(f"--timeout {args.timeout:g}: give a number of seconds above 0")
         path = resolve_workflow_path(args.workflow)
         workflow = apply_overrides(load_workflow(path), overrides_from_args(args))
         inputs = list_inputs(args.input) if args.input else []
@@ -599,17 +680,19 @@ def main(argv: list[str] | None = None) -> int:
             print(message, flush=True)
 
     jobs = make_jobs(workflow, path, inputs)
-    server = args.server if "://" in args.server else f"http://{args.server}"
+    server_error = None
     try:
         asyncio.run(run_batch(server, jobs, args.output, image_node_id=args.image_node, previews=args.previews,
-                              retry_for=args.retry_for, poll_interval=args.poll_interval,
+                              retry_for=args.retry_for, timeout=args.timeout, poll_interval=args.poll_interval,
                               max_resubmits=args.max_resubmits, log=log))
+    except ServerError as e:
+        server_error = e
     except KeyboardInterrupt:
         submitted = [job.prompt_id for job in jobs if job.submissions and not job.finished and not job.error]
         print("stopped; still on the server: " + (", ".join(submitted) or "nothing") +
               " (cancel with POST /interrupt or in ComfyUI's queue)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    text, code = summary(jobs)
+    text, code = summary(jobs, server_error)
     print(text, file=sys.stderr if code else sys.stdout, flush=True)
     return code
 

@@ -163,6 +163,8 @@ def test_a_server_restart_mid_batch_runs_every_job_exactly_once(restartable_serv
     ids = submitted_ids(stdout)
     assert len(ids["harbour"]) == 1 and len(ids["portrait"]) == 1, ids
     assert "[harbour] the server does not know job" in stdout
+    assert re.search(rf"^server {re.escape(server.url)} unreachable \(\w+\), retrying for another \d+ s$", stdout,
+                     re.M), "the wait for the restarting server is printed"
     history = server.get("/history")
     assert sorted(history) == sorted([ids["harbour"][0], ids["portrait"][0]])
     assert all(entry["status"]["status_str"] == "success" for entry in history.values())
