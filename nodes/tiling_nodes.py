@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..supir.host.tiled_aggregation import apply_tiled_aggregation
-from ..supir.tiling.grid import GRIDS
+from ..supir.tiling.grid import GRIDS, WEIGHTS
 
 
 class SUPIRTiledAggregation(io.ComfyNode):
@@ -28,6 +28,10 @@ class SUPIRTiledAggregation(io.ComfyNode):
                                        "(StableSR/SUPIR). even: the fewest tiles spread evenly (TiledDiffusion)."),
                 io.Int.Input("tile_batch_size", default=1, min=1, max=64,
                              tooltip="Tiles denoised together in one batch: faster with spare memory."),
+                io.Combo.Input("weights", options=list(WEIGHTS), default="official", optional=True,
+                               tooltip="Gaussian tile weights. official: centred as in StableSR's and SUPIR's own "
+                                       "tiled samplers (half a pixel low down the image), to reproduce them "
+                                       "exactly. symmetric: centred on both axes."),
                 io.Conditioning.Input("tile_positive", optional=True,
                                       tooltip="Optional per-tile captions: SUPIR Conditioning with caption_per_line, "
                                               "one line per tile, row by row."),
@@ -36,9 +40,10 @@ class SUPIRTiledAggregation(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, tile_size, tile_stride, grid, tile_batch_size, tile_positive=None) -> io.NodeOutput:
+    def execute(cls, model, tile_size, tile_stride, grid, tile_batch_size, tile_positive=None,
+                weights="official") -> io.NodeOutput:
         return io.NodeOutput(apply_tiled_aggregation(model, tile_size // 8, tile_stride // 8, grid, tile_batch_size,
-                                                     tile_positive))
+                                                     tile_positive, weights))
 
 
 NODES = [SUPIRTiledAggregation]

@@ -47,13 +47,53 @@ def test_bad_tiling_is_refused():
         tile_starts(100, 32, 16, "diagonal")
 
 
+def official_tile_weights(height: int, width: int) -> torch.Tensor:
+    """The tile weight map of StableSR's and SUPIR's tiled samplers (from MultiDiffusion): variance 0.01 in units
+    of the tile, x centred at (W - 1) / 2, y at H / 2, as an outer product of per-axis densities."""
+    var = 0.01
+    x = [math.exp(-(i - (width - 1) / 2) ** 2 / width ** 2 / (2 * var)) / math.sqrt(2 * math.pi * var)
+         for i in range(width)]
+    y = [math.exp(-(i - height / 2) ** 2 / height ** 2 / (2 * var)) / math.sqrt(2 * math.pi * var)
+         for i in range(height)]
+    return torch.tensor(y, dtype=torch.float64)[:, None] * torch.tensor(x, dtype=torch.float64)[None, :]
+
+
+@pytest.mark.parametrize("size", [(16, 16), (128, 128), (40, 72)])
+def test_official_weights_are_the_official_samplers_up_to_scale(size):
+    ours, theirs = gaussian_weights(*size).double(), official_tile_weights(*size)
+    torch.testing.assert_close(ours / ours.max(), theirs / theirs.max(), rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("tile,stride", [(128, 64), (16, 8)])
+def test_the_official_half_pixel_shifts_overlap_blending_by_exp_50_stride_over_n2(tile, stride):
+    """Two tiles one stride apart down the image: in their overlap, the upper tile's weight relative to the lower
+    one's is exp(50 stride / N^2) times the symmetric centring's (x1.22 at 128/64, x4.8 at 16/8)."""
+    rows = {c: gaussian_weights(tile, 1, centring=c)[:, 0].double() for c in ("official", "symmetric")}
+    overlap = torch.arange(stride, tile)
+    relative = {c: w[overlap] / w[overlap - stride] for c, w in rows.items()}
+    torch.testing.assert_close(relative["official"] / relative["symmetric"],
+                               torch.full((tile - stride,), math.exp(50 * stride / tile ** 2), dtype=torch.float64),
+                               rtol=1e-4, atol=0)
+
+
+def test_blending_uses_the_chosen_weights():
+    x = torch.zeros(1, 1, 24, 8)
+    tiles = tile_grid(24, 8, 16, 8)
+    ramp = torch.arange(24.0)[None, None, :, None].expand(1, 1, 24, 8)
+    denoise = lambda xt, group: torch.cat([ramp[:, :, t:b, l:r] + 100 * i for i, (t, b, l, r) in enumerate(group)])
+    official, symmetric = (blend_tiles(denoise, x, tiles, 2, weights=c) for c in ("official", "symmetric"))
+    assert not torch.allclose(official, symmetric)
+    with pytest.raises(ValueError, match="tile weights 'flat' is not one of official, symmetric"):
+        blend_tiles(denoise, x, tiles, 2, weights="flat")
+
+
 def test_gaussian_weights_have_std_a_tenth_of_the_tile():
     w = gaussian_weights(1, 200)[0].double()
     i = torch.arange(200, dtype=torch.float64)
     mean = (w * i).sum() / w.sum()
     std = ((w * (i - mean) ** 2).sum() / w.sum()).sqrt()
     assert float(mean) == pytest.approx(99.5) and float(std) == pytest.approx(20.0, rel=1e-3)
-    w2 = gaussian_weights(64, 48)
+    w2 = gaussian_weights(64, 48, centring="symmetric")
     assert w2.dtype == torch.float32 and w2.shape == (64, 48)
     assert torch.allclose(w2, w2.flip(0)) and torch.allclose(w2, w2.flip(1))
     edge_to_centre = math.exp(-(31.5 ** 2 - 0.5 ** 2) / (2 * 6.4 ** 2))  # rows 0 and 31, centre 31.5

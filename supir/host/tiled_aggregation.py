@@ -9,7 +9,7 @@ import torch
 import comfy.patcher_extension
 
 from ..tiling.batching import batched, tile_conditioning
-from ..tiling.grid import Tile, blend_tiles, check_tiling, tile_grid
+from ..tiling.grid import WEIGHTS, Tile, blend_tiles, check_tiling, tile_grid
 
 KEY = "supir_tiled_aggregation"
 TILES_KEY = "supir_tiles"  # transformer_options entry: ((full height, full width), tiles of this call)
@@ -19,11 +19,15 @@ class TiledAggregation:
     """Per-MODEL tiling settings (latent pixels); deep copies return the same object."""
 
     def __init__(self, tile: int, stride: int, grid: str = "snapped", tile_batch_size: int = 1,
-                 tile_context: torch.Tensor | None = None, tile_pooled: torch.Tensor | None = None):
+                 tile_context: torch.Tensor | None = None, tile_pooled: torch.Tensor | None = None,
+                 weights: str = "official"):
         check_tiling(tile, stride, grid)
         if tile_batch_size < 1:
             raise ValueError(f"tile_batch_size must be at least 1, got {tile_batch_size}")
+        if weights not in WEIGHTS:
+            raise ValueError(f"tile weights '{weights}' is not one of {', '.join(WEIGHTS)}")
         self.tile, self.stride, self.grid, self.tile_batch_size = tile, stride, grid, tile_batch_size
+        self.weights = weights
         self.tile_context, self.tile_pooled = tile_context, tile_pooled
 
     def __deepcopy__(self, memo):
@@ -50,19 +54,20 @@ class TiledAggregation:
             concat = None if c_concat is None else torch.cat([c_concat[:, :, a:b, c:d] for a, b, c, d in group])
             options = {**transformer_options, TILES_KEY: (tuple(x.shape[-2:]), group)}
             return executor(x_tiles, batched(t, batch, k), concat, context, control, options, **tiled)
-        return blend_tiles(denoise, x, tiles, self.tile_batch_size)
+        return blend_tiles(denoise, x, tiles, self.tile_batch_size, self.weights)
 
 
 def apply_tiled_aggregation(model, tile: int, stride: int, grid: str = "snapped", tile_batch_size: int = 1,
-                            tile_positive=None):
+                            tile_positive=None, weights: str = "official"):
     """A clone of ``model`` sampled tile by tile (sizes in latent pixels: image pixels / 8). ``tile_positive``:
-    optional CONDITIONING with one entry per tile (row by row), e.g. SUPIR Conditioning with caption_per_line."""
+    optional CONDITIONING with one entry per tile (row by row), e.g. SUPIR Conditioning with caption_per_line;
+    ``weights``: the Gaussian tile weights' centring (``official`` as StableSR's and SUPIR's tiled samplers)."""
     context = pooled = None
     if tile_positive is not None:
         context, extra = tile_positive[0][0], tile_positive[0][1]
         pooled = extra.get("pooled_output")
     m = model.clone()
-    patch = TiledAggregation(tile, stride, grid, tile_batch_size, context, pooled)
+    patch = TiledAggregation(tile, stride, grid, tile_batch_size, context, pooled, weights)
     m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, patch.apply_model_wrapper)
     return m
