@@ -1,0 +1,153 @@
+"""Tier 1: StableSR's parts in plain torch: the full-size layout of the official files on the meta device, the
+SPADE and attention equations on hand-made tensors, the encoder's features, and the respaced schedule."""
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from supir_restore.supir.model.checkpoint import SUPIRCheckpointError
+from supir_restore.supir.stablesr.checkpoint import (SPADELayers, StableSRCheckpointError, encoder_layout,
+                                                     sd_resblock_widths, spade_layout, spade_widths,
+                                                     split_stablesr_state_dict)
+from supir_restore.supir.stablesr.encoder import AttentionBlock, EncoderConfig, TimeAwareEncoder, parameter_count
+from supir_restore.supir.stablesr.schedule import alphas_cumprod, respaced_sigmas, respaced_timesteps
+from supir_restore.supir.stablesr.spade import SPADE
+
+LAYOUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "stablesr-layout.json")
+SD21 = dict(model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2)
+
+
+@pytest.fixture(scope="module")
+def official():
+    """The SR tensors of stablesr_000117.ckpt, as meta tensors with the official names and shapes."""
+    with open(LAYOUT) as f:
+        data = json.load(f)
+    groups = data["stablesr_ckpt"]
+    sd = {k: torch.empty(v, device="meta") for group in ("unet_spade_only", "structcond_stage_model")
+          for k, v in groups[group].items()}
+    sd["model.diffusion_model.input_blocks.0.0.weight"] = torch.empty(320, 4, 3, 3, device="meta")  # stock UNet
+    return data, split_stablesr_state_dict(sd, "stablesr_000117.ckpt")
+
+
+def test_official_layout_builds_with_nothing_missing_and_the_official_parameter_counts(official):
+    data, weights = official
+    assert len(weights.encoder) == 200 and len(weights.spade) == 176
+    encoder = encoder_layout(weights.encoder, "stablesr_000117.ckpt")  # raises on any missing or mis-shaped tensor
+    assert encoder.config == EncoderConfig()  # every size derived from the shapes equals the official config
+    assert parameter_count(encoder) == data["params"]["structcond"] == 52_494_080
+    spade = spade_layout(weights.spade, "stablesr_000117.ckpt")
+    assert parameter_count(spade) == data["params"]["spade"] == 53_020_160
+    assert spade_widths(weights.spade) == sd_resblock_widths(**SD21)  # a SPADE in each of SD 2.1's 22 ResBlocks
+    assert len(spade.paths) == 22
+
+
+def test_the_resblocks_of_sd21_and_their_widths():
+    widths = sd_resblock_widths(**SD21)
+    assert [k for k in widths if k.startswith("input_blocks")] == [f"input_blocks.{i}.0" for i in (1, 2, 4, 5, 7, 8,
+                                                                                                    10, 11)]
+    assert [widths[f"output_blocks.{i}.0"] for i in range(12)] == [1280] * 6 + [640] * 3 + [320] * 3
+    assert widths["middle_block.0"] == widths["middle_block.2"] == 1280
+
+
+def test_files_without_stablesr_tensors_are_named_for_what_they_are():
+    unet_only = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}
+    with pytest.raises(StableSRCheckpointError, match="Stable Diffusion checkpoint without StableSR's tensors"):
+        split_stablesr_state_dict(unet_only, "sd21.ckpt")
+    with pytest.raises(StableSRCheckpointError, match="SUPIR file"):
+        split_stablesr_state_dict({"model.control_model.input_hint_block.0.weight": torch.zeros(1)}, "supir.ckpt")
+    with pytest.raises(StableSRCheckpointError, match="SPADE layers .* is missing"):
+        split_stablesr_state_dict({"structcond_stage_model.time_embed.0.weight": torch.zeros(1)}, "half.ckpt")
+
+
+def test_a_mis_shaped_tensor_is_named(official):
+    _, weights = official
+    spade = dict(weights.spade)
+    spade["output_blocks.3.0.spade.mlp_beta.bias"] = torch.empty(640, device="meta")
+    with pytest.raises(SUPIRCheckpointError, match=r"output_blocks.3.0.spade.mlp_beta.bias \[640\]"):
+        spade_layout(spade, "broken.ckpt")
+
+
+def seeded(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / math.sqrt(max(1, p[0].numel())) if p.ndim > 1 else 0.2))
+    return module
+
+
+def test_spade_equation():
+    spade = seeded(SPADE(64, 16, hidden=8))
+    h, f = torch.randn(2, 64, 6, 5), torch.randn(2, 16, 6, 5)
+    n = F.group_norm(h, 32, spade.param_free_norm.weight, spade.param_free_norm.bias, eps=1e-5)
+    a = F.relu(F.conv2d(f, spade.mlp_shared[0].weight, spade.mlp_shared[0].bias, padding=1))
+    gamma = F.conv2d(a, spade.mlp_gamma.weight, spade.mlp_gamma.bias, padding=1)
+    beta = F.conv2d(a, spade.mlp_beta.weight, spade.mlp_beta.bias, padding=1)
+    torch.testing.assert_close(spade(h, f), n * (1 + gamma) + beta)
+
+
+def test_spade_with_zero_gamma_and_beta_is_the_affine_norm():
+    spade = seeded(SPADE(32, 8, hidden=8))
+    with torch.no_grad():
+        for conv in (spade.mlp_gamma, spade.mlp_beta):
+            conv.weight.zero_()
+            conv.bias.zero_()
+    h = torch.randn(1, 32, 4, 4)
+    torch.testing.assert_close(spade(h, torch.randn(1, 8, 4, 4)), spade.param_free_norm(h))
+
+
+def test_legacy_attention_splits_q_k_v_within_each_head():
+    block = seeded(AttentionBlock(64, heads=4))
+    x = torch.randn(2, 64, 3, 5)
+    flat = x.reshape(2, 64, 15)
+    qkv = block.qkv(block.norm(flat))  # [B, 3C, T]: per head, its q, k and v channels side by side
+    out = []
+    for head in qkv.reshape(2, 4, 3 * 16, 15).unbind(1):
+        q, k, v = head.split(16, dim=1)
+        weights = torch.softmax(torch.einsum("bct,bcs->bts", q, k) / math.sqrt(16), dim=-1)
+        out.append(torch.einsum("bts,bcs->bct", weights, v))
+    expected = flat + block.proj_out(torch.cat(out, dim=1))
+    torch.testing.assert_close(block(x), expected.reshape(2, 64, 3, 5), atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_features_at_every_resolution_depend_on_the_timestep():
+    config = EncoderConfig(model_channels=32, feature_channels=64)
+    encoder = seeded(TimeAwareEncoder(config), seed=1).eval()
+    x = torch.randn(2, 4, 24, 16)
+    with torch.no_grad():
+        features = encoder(x, torch.tensor([999, 999]))
+        other = encoder(x, torch.tensor([10, 10]))
+    assert {k: tuple(v.shape) for k, v in features.items()} == {
+        (24, 16): (2, 64, 24, 16), (12, 8): (2, 64, 12, 8), (6, 4): (2, 64, 6, 4), (3, 2): (2, 64, 3, 2)}
+    assert all((features[k] - other[k]).abs().max() > 1e-4 for k in features)
+    assert EncoderConfig.from_shapes({k: tuple(v.shape) for k, v in encoder.state_dict().items()}) == config
+
+
+def test_spade_layers_state_dict_is_the_files_layout():
+    layers = SPADELayers({"input_blocks.1.0": 32, "middle_block.0": 64}, feature_channels=16, hidden=8)
+    assert sorted(layers.state_dict()) == sorted(f"{b}.spade.{p}" for b in ("input_blocks.1.0", "middle_block.0")
+                                                 for p in ("param_free_norm.weight", "param_free_norm.bias",
+                                                           "mlp_shared.0.weight", "mlp_shared.0.bias",
+                                                           "mlp_gamma.weight", "mlp_gamma.bias",
+                                                           "mlp_beta.weight", "mlp_beta.bias"))
+    assert layers.layer("middle_block.0").param_free_norm.num_channels == 64
+
+
+def test_respaced_timesteps_are_the_official_ones():
+    assert respaced_timesteps(4) == [0, 333, 666, 999]
+    t200 = respaced_timesteps(200)
+    assert t200[:4] == [0, 5, 10, 15] and t200[-3:] == [989, 994, 999] and len(set(t200)) == 200
+    assert respaced_timesteps(1000) == list(range(1000))
+    with pytest.raises(ValueError, match="steps must be between 2 and 1000"):
+        respaced_timesteps(1)
+
+
+def test_schedule_matches_sd_at_its_ends():
+    ac = alphas_cumprod()
+    assert float(ac[999]) == pytest.approx(0.0046601, rel=1e-4)
+    sigmas = respaced_sigmas(4)
+    assert float(sigmas[0]) == pytest.approx(14.6146, rel=1e-4) and float(sigmas[-2]) == pytest.approx(0.029167,
+                                                                                                        rel=1e-3)
+    assert sigmas[-1] == 0 and bool((sigmas[:-1].diff() < 0).all())
