@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from torch import nn
 
 import comfy.model_management as mm
 import comfy.ops
@@ -42,24 +44,34 @@ class SUPIRModel:
         return self.patcher.model
 
 
-def load_supir(path: str, weight_dtype: str = "auto") -> SUPIRModel:
-    """Load and validate a SUPIR checkpoint. ``weight_dtype``: ``auto`` (ComfyUI's choice for the device),
-    ``fp32``, ``fp16``, ``bf16`` or ``fp8_e4m3fn`` (storage; compute is up-cast as ComfyUI does for UNets)."""
-    weights, layout = load_supir_weights(path)
+def managed_network(build: Callable[..., nn.Module], weights: dict[str, torch.Tensor],
+                    weight_dtype: str = "auto"):
+    """A network of the pack's own (built by ``build(ops=, dtype=, device="meta")``) loaded with ``weights`` under
+    ComfyUI's model management, on ComfyUI's ops so fp8/fp16 storage up-casts at compute and low-VRAM partial
+    loading works. ``weight_dtype``: ``auto`` (ComfyUI's choice for the device), ``fp32``, ``fp16``, ``bf16`` or
+    ``fp8_e4m3fn``. Returns (ModelPatcher, compute dtype)."""
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device()
     if weight_dtype == "auto":
-        params = sum(t.numel() for t in weights.control.values())
-        dtype = mm.unet_dtype(load_device, model_params=params)
+        dtype = mm.unet_dtype(load_device, model_params=sum(t.numel() for t in weights.values()))
     elif weight_dtype in STORAGE_DTYPES:
         dtype = STORAGE_DTYPES[weight_dtype]
     else:
         raise ValueError(f"weight_dtype '{weight_dtype}' is not one of auto, {', '.join(STORAGE_DTYPES)}")
     compute_dtype = mm.unet_manual_cast(dtype, load_device) or dtype
-    ops = comfy.ops.pick_operations(dtype, compute_dtype, load_device=load_device)
-    net = SUPIRControl(layout.trunk_config, layout.adaptor_specs, ops=ops, attention=host_attention,
-                       dtype=dtype, device="meta")
+    net = build(ops=comfy.ops.pick_operations(dtype, compute_dtype, load_device=load_device), dtype=dtype,
+                device="meta")
     patcher = core_model_patcher()(net, load_device=load_device, offload_device=offload_device)
-    net.load_state_dict({k: v.to(offload_device, dtype) for k, v in weights.control.items()}, strict=True, assign=True)
+    net.load_state_dict({k: v.to(offload_device, dtype) for k, v in weights.items()}, strict=True, assign=True)
     net.eval().requires_grad_(False)
+    return patcher, compute_dtype
+
+
+def load_supir(path: str, weight_dtype: str = "auto") -> SUPIRModel:
+    """Load and validate a SUPIR checkpoint; ``weight_dtype`` as :func:`managed_network` (storage; compute is
+    up-cast as ComfyUI does for UNets)."""
+    weights, layout = load_supir_weights(path)
+    patcher, compute_dtype = managed_network(
+        lambda **kw: SUPIRControl(layout.trunk_config, layout.adaptor_specs, attention=host_attention, **kw),
+        weights.control, weight_dtype)
     return SUPIRModel(patcher, weights.denoise_encoder, compute_dtype, os.path.basename(path))

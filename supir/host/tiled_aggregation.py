@@ -7,12 +7,26 @@ from __future__ import annotations
 import torch
 
 import comfy.patcher_extension
+import comfy.utils
 
 from ..tiling.batching import batched, tile_conditioning
 from ..tiling.grid import WEIGHTS, Tile, blend_tiles, check_tiling, tile_grid
 
 KEY = "supir_tiled_aggregation"
 TILES_KEY = "supir_tiles"  # transformer_options entry: ((full height, full width), tiles of this call)
+
+
+def batched_like_call(latent: torch.Tensor, x: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+    """A whole-image conditioning latent [B, C, H, W] batched like this model call's ``x``: every cond/uncond
+    chunk gets the same latents and, when tiled aggregation runs the call on tiles (stacked tile-major), each tile
+    its slice."""
+    tiles = (transformer_options.get(TILES_KEY) or (None, None))[1]
+    chunks = len(transformer_options.get("cond_or_uncond", [0]))
+    per_tile = x.shape[0] // len(tiles or [None])
+    latent = comfy.utils.repeat_to_batch_size(latent, per_tile // chunks).repeat(chunks, 1, 1, 1)
+    if tiles:
+        latent = torch.cat([latent[:, :, a:b, c:d] for a, b, c, d in tiles])
+    return latent.to(x.device)
 
 
 class TiledAggregation:

@@ -21,13 +21,12 @@ import torch
 from torch import nn
 
 import comfy.patcher_extension
-import comfy.utils
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, Upsample
 
 from ..model.adaptors import Join, OutputBlock, SUPIRMismatchError, plan_adaptors, unet_config
 from ..sampling.samplers import STEP_KEY, sigma_ramp
 from .supir_loader import SUPIRModel
-from .tiled_aggregation import TILES_KEY
+from .tiled_aggregation import TILES_KEY, batched_like_call
 from .versions import has_core_supir
 
 KEY = "supir_restore"
@@ -95,12 +94,7 @@ class SUPIRPatch:
                 f"the latent being sampled is {size[1] * 8}x{size[0] * 8} px but the SUPIR hint is "
                 f"{hint.shape[-1] * 8}x{hint.shape[-2] * 8} px; sample a latent of the LQ image's size "
                 f"(encode the same image, or use an Empty Latent of that size).")
-        chunks = len(transformer_options.get("cond_or_uncond", [0]))
-        per_tile = x.shape[0] // len(tiles or [None])
-        hint = comfy.utils.repeat_to_batch_size(hint, per_tile // chunks).repeat(chunks, 1, 1, 1)
-        if tiles:
-            hint = torch.cat([hint[:, :, a:b, c:d] for a, b, c, d in tiles])
-        return hint.to(x.device)
+        return batched_like_call(hint, x, transformer_options)
 
     def diffusion_model_wrapper(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         if has_core_supir(transformer_options):  # core's patch was added after this one

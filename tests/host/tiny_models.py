@@ -5,6 +5,7 @@ import math
 
 import torch
 
+import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
@@ -35,6 +36,15 @@ SD15_UNET_CONFIG = {
     "use_temporal_resblock": False,
 }
 
+
+TINY_SD21_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": True, "context_dim": 1024, "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
 
 _CLIP_COMMON = {"attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0, "eos_token_id": 49407,
                 "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 64, "layer_norm_eps": 1e-5,
@@ -110,6 +120,22 @@ def tiny_sd15(seed: int = 0):
             super().__init__(unet_config)
             self.unet_config["num_head_channels"] = 32
     return tiny_sdxl(seed, SD15_UNET_CONFIG, TinySD15)
+
+
+def tiny_sd21(seed: int = 0, v_prediction: bool = False):
+    """An SD 2.1-layout UNet (four levels, linear transformers, context 1024) at 32 base channels."""
+    class TinySD21(comfy.supported_models.SD20):
+        def __init__(self, unet_config):
+            super().__init__(unet_config)
+            self.unet_config["num_head_channels"] = 32
+
+        def model_type(self, state_dict, prefix=""):
+            return comfy.model_base.ModelType.V_PREDICTION if v_prediction else comfy.model_base.ModelType.EPS
+    cfg = TinySD21(dict(TINY_SD21_UNET_CONFIG))
+    cfg.set_inference_dtype(torch.float32, None)
+    model = cfg.get_model({})
+    seeded_init_(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, mm.get_torch_device(), mm.unet_offload_device())
 
 
 def tiny_vae(seed: int = 0, config=TINY_VAE_CONFIG):
