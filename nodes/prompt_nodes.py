@@ -32,7 +32,10 @@ class SUPIRConditioning(io.ComfyNode):
                 io.Latent.Input("hint", optional=True,
                                 tooltip="The hint from SUPIR LQ Encode: gives the image size and checks the batch."),
             ],
-            outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
+            outputs=[io.Conditioning.Output(display_name="positive", tooltip="Caption + quality suffix, with size "
+                                                                             "conditioning."),
+                     io.Conditioning.Output(display_name="negative", tooltip="The negative prompt, with size "
+                                                                             "conditioning.")],
         )
 
     @classmethod

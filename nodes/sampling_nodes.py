@@ -54,7 +54,7 @@ class SUPIRSigmas(io.ComfyNode):
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="Below 1: the last steps of a longer schedule, for img2img from the LQ latent."),
             ],
-            outputs=[io.Sigmas.Output()],
+            outputs=[io.Sigmas.Output(tooltip="The sigmas, for SamplerCustomAdvanced.")],
         )
 
     @classmethod
@@ -78,7 +78,7 @@ class SUPIRSamplerEDM(io.ComfyNode):
                 io.Float.Input("s_tmax", default=1000.0, min=0.0, max=1000.0, step=0.01,
                                tooltip="Churn only where sigma <= s_tmax (1000 = everywhere)."),
             ],
-            outputs=[io.Sampler.Output()],
+            outputs=[io.Sampler.Output(tooltip="RestoreEDM, for SamplerCustomAdvanced (or any SAMPLER input).")],
         )
 
     @classmethod
@@ -98,7 +98,8 @@ class SUPIRSamplerDPM(io.ComfyNode):
                                tooltip="SDE noise amount; 0 makes the sampler deterministic (ODE)."),
                 _s_noise(),
             ],
-            outputs=[io.Sampler.Output()],
+            outputs=[io.Sampler.Output(tooltip="RestoreDPM++ 2M SDE, for SamplerCustomAdvanced (or any SAMPLER "
+                                               "input).")],
         )
 
     @classmethod
@@ -115,7 +116,8 @@ class SUPIRGuidance(io.ComfyNode):
                         "optionally, restoration guidance toward the LQ latent. The sampler's own cfg value is "
                         "then ignored.",
             inputs=[io.Model.Input("model", tooltip="A SUPIR-patched SDXL model (SUPIR Apply Control).")] + _cfg_inputs(),
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip="The model with SUPIR's CFG ramp and restoration guidance, for "
+                                             "any sampler.")],
         )
 
     @classmethod

@@ -36,7 +36,7 @@ class SUPIRTiledAggregation(io.ComfyNode):
                                       tooltip="Optional per-tile captions: SUPIR Conditioning with caption_per_line, "
                                               "one line per tile, row by row."),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip="The model sampling tile by tile, for any sampler.")],
         )
 
     @classmethod

@@ -60,7 +60,12 @@ class SUPIRTrainingDataset(io.ComfyNode):
                                 tooltip="Caption of images without a .txt file (and of the IMAGE input)."),
                 io.Image.Input("images", optional=True, tooltip="Extra HQ images (a batch)."),
             ],
-            outputs=[DatasetType.Output(display_name="dataset"), io.String.Output(display_name="report")],
+            outputs=[DatasetType.Output(display_name="dataset",
+                                         tooltip="The images, captions and aspect buckets, for SUPIR Train "
+                                                 "Restoration LoRA."),
+                     io.String.Output(display_name="report",
+                                      tooltip="Image and caption counts, the buckets used and any unreadable "
+                                              "files skipped.")],
         )
 
     @classmethod
@@ -93,22 +98,28 @@ class SUPIRTrainLoRA(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.Model.Input("model", tooltip="The SDXL model (from Load Checkpoint)."),
-                SUPIRModelType.Input("supir_model"),
+                SUPIRModelType.Input("supir_model", tooltip="From SUPIR Load Model: the frozen control trunk and denoise "
+                                                            "encoder."),
                 io.Vae.Input("vae", tooltip="The SDXL VAE."),
                 io.Clip.Input("clip", tooltip="The SDXL CLIP, for the captions."),
-                DatasetType.Input("dataset"),
+                DatasetType.Input("dataset", tooltip="From SUPIR Training Dataset."),
                 io.String.Input("lora_name", default="supir_restore_lora",
                                 tooltip="File name in ComfyUI/models/loras (and the checkpoint folder's name)."),
-                io.Int.Input("steps", default=500, min=1, max=1_000_000),
-                io.Int.Input("rank", default=16, min=1, max=256),
+                io.Int.Input("steps", default=500, min=1, max=1_000_000,
+                             tooltip="Optimizer steps in total; to train longer, raise it and queue again with "
+                                     "resume on."),
+                io.Int.Input("rank", default=16, min=1, max=256, tooltip="Rank of the LoRA (its size and capacity)."),
                 io.Float.Input("alpha", default=16.0, min=0.0, max=1024.0, step=0.5,
                                tooltip="The LoRA's scale is alpha / rank."),
                 io.Combo.Input("targets", options=list(TARGETS), default="attention",
                                tooltip="attention: the attention linears (default); attention+ff adds the "
                                        "feed-forwards; transformer adds proj_in/out; all: every linear and conv."),
-                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-5),
-                io.Int.Input("batch_size", default=1, min=1, max=64),
-                io.Int.Input("grad_accumulation", default=1, min=1, max=256),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-5,
+                               tooltip="AdamW learning rate (weight decay 0.01)."),
+                io.Int.Input("batch_size", default=1, min=1, max=64,
+                             tooltip="Crops per micro-batch, all from one aspect bucket."),
+                io.Int.Input("grad_accumulation", default=1, min=1, max=256,
+                             tooltip="Micro-batches whose gradients are summed before each optimizer step."),
                 io.Combo.Input("training_dtype", options=list(DTYPES), default="fp32",
                                tooltip="bf16 runs the model under bf16 autocast; the LoRA stays fp32."),
                 io.Boolean.Input("gradient_checkpointing", default=True,
@@ -119,7 +130,9 @@ class SUPIRTrainLoRA(io.ComfyNode):
                                tooltip="How the LQ of each sample is synthesised (SUPIR Degrade presets)."),
                 io.Float.Input("snr_gamma", default=0.0, min=0.0, max=100.0, step=0.5,
                                tooltip="min-SNR-γ loss weighting (0: off; 5 is common)."),
-                io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1),
+                io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1,
+                             tooltip="Seed of every random draw (crops, degradations, timesteps, noise); "
+                                     "step s draws from (seed, s), so a resumed run continues exactly."),
                 io.Int.Input("save_every", default=100, min=0, max=1_000_000,
                              tooltip="Checkpoint every N steps (0: only at the end and on interrupt)."),
                 io.Boolean.Input("resume", default=True,
@@ -133,9 +146,11 @@ class SUPIRTrainLoRA(io.ComfyNode):
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The SDXL model with the trained LoRA applied."),
-                io.String.Output(display_name="lora_path"),
-                io.Image.Output(display_name="loss_curve"),
-                io.String.Output(display_name="report"),
+                io.String.Output(display_name="lora_path", tooltip="The saved LoRA file in ComfyUI/models/loras."),
+                io.Image.Output(display_name="loss_curve", tooltip="Per-step loss (grey) and its moving average (blue)."),
+                io.String.Output(display_name="report",
+                                 tooltip="Steps run, the LoRA and checkpoint paths, tensors applied, loss and "
+                                         "validation PSNR/SSIM."),
             ],
             hidden=[io.Hidden.unique_id],
         )

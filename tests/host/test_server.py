@@ -38,14 +38,32 @@ def server(comfy_server):
     return comfy_server
 
 
+def pack_nodes(info: dict) -> dict:
+    """The /object_info entries of this pack's nodes (ComfyUI names a custom node's module after its folder)."""
+    return {name: schema for name, schema in info.items()
+            if schema.get("python_module", "").split(".")[:2] == ["custom_nodes", "supir_restore"]}
+
+
 def test_nodes_are_registered_with_descriptions_and_tooltips(server):
     info = server.get("/object_info")
     for node in NODES:
         assert node in info, f"{node} not loaded; server log:\n{server.log()[-3000:]}"
-        schema = info[node]
-        assert schema["description"].strip() and schema["category"] == "supir"
+        assert info[node]["category"] == "supir"
+    pack = pack_nodes(info)
+    assert set(NODES) <= set(pack) and len(pack) >= 25, sorted(pack)
+    missing = []
+    for node, schema in pack.items():
+        assert schema["description"].strip(), f"{node} has no description"
+        assert schema["category"].split("/")[0] == "supir", f"{node} is in category {schema['category']!r}"
+        assert schema["display_name"].startswith("SUPIR "), f"{node} is displayed as {schema['display_name']!r}"
         for name, spec in {**schema["input"]["required"], **schema["input"].get("optional", {})}.items():
-            assert spec[1].get("tooltip"), f"{node}.{name} has no tooltip"
+            if not (len(spec) > 1 and str(spec[1].get("tooltip") or "").strip()):
+                missing.append(f"{node} input {name}")
+        tooltips = schema.get("output_tooltips") or []
+        for i, name in enumerate(schema["output_name"]):
+            if i >= len(tooltips) or not str(tooltips[i] or "").strip():
+                missing.append(f"{node} output {name}")
+    assert not missing, "without a tooltip: " + ", ".join(missing)
     combo = info["SUPIRLoader"]["input"]["required"]["supir_name"]
     assert combo[0] == "COMBO" and "tiny_supir_fp16.safetensors" in combo[1]["options"]
     assert info["SUPIRLQEncode"]["output"] == ["LATENT", "IMAGE", "VAE"]
