@@ -5,8 +5,11 @@ import folder_paths
 
 
 def register_model_folder() -> None:
-    """Adds models/supir (also reachable through extra_model_paths.yaml as ``supir:``)."""
+    """Adds models/supir (also reachable through extra_model_paths.yaml as ``supir:``) and creates it and
+    models/iqa, so users find where their files go."""
     default = os.path.join(folder_paths.models_dir, "supir")
+    for folder in (default, iqa_dir()):
+        os.makedirs(folder, exist_ok=True)
     paths, extensions = folder_paths.folder_names_and_paths.get("supir", ([], set()))
     if default not in paths:
         paths = [*paths, default]

@@ -44,6 +44,10 @@ def pack_nodes(info: dict) -> dict:
             if schema.get("python_module", "").split(".")[:2] == ["custom_nodes", "supir_restore"]}
 
 
+def test_the_pack_creates_its_model_folders(server):
+    assert os.path.isdir(os.path.join(server.models_base, "models", "iqa"))  # the fixture makes models/supir only
+
+
 def test_nodes_are_registered_with_descriptions_and_tooltips(server):
     info = server.get("/object_info")
     for node in NODES:
