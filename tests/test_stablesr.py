@@ -12,6 +12,7 @@ from supir_restore.supir.model.checkpoint import SUPIRCheckpointError
 from supir_restore.supir.stablesr.checkpoint import (SPADELayers, StableSRCheckpointError, encoder_layout,
                                                      sd_resblock_widths, spade_layout, spade_widths,
                                                      split_stablesr_state_dict)
+from supir_restore.supir.stablesr.cfw import CFWFusion, CFWLayers, ResidualDenseBlock, split_cfw_state_dict
 from supir_restore.supir.stablesr.encoder import AttentionBlock, EncoderConfig, TimeAwareEncoder, parameter_count
 from supir_restore.supir.stablesr.schedule import alphas_cumprod, respaced_sigmas, respaced_timesteps
 from supir_restore.supir.stablesr.spade import SPADE
@@ -151,3 +152,39 @@ def test_schedule_matches_sd_at_its_ends():
     assert float(sigmas[0]) == pytest.approx(14.6146, rel=1e-4) and float(sigmas[-2]) == pytest.approx(0.029167,
                                                                                                         rel=1e-3)
     assert sigmas[-1] == 0 and bool((sigmas[:-1].diff() < 0).all())
+
+
+# --- CFW (supir/stablesr/cfw.py) ---
+
+def test_official_cfw_layout_and_parameter_count():
+    with open(LAYOUT) as f:
+        data = json.load(f)
+    sd = {k: torch.empty(v, device="meta") for k, v in data["vqgan_cfw_ckpt"].items()}
+    vae, fusion = split_cfw_state_dict(sd)
+    assert len(fusion) == 156 and len(vae) == 248
+    layers = CFWLayers.from_shapes({k: tuple(v.shape) for k, v in fusion.items()}, device="meta")
+    assert {k: tuple(v.shape) for k, v in layers.state_dict().items()} == {k: tuple(v.shape) for k, v in fusion.items()}
+    assert parameter_count(layers) == data["params"]["cfw_fusion"] == 44_393_728
+    assert layers.levels == [1, 2] and layers.layer(1).encode_enc_3.conv2.out_channels == 256
+
+
+def test_cfw_weight_zero_is_the_plain_decoder_and_the_fusion_is_linear_in_w():
+    fusion = seeded(CFWFusion(32, blocks=1, growth=8), seed=2)
+    enc, dec = torch.randn(1, 32, 6, 6), torch.randn(1, 32, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(fusion(enc, dec, 0.0), dec)
+        half, full = fusion(enc, dec, 0.5), fusion(enc, dec, 1.0)
+    torch.testing.assert_close(half - dec, (full - dec) / 2)
+    assert (full - dec).abs().max() > 1e-3
+
+
+def test_dense_block_equation():
+    block = seeded(ResidualDenseBlock(16, 4), seed=3)
+    x = torch.randn(1, 16, 5, 5)
+    feats = [x]
+    for i in range(1, 5):
+        conv = getattr(block, f"conv{i}")
+        feats.append(F.leaky_relu(F.conv2d(torch.cat(feats, 1), conv.weight, conv.bias, padding=1), 0.2))
+    expected = F.conv2d(torch.cat(feats, 1), block.conv5.weight, block.conv5.bias, padding=1) * 0.2 + x
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected)
