@@ -11,6 +11,7 @@ from comfy_api.latest import io, ui
 
 from .folders import iqa_dir
 
+from ..supir.checks import check_filename_prefix
 from ..supir.quality.benchmark import IMAGE_EXTENSIONS, Report, crop_to_multiple, list_images, load_image
 from ..supir.quality.degradation import pil_to_image
 from ..supir.quality.metrics import LEARNED_METRICS, load_learned_metric
@@ -163,17 +164,18 @@ class BenchmarkReport(io.ComfyNode):
             raise ValueError(f"got {len(names)} names for {len(hq)} images; connect the names output of the node that "
                              "loaded the HQ images, or leave 'names' unconnected.")
         crop, prefix = crop_border[0], filename_prefix[0]
+        check_filename_prefix(prefix, "filename_prefix", "_00001_.partial-00000000.")  # counter, staging folder
         chosen = [name for name in LEARNED_METRICS if learned.get(name, [False])[0]]
         scorers = {name: load_learned_metric(name, iqa_dir()) for name in chosen}
         output_dir = folder_paths.get_output_directory()
         full_folder, filename, counter, _, _ = folder_paths.get_save_image_path(prefix, output_dir)
         report_dir = os.path.join(full_folder, f"{filename}_{counter:05d}_")
-        report = Report(report_dir, crop, scorers)
-        for name, lq_image, restored_image, hq_image in zip(names, lq, restored, hq):
-            report.add(name, lq_image, restored_image, hq_image)
-        settings = (f"images: {len(hq)}, crop border: {crop}, learned metrics: {', '.join(chosen) or 'none'}, "
-                    f"folder: {os.path.relpath(report_dir, output_dir)}")
-        _, summary, grid = report.finish(REPORT_TITLE, settings)
+        with Report(report_dir, crop, scorers) as report:
+            for name, lq_image, restored_image, hq_image in zip(names, lq, restored, hq):
+                report.add(name, lq_image, restored_image, hq_image)
+            settings = (f"images: {len(hq)}, crop border: {crop}, learned metrics: {', '.join(chosen) or 'none'}, "
+                        f"folder: {os.path.relpath(report_dir, output_dir)}")
+            _, summary, grid = report.finish(REPORT_TITLE, settings)
         grid_view = ui.SavedResult("grid.png", os.path.relpath(report_dir, output_dir), io.FolderType.output)
         return io.NodeOutput(summary, pil_to_image(grid)[None], ui={"images": [grid_view], "text": (summary,)})
 

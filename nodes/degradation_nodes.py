@@ -5,6 +5,7 @@ from comfy_api.latest import io, ui
 
 from .folders import iqa_dir
 
+from ..supir.checks import check_finite_image
 from ..supir.quality.degradation import PRESETS, degrade, describe
 from ..supir.quality.metrics import LEARNED_METRICS, fidelity_metrics, load_learned_metric
 
@@ -43,6 +44,7 @@ class DegradeImage(io.ComfyNode):
         preset, seed, resize_to_input = preset[0], seed[0], resize_to_input[0]
         out, first = [], 0
         for batch in image:
+            check_finite_image(batch, "image")
             out.append(degrade(batch, preset, seed + first, resize_to_input))
             first += batch.shape[0]
         return io.NodeOutput(out)
@@ -82,6 +84,8 @@ class ImageMetrics(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, reference, crop_border, learned_metric) -> io.NodeOutput:
+        check_finite_image(image, "image")
+        check_finite_image(reference, "reference")
         scores = fidelity_metrics(image, reference, crop_border)
         if learned_metric != "none":
             scores[learned_metric] = load_learned_metric(learned_metric, iqa_dir())(image, reference.expand_as(image))

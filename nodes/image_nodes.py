@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..supir.checks import check_finite_image
 from ..supir.image.colour import COLOUR_FIXES, colour_fix
 from ..supir.image.resize import MAX_SIDE, MULTIPLES, RESIZE_METHODS, resize_image, sampling_size, scaled_size
 
@@ -37,6 +38,8 @@ class SUPIRColorFix(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, reference, method, strength) -> io.NodeOutput:
+        check_finite_image(image, "image")
+        check_finite_image(reference, "reference")
         return io.NodeOutput(colour_fix(image, reference, method, strength))
 
 

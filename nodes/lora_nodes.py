@@ -4,6 +4,7 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..supir.checks import check_filename_prefix
 from ..supir.host.lora_region import apply_region_blend
 from ..supir.host.lora_stack import SAVE_DTYPES, apply_lora_stack, bake_checkpoint, merge_loras, read_lora, \
     save_merged_lora
@@ -12,6 +13,7 @@ from ..supir.lora.formats import inspect_lora
 CATEGORY = "supir/lora"
 SLOTS = 4
 NONE = "None"
+SAVED_SUFFIX = "_00001_.safetensors"  # ComfyUI's counter and the extension, appended to the prefix's name
 
 
 def lora_options() -> list[str]:
@@ -114,6 +116,7 @@ class SUPIRLoraMerge(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, rank, save_dtype, filename_prefix, clip=None, **slots) -> io.NodeOutput:
+        check_filename_prefix(filename_prefix, "filename_prefix", SAVED_SUFFIX)
         stack = [entry for entry in selected(slots, "weight") if entry[2] != 0]
         sd, report = merge_loras(model, clip, stack, rank, SAVE_DTYPES[save_dtype])
         path = save_merged_lora(sd, filename_prefix, [(name, weight) for name, _, weight in stack])
@@ -144,6 +147,7 @@ class SUPIRSaveBakedCheckpoint(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, filename_prefix) -> io.NodeOutput:
+        check_filename_prefix(filename_prefix, "filename_prefix", SAVED_SUFFIX)
         path = bake_checkpoint(model, clip, vae, filename_prefix)
         return io.NodeOutput(path, ui=ui.PreviewText(f"saved: {path}"))
 

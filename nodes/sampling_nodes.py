@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..supir.checks import check_finite_latent
 from ..supir.host.restore import (DPM, EDM, SCHEDULES, apply_guidance, restore_dpm_sampler, restore_edm_sampler,
                                   restore_latent, supir_sigmas)
 from ..supir.sampling.samplers import PRESETS, START_MODES, RestoreSettings, StartMode, preset_settings
@@ -26,7 +27,8 @@ def _cfg_inputs():
                                "Official Quality 7.5, Fidelity 4.0; lower values stay closer to the input."),
         io.Float.Input("restore_cfg", default=-1.0, min=-1.0, max=20.0, step=0.1,
                        tooltip="Restoration guidance strength tau: pulls the x0 estimate toward the restoration "
-                               "target by (sigma/sigma_max)^tau. -1 (off) is the official default; 4 is the paper's."),
+                               "target by (sigma/sigma_max)^tau. -1 (off) is the official default; 4 is the paper's. "
+                               "Used with every preset when a restoration_target is connected."),
         io.Float.Input("restore_cfg_s_tmin", default=0.05, min=0.0, max=1.0, step=0.01,
                        tooltip="Restoration guidance stops once the next sigma is at or below this."),
         io.Latent.Input("restoration_target", optional=True,
@@ -35,7 +37,10 @@ def _cfg_inputs():
 
 
 def _target(restoration_target):
-    return None if restoration_target is None else restoration_target["samples"]
+    if restoration_target is None:
+        return None
+    check_finite_latent(restoration_target["samples"], "restoration_target")
+    return restoration_target["samples"]
 
 
 class SUPIRSigmas(io.ComfyNode):
@@ -143,7 +148,8 @@ class SUPIRRestore(io.ComfyNode):
                              tooltip="Seed of the initial and the injected noise; the same seed gives the same result."),
                 io.Combo.Input("preset", options=[*PRESETS, "Custom"], default="Quality",
                                tooltip="Official settings; with Custom the sampler, steps, cfg, churn, noise, eta "
-                                       "and restore_cfg below are used."),
+                                       "and restore_cfg below are used. With a restoration_target connected, "
+                                       "restore_cfg applies on top of any preset."),
                 io.Combo.Input("start", options=list(START_MODES), default="noise",
                                tooltip="noise: pure noise (official). lq_embedded: the LQ latent noised to sigma_max "
                                        "(StableSR/SeeSR). img2img: the LQ latent noised to the level set by denoise."),
@@ -164,7 +170,8 @@ class SUPIRRestore(io.ComfyNode):
     def execute(cls, model, positive, negative, hint, seed, preset, start, denoise, sampler, steps, s_churn,
                 s_noise, eta, cfg_start, cfg_end, restore_cfg, restore_cfg_s_tmin, restoration_target=None):
         custom = RestoreSettings(sampler, steps, cfg_start, cfg_end, s_churn, s_noise, eta, restore_cfg)
-        settings = preset_settings(preset, custom)
+        settings = preset_settings(preset, custom, guided=restoration_target is not None)
+        check_finite_latent(hint["samples"], "hint")
         samples = restore_latent(model, positive, negative, hint["samples"], seed, settings, StartMode(start, denoise),
                                  _target(restoration_target), restore_cfg_s_tmin)
         return io.NodeOutput({"samples": samples})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
+from ..supir.checks import check_finite_image, check_finite_latent
 from ..supir.host.lq_encode import TILED_VAES, encode_lq, lq_vae
 from ..supir.host.supir_loader import STORAGE_DTYPES, load_supir
 from ..supir.host.unet_patch import apply_supir
@@ -87,6 +88,7 @@ class SUPIRLQEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, supir, vae, image, tile_size, tiled_vae="comfy") -> io.NodeOutput:
+        check_finite_image(image, "image")
         latent, stage1 = encode_lq(supir, vae, image, tile_size, tiled_vae)
         return io.NodeOutput({"samples": latent}, stage1, lq_vae(supir, vae))
 
@@ -116,6 +118,7 @@ class ApplySUPIR(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, supir, hint, control_scale_start, control_scale_end) -> io.NodeOutput:
+        check_finite_latent(hint["samples"], "hint")
         return io.NodeOutput(apply_supir(model, supir, hint["samples"], control_scale_start, control_scale_end))
 
 

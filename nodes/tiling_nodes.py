@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..supir.host.tiled_aggregation import apply_tiled_aggregation
-from ..supir.tiling.grid import GRIDS, WEIGHTS
+from ..supir.tiling.grid import GRIDS, WEIGHTS, check_tile_pixels
 
 
 class SUPIRTiledAggregation(io.ComfyNode):
@@ -42,6 +42,7 @@ class SUPIRTiledAggregation(io.ComfyNode):
     @classmethod
     def execute(cls, model, tile_size, tile_stride, grid, tile_batch_size, tile_positive=None,
                 weights="official") -> io.NodeOutput:
+        check_tile_pixels(tile_size, tile_stride)
         return io.NodeOutput(apply_tiled_aggregation(model, tile_size // 8, tile_stride // 8, grid, tile_batch_size,
                                                      tile_positive, weights))
 

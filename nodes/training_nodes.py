@@ -4,16 +4,17 @@ from __future__ import annotations
 import logging
 import os
 
-
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..lora_train.checkpoint import check_overwrite
 from ..lora_train.dataset import DatasetError, Sample, build_dataset, read_folder
 from ..lora_train.host.adapters import TARGETS, save_lora
 from ..lora_train.host.trainer import DTYPES, TrainSettings, train
 from ..lora_train.host.validation import validation_restore, with_adapters
 from ..lora_train.plot import loss_curve_image
+from ..supir.checks import check_file_name, check_finite_image
 from ..supir.host.lora_stack import apply_lora
 from ..supir.quality.degradation import PRESETS as DEGRADATIONS
 from ..supir.sampling.samplers import RestoreSettings
@@ -22,6 +23,7 @@ from .supir_nodes import SUPIRModelType
 CATEGORY = "supir/training"
 DatasetType = io.Custom("SUPIR_TRAINING_DATASET")
 CHECKPOINT_FOLDER = "supir_lora_training"
+LORA_SUFFIX = ".safetensors.partial"  # the longest name the LoRA has: it is written beside itself, then renamed
 
 
 def input_subfolder(folder: str) -> str:
@@ -35,9 +37,12 @@ def input_subfolder(folder: str) -> str:
 
 
 def safe_name(name: str) -> str:
-    if not name or name != os.path.basename(name) or name.startswith("."):
-        raise ValueError(f"LoRA name {name!r} must be a plain file name (no folders), e.g. 'my_restore_lora'")
-    return name[:-len(".safetensors")] if name.endswith(".safetensors") else name
+    """``lora_name`` without its extension, checked to be a file name the LoRA and its checkpoint folder can have."""
+    name = name.removesuffix(".safetensors")
+    check_file_name(name, "lora_name", LORA_SUFFIX)
+    if name != os.path.basename(name) or name.startswith(".") or "\\" in name:
+        raise ValueError(f"lora_name {name!r} must be a plain file name (no folders), e.g. 'my_restore_lora'")
+    return name
 
 
 class SUPIRTrainingDataset(io.ComfyNode):
@@ -72,6 +77,7 @@ class SUPIRTrainingDataset(io.ComfyNode):
     def execute(cls, folder, resolution, aspect_buckets, default_caption, images=None) -> io.NodeOutput:
         samples, unreadable = ([], []) if not folder else read_folder(input_subfolder(folder), default_caption)
         if images is not None:
+            check_finite_image(images, "images")
             samples += [Sample(img[..., :3].float(), default_caption, f"image {i}") for i, img in enumerate(images)]
         dataset = build_dataset(samples, resolution, aspect_buckets, unreadable)
         used = sorted({dataset.buckets[b] for b in dataset.bucket_of})
@@ -136,13 +142,17 @@ class SUPIRTrainLoRA(io.ComfyNode):
                 io.Int.Input("save_every", default=100, min=0, max=1_000_000,
                              tooltip="Checkpoint every N steps (0: only at the end and on interrupt)."),
                 io.Boolean.Input("resume", default=True,
-                                 tooltip="Continue this lora_name's checkpoint when there is one."),
+                                 tooltip="Continue this lora_name's checkpoint when there is one (off: start "
+                                         "afresh, replacing this lora_name's checkpoint and LoRA)."),
                 io.Image.Input("validation_images", optional=True,
                                tooltip="Held-out HQ images: degraded, restored and scored (PSNR/SSIM)."),
                 io.Int.Input("validate_every", default=0, min=0, max=1_000_000,
                              tooltip="Validate every N steps (0: only at the end)."),
                 io.Int.Input("validation_steps", default=20, min=1, max=200,
                              tooltip="Sampling steps of a validation restore (RestoreEDM, CFG 4 → 7.5)."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Allow replacing a LoRA file of this name that no training run of this "
+                                         "lora_name made (off: such a file is never touched)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The SDXL model with the trained LoRA applied."),
@@ -159,7 +169,7 @@ class SUPIRTrainLoRA(io.ComfyNode):
     def execute(cls, model, supir_model, vae, clip, dataset, lora_name, steps, rank, alpha, targets, learning_rate,
                 batch_size, grad_accumulation, training_dtype, gradient_checkpointing, cache_latents, degradation,
                 snr_gamma, seed, save_every, resume, validate_every, validation_steps,
-                validation_images=None) -> io.NodeOutput:
+                validation_images=None, overwrite=False) -> io.NodeOutput:
         name = safe_name(lora_name)
         settings = TrainSettings(steps, rank, alpha, targets, learning_rate, 1e-2, batch_size, grad_accumulation,
                                  training_dtype, gradient_checkpointing, cache_latents, degradation, snr_gamma, 1.0,
@@ -167,6 +177,7 @@ class SUPIRTrainLoRA(io.ComfyNode):
         checkpoint = os.path.join(folder_paths.get_output_directory(), CHECKPOINT_FOLDER, name,
                                   "checkpoint.safetensors")
         lora_path = os.path.join(folder_paths.get_folder_paths("loras")[0], name + ".safetensors")
+        check_overwrite(lora_path, checkpoint, overwrite)
         pbar = comfy.utils.ProgressBar(steps)
         node_id = cls.hidden.unique_id
 
@@ -178,6 +189,7 @@ class SUPIRTrainLoRA(io.ComfyNode):
         if validation_images is not None:
             restore = RestoreSettings("RestoreEDM", validation_steps)
             held_out = validation_images[..., :3].float()
+            check_finite_image(held_out, "validation_images")
 
             def validate(adapters, step):
                 out = validation_restore(with_adapters(model, adapters), supir_model, vae, clip, held_out,

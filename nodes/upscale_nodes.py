@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..supir.checks import check_finite_image
 from ..supir.host.upscale import COLOUR_FIXES, upscale_and_restore
 from ..supir.image.resize import MULTIPLES, RESIZE_METHODS
 from ..supir.sampling.samplers import PRESETS
@@ -55,6 +56,7 @@ class SUPIRUpscaleRestore(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, supir, image, scale, caption, preset, seed, control_scale_end, tile_size,
                 tile_stride, colour_fix, multiple, resize_method, vae_tile_size) -> io.NodeOutput:
+        check_finite_image(image, "image")
         restored, stage1 = upscale_and_restore(model, clip, vae, supir, image, scale, caption, preset, seed,
                                                control_scale_end, tile_size, tile_stride, colour_fix, int(multiple),
                                                resize_method, vae_tile_size)

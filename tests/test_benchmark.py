@@ -136,3 +136,50 @@ def test_unreadable_images_and_small_crops_are_named(tmp_path):
     assert b.crop_to_multiple(torch.zeros(1, 70, 45, 3), 32).shape == (1, 64, 32, 3)
     with pytest.raises(ValueError, match="a 70x45 image has no 64x64 part"):
         b.crop_to_multiple(torch.zeros(1, 70, 45, 3), 64)
+
+
+def test_perfect_restorations_report_inf_psnr(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    hq = [degradation.quantize(torch.rand(1, 16, 16, 3, generator=g)) for _ in range(3)]
+    with b.Report(str(tmp_path / "perfect"), 0, grid_height=16) as report:
+        report.add("same.png", hq[0], hq[0], hq[0])
+        report.add("also_same.png", hq[1], hq[1], hq[1])
+        result, summary, _ = report.finish("Title", "s")
+    rows = read_csv(tmp_path / "perfect" / "metrics.csv")
+    assert [r["psnr_y"] for r in rows] == ["inf", "inf"] and rows[0]["ssim_y"] == "1.000000"
+    assert "| psnr_y | inf ± 0.0000 | higher |" in summary
+    assert "PSNR inf: 2 restoration(s) identical to the HQ image (same.png, also_same.png)" in summary
+
+    with b.Report(str(tmp_path / "mixed"), 0, grid_height=16) as report:
+        report.add("same.png", hq[0], hq[0], hq[0])
+        report.add("other.png", hq[1], hq[2], hq[1])
+        _, summary, _ = report.finish("Title", "s")
+    assert "| psnr_y | inf ± inf | higher |" in summary
+
+
+def test_a_report_that_fails_midway_leaves_no_folder(tmp_path):
+    hq = torch.rand(1, 16, 16, 3)
+    with pytest.raises(ValueError, match="b.png: the restored image is 8x8"):
+        with b.Report(str(tmp_path / "report"), 0) as report:
+            report.add("a.png", hq, hq, hq)
+            report.add("b.png", hq, hq[:, :8, :8], hq)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("what", ["LQ", "restored", "HQ"])
+def test_non_finite_images_are_errors_naming_the_image(tmp_path, what):
+    images = {k: torch.rand(1, 8, 8, 3) for k in ("LQ", "restored", "HQ")}
+    images[what][0, 1, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=f"a.png: the {what} image contains 1 NaN"):
+        with b.Report(str(tmp_path / "report"), 0) as report:
+            report.add("a.png", images["LQ"], images["restored"], images["HQ"])
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_cli_report_into_an_existing_folder_replaces_only_its_own_files(hq_dir, tmp_path):
+    out = tmp_path / "cli"
+    out.mkdir()
+    (out / "notes.md").write_text("mine")
+    b.run_benchmark(hq_dir, str(out), "noise", b.identity, grid_height=16)
+    assert (out / "notes.md").read_text() == "mine" and (out / "metrics.csv").is_file()
+    assert sorted(os.listdir(tmp_path)) == ["cli", "hq"]

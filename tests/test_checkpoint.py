@@ -92,6 +92,18 @@ def test_wrong_shape_is_named(tmp_path):
         load_supir_weights(str(path))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_named(tmp_path, bad):
+    sd = {k: v.half() for k, v in official_state_dict().items()}
+    key = next(k for k in sd if k.startswith("first_stage_model.denoise_encoder.") and k.endswith("weight"))
+    sd[key].view(-1)[0] = bad
+    path = tmp_path / "diverged.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    with pytest.raises(SUPIRCheckpointError, match=rf"^diverged.safetensors: 1 tensor\(s\) hold NaN or infinite "
+                                                   rf"values \(denoise_encoder\.{key.rsplit('encoder.', 1)[1]}\)"):
+        load_supir_weights(str(path))
+
+
 def test_missing_denoise_encoder(tmp_path):
     sd = {k: v for k, v in official_state_dict().items() if "denoise_encoder" not in k}
     path = tmp_path / "no_encoder.safetensors"

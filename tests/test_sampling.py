@@ -160,3 +160,12 @@ def test_presets_are_the_official_defaults():
     for name, cfg in (("Lightning Quality", 2.0), ("Lightning Fidelity", 1.5)):
         p = PRESETS[name]
         assert (p.sampler, p.steps, p.cfg_start, p.cfg_end, p.eta) == ("RestoreDPM++ 2M SDE", 8, cfg, cfg, 1.0)
+
+
+def test_a_preset_with_a_restoration_target_takes_the_users_restore_cfg():
+    from supir_restore.supir.sampling.samplers import RestoreSettings, preset_settings
+    custom = RestoreSettings("RestoreEDM", 7, 1.0, 2.0, restore_cfg=4.0)
+    assert preset_settings("Quality", custom) == PRESETS["Quality"]
+    guided = preset_settings("Lightning Quality", custom, guided=True)
+    assert guided.restore_cfg == 4.0 and guided.steps == 8 and guided.sampler == "RestoreDPM++ 2M SDE"
+    assert preset_settings("Custom", custom, guided=True) == custom

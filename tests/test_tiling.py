@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from supir_restore.supir.tiling.batching import POOLED_WIDTH, batched, tile_conditioning
 from supir_restore.supir.tiling.exact_vae import GroupMoments, tiled_exact, windows
-from supir_restore.supir.tiling.grid import blend_tiles, gaussian_weights, tile_grid, tile_starts
+from supir_restore.supir.tiling.grid import blend_tiles, check_tile_pixels, gaussian_weights, tile_grid, tile_starts
 
 
 @pytest.mark.parametrize("grid", ["snapped", "even"])
@@ -209,3 +209,14 @@ def test_tile_captions_go_to_the_cond_rows_of_their_tiles():
     expected = torch.tensor([3, 3, 0, 0, 1, 1, 0, 0], dtype=torch.float32)  # tile 2's caption, then tile 0's
     assert torch.equal(out[:, 0, 0], expected) and torch.equal(out_y[:, 0], expected)
     assert (out_y[:, POOLED_WIDTH:] == 0).all() and (context == 0).all()  # size part untouched, inputs not changed
+
+
+def test_tile_size_and_stride_are_checked_in_the_pixels_users_type():
+    check_tile_pixels(1024, 512)
+    check_tile_pixels(8, 8)
+    with pytest.raises(ValueError, match=r"^tile_stride \(1024 px\) must be between 8 px and tile_size \(512 px\)"):
+        check_tile_pixels(512, 1024)
+    with pytest.raises(ValueError, match=r"^tile_stride \(4 px\)"):
+        check_tile_pixels(512, 4)
+    with pytest.raises(ValueError, match=r"^tile_size \(4 px\) must be at least 8 px"):
+        check_tile_pixels(4, 4)

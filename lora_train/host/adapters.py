@@ -14,6 +14,7 @@ import torch
 from comfy.weight_adapter.lora import LoRAAdapter
 
 from ...supir.lora.formats import kohya_name
+from ..checkpoint import CHECKPOINT_VERSION, check_checkpoint, read_checkpoint
 
 # Which UNet linears get a LoRA. "attention" is the default (SUPIR's LoRAs and most restoration LoRAs).
 TARGETS = {
@@ -23,11 +24,6 @@ TARGETS = {
                    r"|\d+\.proj_(in|out))",
     "all": r".*",
 }
-CHECKPOINT_VERSION = 1
-
-
-class CheckpointMismatchError(ValueError):
-    """A training checkpoint made with other LoRA settings than the run resuming from it."""
 
 
 def target_keys(diffusion_model: torch.nn.Module, targets: str) -> list[str]:
@@ -105,20 +101,12 @@ def save_checkpoint(path: str, adapters: dict[str, torch.nn.Module], optimizer: 
 
 
 def load_checkpoint(path: str, adapters: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
-                    settings: dict) -> tuple[int, list[float]]:
-    """Restore adapters and optimizer from ``path``; returns (finished steps, losses). The LoRA-shaping settings
-    must match the run's."""
-    with safetensors.safe_open(path, framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("supir_training", "{}"))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointMismatchError(f"{path} is not a training checkpoint of this trainer (version "
-                                      f"{meta.get('version')}); delete it or choose another run name.")
-    changed = [f"{k}: checkpoint {meta['settings'].get(k)!r}, now {v!r}" for k, v in settings.items()
-               if meta["settings"].get(k) != v]
-    if changed:
-        raise CheckpointMismatchError(f"cannot resume from {path}: " + "; ".join(changed)
-                                      + ". Use the same settings, or another run name to start afresh.")
+                    settings: dict, steps: int) -> tuple[int, list[float]]:
+    """Restore adapters and optimizer from ``path``, checked completely first (see ``check_checkpoint``); returns
+    (finished steps, losses)."""
+    meta, tensors = read_checkpoint(path)
+    shapes = {key: (a.lora_up.weight.shape, a.lora_down.weight.shape) for key, a in adapters.items()}
+    check_checkpoint(path, meta, tensors, shapes, settings, steps)
     with torch.no_grad():
         for key, a in adapters.items():
             a.lora_up.weight.copy_(tensors[f"adapter/{key}/up"])

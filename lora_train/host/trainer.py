@@ -241,7 +241,8 @@ def train(model, supir: SUPIRModel, vae, clip, dataset: TrainingDataset, setting
         optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         start, losses = 0, []
         if resume and os.path.isfile(checkpoint_path):
-            start, losses = load_checkpoint(checkpoint_path, adapters, optimizer, settings.trajectory())
+            start, losses = load_checkpoint(checkpoint_path, adapters, optimizer, settings.trajectory(),
+                                            settings.steps)
         def load():
             comfy.model_management.load_models_gpu([patched], force_full_load=True)
             lift_inference_tensors(patched.model)

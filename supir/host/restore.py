@@ -67,6 +67,9 @@ def apply_guidance(model, cfg_start: float, cfg_end: float, restore_cfg: float =
         return args["uncond"] + (args["cond"] - args["uncond"]) * scale
     m.set_model_sampler_cfg_function(linear_cfg, disable_cfg1_optimization=True)
 
+    if restoration_target is not None and restore_cfg <= 0:
+        raise ValueError(f"a restoration_target is connected but restore_cfg is {restore_cfg:g} (off), so it would "
+                         "be ignored; set restore_cfg above 0 (4 is the paper's) to pull toward it, or disconnect it")
     if restore_cfg > 0:
         if restoration_target is None:
             raise ValueError("restore_cfg > 0 needs a restoration_target: VAE Encode the stage-1 image with the "

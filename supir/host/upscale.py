@@ -10,6 +10,7 @@ from ..image.io import as_rgb
 from ..image.resize import resize_image, sampling_size, scaled_size
 from ..sampling.prompts import supir_conditioning
 from ..sampling.samplers import PRESETS, StartMode
+from ..tiling.grid import check_tile_pixels
 from .lq_encode import encode_lq
 from .restore import restore_latent
 from .supir_loader import SUPIRModel
@@ -29,6 +30,7 @@ def upscale_and_restore(model, clip, vae, supir: SUPIRModel, image: torch.Tensor
         raise ValueError(f"preset '{preset}' is not one of {', '.join(PRESETS)}")
     if colour not in COLOUR_FIXES:
         raise ValueError(f"colour fix '{colour}' is not one of {', '.join(COLOUR_FIXES)}")
+    check_tile_pixels(tile_size, tile_stride)
     height, width = image.shape[1:3]
     target = scaled_size(height, width, scale)
     lq = resize_image(as_rgb(image), *sampling_size(height, width, scale, multiple), resize_method)

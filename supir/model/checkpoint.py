@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import non_finite_tensors
 from .control import SUPIRConfigError, SUPIRControl
 
 HELP = ("SUPIR files are SUPIR-v0Q/v0F (.ckpt or .safetensors) and go in ComfyUI/models/supir; "
@@ -222,6 +223,10 @@ def load_supir_weights(path: str) -> tuple[SUPIRWeights, SUPIRControl]:
     """Read and fully validate a SUPIR file. Returns its tensors and the (meta-device) network they fit."""
     name = os.path.basename(path)
     weights = split_supir_state_dict(read_state_dict(path), name)
+    if bad := non_finite_tensors(weights.control | {f"denoise_encoder.{k}": v
+                                                    for k, v in weights.denoise_encoder.items()}):
+        raise SUPIRCheckpointError(f"{name}: {len(bad)} tensor(s) hold NaN or infinite values ({_names(bad, 4)}); "
+                                   f"the file is damaged and would turn every restoration black. Download it again.")
     net = control_layout(weights.control, name)
     check_layout(vae_encoder_layout(weights.denoise_encoder),
                  {k: v.shape for k, v in weights.denoise_encoder.items()}, "denoise encoder", name)

@@ -14,15 +14,19 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
+import math
 import os
+import shutil
 import statistics
 import sys
+import uuid
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
+from ..checks import check_finite_image
 from . import degradation
 from . import metrics
 from .degradation import image_to_pil, pil_to_image
@@ -105,8 +109,16 @@ class BenchmarkResult:
     scores: dict[str, list[float]]  # metric -> one value per image, in ``names`` order
 
     def summary(self) -> dict[str, tuple[float, float]]:
-        """metric -> (mean, population standard deviation) over the images."""
-        return {k: (statistics.fmean(v), statistics.pstdev(v)) for k, v in self.scores.items()}
+        """metric -> (mean, population standard deviation) over the images. An infinite score (the PSNR of a
+        restoration identical to its HQ image) makes the mean infinite and the spread 0 when every score is that
+        one, infinite otherwise."""
+        return {k: _mean_std(v) for k, v in self.scores.items()}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if all(map(math.isfinite, values)):
+        return statistics.fmean(values), statistics.pstdev(values)
+    return statistics.fmean(values), 0.0 if len(set(values)) == 1 else math.inf
 
 
 def lower_is_better(metric: str) -> bool:
@@ -119,6 +131,9 @@ class Report:
     """Scores restorations one image at a time and writes a benchmark report into ``out_dir``: ``lq/`` and
     ``restored/`` PNGs, ``metrics.csv`` (one row per image), ``summary.md`` (mean ± population std per metric) and
     ``grid.png`` (LQ | restored | HQ rows for the first ``grid_rows`` images).
+
+    The files are written into a hidden folder beside ``out_dir`` and moved into it by :meth:`finish`, so a report
+    that fails midway leaves no half-written ``out_dir``; used as a context manager, a failure removes them.
 
     The restored image is rounded to 8 bits before it is scored, as SR papers score saved images (BasicSR's
     ``tensor2img``), so the saved PNGs reproduce the scores exactly. PSNR/SSIM use ``crop_border``; learned metrics
@@ -133,14 +148,28 @@ class Report:
         self.scores: dict[str, list[float]] = {}
         self.grid_cells: list[tuple[list[Image.Image], str]] = []
         self.png_names: set[str] = set()
+        parent, base = os.path.split(os.path.abspath(out_dir))
+        self.staging = os.path.join(parent, f".{base}.partial-{uuid.uuid4().hex[:8]}")
         for sub in ("lq", "restored"):
-            os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+            os.makedirs(os.path.join(self.staging, sub))
+
+    def __enter__(self) -> Report:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is not None:
+            self.discard()
+
+    def discard(self) -> None:
+        """Removes the files written so far (nothing in ``out_dir`` changes)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
 
     def add(self, name: str, lq: torch.Tensor, restored: torch.Tensor, hq: torch.Tensor) -> dict[str, float]:
         """Scores one restored image :math:`(1, H, W, 3)` against its HQ image of the same size; the LQ
         :math:`(1, h, w, 3)` may be of any size (it is saved and shown, not scored). Returns the image's scores."""
         for what, image in (("LQ", lq), ("restored", restored), ("HQ", hq)):
             degradation.check_image(image, f"{name}: the {what} image")
+            check_finite_image(image, f"{name}: the {what} image")
             if image.shape[0] != 1:
                 raise ValueError(f"{name}: the {what} input holds {image.shape[0]} images; add one image at a time.")
         if restored.shape != hq.shape:
@@ -149,8 +178,8 @@ class Report:
                              "the HQ images to a multiple of the scale and of 8, or resize the restored image).")
         restored = degradation.quantize(restored.float())
         file_name = self._png_name(name)
-        save_image(lq, os.path.join(self.out_dir, "lq", file_name))
-        save_image(restored, os.path.join(self.out_dir, "restored", file_name))
+        save_image(lq, os.path.join(self.staging, "lq", file_name))
+        save_image(restored, os.path.join(self.staging, "restored", file_name))
         values = {k: v.item() for k, v in metrics.fidelity_metrics(restored, hq, self.crop_border).items()}
         values |= {k: fn(restored, hq).item() for k, fn in self.learned.items()}
         self.names.append(name)
@@ -172,17 +201,32 @@ class Report:
         return file_name
 
     def finish(self, title: str, settings: str) -> tuple[BenchmarkResult, str, Image.Image]:
-        """Writes ``metrics.csv``, ``summary.md`` and ``grid.png``; returns the result, the summary and the grid."""
+        """Writes ``metrics.csv``, ``summary.md`` and ``grid.png`` and moves the report into ``out_dir``; returns the
+        result, the summary and the grid."""
         if not self.names:
             raise ValueError("the benchmark has no images to report on.")
         result = BenchmarkResult(self.names, self.scores)
-        _write_csv(result, os.path.join(self.out_dir, "metrics.csv"))
+        _write_csv(result, os.path.join(self.staging, "metrics.csv"))
         summary = summary_table(result, title, settings)
-        with open(os.path.join(self.out_dir, "summary.md"), "w", encoding="utf-8") as f:
+        with open(os.path.join(self.staging, "summary.md"), "w", encoding="utf-8") as f:
             f.write(summary)
         grid = comparison_grid(self.grid_cells, self.grid_height)
-        grid.save(os.path.join(self.out_dir, "grid.png"))
+        grid.save(os.path.join(self.staging, "grid.png"))
+        self._publish()
         return result, summary, grid
+
+    def _publish(self) -> None:
+        """The staged report becomes ``out_dir``; into an existing ``out_dir`` (the CLI's, named by the user) its
+        files are moved one by one, replacing files of the same name."""
+        if not os.path.exists(self.out_dir):
+            os.rename(self.staging, self.out_dir)
+            return
+        for folder, _, files in os.walk(self.staging):
+            target = os.path.join(self.out_dir, os.path.relpath(folder, self.staging))
+            os.makedirs(target, exist_ok=True)
+            for name in files:
+                os.replace(os.path.join(folder, name), os.path.join(target, name))
+        self.discard()
 
 
 def run_benchmark(hq_dir: str, out_dir: str, preset: str, restore: Restore, seed: int = 0,
@@ -200,19 +244,19 @@ def run_benchmark(hq_dir: str, out_dir: str, preset: str, restore: Restore, seed
         crop_border = scale if scale > 1 else 0
     scorers = {name: metrics.load_learned_metric(name, iqa_dir) for name in learned}
     names = list_images(hq_dir)
-    report = Report(out_dir, crop_border, scorers, grid_rows, grid_height)
-    for i, name in enumerate(names):
-        hq = crop_to_multiple(load_image(os.path.join(hq_dir, name)), scale)
-        lq = degradation.degrade(hq, preset, seed + i, resize_back)
-        restored = restore(lq)
-        if restored.shape != hq.shape:
-            raise ValueError(f"{name}: the restore function returned {tuple(restored.shape)} but the HQ image is "
-                             f"{tuple(hq.shape)}; it must return the HQ size (use resize_back to feed it the LQ at "
-                             "HQ size, or the 'bicubic' baseline).")
-        report.add(name, lq, restored, hq)
-    settings = (f"restore: `{getattr(restore, '__qualname__', repr(restore))}`, images: {len(names)}, seed: {seed}, "
-                f"crop border: {crop_border}")
-    return report.finish(f"Benchmark: {degradation.describe(preset)}", settings)[0]
+    with Report(out_dir, crop_border, scorers, grid_rows, grid_height) as report:
+        for i, name in enumerate(names):
+            hq = crop_to_multiple(load_image(os.path.join(hq_dir, name)), scale)
+            lq = degradation.degrade(hq, preset, seed + i, resize_back)
+            restored = restore(lq)
+            if restored.shape != hq.shape:
+                raise ValueError(f"{name}: the restore function returned {tuple(restored.shape)} but the HQ image "
+                                 f"is {tuple(hq.shape)}; it must return the HQ size (use resize_back to feed it the "
+                                 "LQ at HQ size, or the 'bicubic' baseline).")
+            report.add(name, lq, restored, hq)
+        settings = (f"restore: `{getattr(restore, '__qualname__', repr(restore))}`, images: {len(names)}, "
+                    f"seed: {seed}, crop border: {crop_border}")
+        return report.finish(f"Benchmark: {degradation.describe(preset)}", settings)[0]
 
 
 def _write_csv(result: BenchmarkResult, path: str) -> None:
@@ -228,6 +272,10 @@ def summary_table(result: BenchmarkResult, title: str, settings: str) -> str:
     lines = [f"# {title}", "", settings, "", "| metric | mean ± std | better |", "| --- | --- | --- |"]
     lines += [f"| {k} | {mean:.4f} ± {std:.4f} | {'lower' if lower_is_better(k) else 'higher'} |"
               for k, (mean, std) in result.summary().items()]
+    identical = [name for i, name in enumerate(result.names) if math.isinf(result.scores["psnr_y"][i])]
+    if identical:
+        lines += ["", f"PSNR inf: {len(identical)} restoration(s) identical to the HQ image "
+                      f"({', '.join(identical[:8])}{' …' if len(identical) > 8 else ''})."]
     return "\n".join(lines) + "\n"
 
 

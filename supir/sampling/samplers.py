@@ -8,7 +8,7 @@ restoration guidance) see the step's sigmas as the official sampler does, not th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -200,10 +200,11 @@ class StartMode:
     denoise: float = 1.0
 
 
-def preset_settings(preset: str, custom: RestoreSettings) -> RestoreSettings:
-    """The named official preset, or ``custom`` for "Custom"."""
+def preset_settings(preset: str, custom: RestoreSettings, guided: bool = False) -> RestoreSettings:
+    """The named official preset, or ``custom`` for "Custom". ``guided`` (a restoration target is given): the
+    preset with ``custom``'s restore_cfg, since the official presets leave restoration guidance off."""
     if preset == "Custom":
         return custom
     if preset not in PRESETS:
         raise ValueError(f"preset '{preset}' is not one of {', '.join(PRESETS)}, Custom")
-    return PRESETS[preset]
+    return replace(PRESETS[preset], restore_cfg=custom.restore_cfg) if guided else PRESETS[preset]

@@ -23,6 +23,16 @@ def check_tiling(tile: int, stride: int, grid: str) -> None:
         raise ValueError(f"grid '{grid}' is not one of {', '.join(GRIDS)}")
 
 
+def check_tile_pixels(tile_size: int, tile_stride: int) -> None:
+    """Tile size and stride as users type them, in image pixels (8 per latent pixel)."""
+    if tile_size < 8:
+        raise ValueError(f"tile_size ({tile_size} px) must be at least 8 px (one latent pixel); 1024 px, SDXL's "
+                         "native size, is a good start")
+    if not 8 <= tile_stride <= tile_size:
+        raise ValueError(f"tile_stride ({tile_stride} px) must be between 8 px and tile_size ({tile_size} px) so that "
+                         f"tiles overlap or touch; e.g. tile_stride {max(8, tile_size // 2)} px")
+
+
 def tile_starts(size: int, tile: int, stride: int, grid: str = "snapped") -> list[int]:
     """Start offsets along one axis of length ``size``. ``snapped``: every ``stride`` from 0, plus a last tile
     flush with the far border (StableSR/SUPIR). ``even``: the fewest tiles at most ``stride`` apart, spread

@@ -183,6 +183,28 @@ def test_report_node_learned_metric_and_errors(comfy_dirs):
         run_node(BenchmarkReport, **report_inputs(hq, lq, [lq[0][:, :12, :12]], ["a"]))
 
 
+def test_report_node_reports_perfect_restorations_and_leaves_nothing_when_it_fails(comfy_dirs):
+    g = torch.Generator().manual_seed(2)
+    hq = [degradation.quantize(torch.rand(1, 32, 32, 3, generator=g)) for _ in range(2)]
+    summary = run_node(BenchmarkReport, **report_inputs(hq, hq, hq, ["a.png", "b.png"], 0, "perfect/r")).result[0]
+    assert "| psnr_y | inf ± 0.0000 | higher |" in summary
+    assert read_csv(comfy_dirs / "output" / "perfect" / "r_00001_" / "metrics.csv")[1]["psnr_rgb"] == "inf"
+
+    with pytest.raises(ValueError, match="b.png: the restored image is 16x16"):
+        run_node(BenchmarkReport, **report_inputs(hq, hq, [hq[0], hq[1][:, :16, :16]], ["a.png", "b.png"], 0,
+                                                  "failed/r"))
+    assert os.listdir(comfy_dirs / "output" / "failed") == []
+
+
+@pytest.mark.parametrize("prefix, problem", [("", "empty"), ("bench/\nreport", "control character"),
+                                             ("bench/" + "r" * 240, "too long"), ("../outside", "output folder")])
+def test_report_node_checks_its_prefix_before_scoring(comfy_dirs, prefix, problem):
+    hq = [torch.rand(1, 32, 32, 3)]
+    with pytest.raises(ValueError, match=f"^filename_prefix.*{problem}"):
+        run_node(BenchmarkReport, **report_inputs(hq, hq, hq, None, 0, prefix, lpips=True))  # lpips has no files
+    assert os.listdir(comfy_dirs / "output") == []
+
+
 # ------------------------------------------------------------------------------------------------ through the server
 
 def benchmark_graph(folder="bench", prefix="bench/report", preset=PRESET, seed=SEED, multiple=MULTIPLE,

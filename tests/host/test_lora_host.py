@@ -14,8 +14,9 @@ import comfy.supported_models  # noqa: E402
 import folder_paths  # noqa: E402
 from comfy_api.internal import make_locked_method_func  # noqa: E402
 
-from supir_restore.nodes.lora_nodes import NODES, SUPIRLoraInspect, SUPIRLoraMerge, SUPIRLoraStack  # noqa: E402
-from supir_restore.supir.lora.formats import LowRank, convert_peft  # noqa: E402
+from supir_restore.nodes.lora_nodes import (NODES, SUPIRLoraInspect, SUPIRLoraMerge, SUPIRLoraStack,  # noqa: E402
+                                            SUPIRSaveBakedCheckpoint)
+from supir_restore.supir.lora.formats import LoraFormatError, LowRank, convert_peft  # noqa: E402
 from supir_restore.supir.host.lora_stack import LoraMismatchError, apply_lora_stack, bake_checkpoint, merge_loras, \
     save_merged_lora  # noqa: E402
 from test_full_size import SDXL_UNET  # noqa: E402
@@ -214,6 +215,29 @@ def test_merge_node_writes_under_output(tiny_model, lora_folder):
     assert tensors["lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_up.weight"].dtype == torch.float16
     with pytest.raises(LoraMismatchError, match="SD1.5"):
         merge_loras(tiny_model, None, [("sd15", sd15_lora(), 1.0)], rank=4)
+
+
+@pytest.mark.parametrize("prefix, problem", [("", "empty"), ("merged/a\nb", "control character"),
+                                             ("merged/" + "m" * 240, "too long"), ("merged/", "ends with a folder")])
+def test_merge_and_bake_nodes_check_the_prefix_before_working(tiny_model, lora_folder, prefix, problem):
+    safetensors.torch.save_file(file_for(modules_for(tiny_model), "kohya"), str(lora_folder / "loras" / "a.safetensors"))
+    slots = {f"lora_{i}": "None" for i in range(2, 5)} | {f"weight_{i}": 1.0 for i in range(1, 5)}
+    with pytest.raises(ValueError, match=f"^filename_prefix.*{problem}"):
+        run_node(SUPIRLoraMerge, model=None, lora_1="a.safetensors", rank=2, save_dtype="fp16",  # no model: not used
+                 filename_prefix=prefix, **slots)
+    with pytest.raises(ValueError, match=f"^filename_prefix.*{problem}"):
+        run_node(SUPIRSaveBakedCheckpoint, model=None, clip=None, vae=None, filename_prefix=prefix)
+    assert list((lora_folder / "output").iterdir()) == []
+
+
+def test_a_lora_file_with_non_finite_values_is_named(tiny_model, lora_folder):
+    sd = file_for(modules_for(tiny_model), "kohya")
+    key = next(k for k in sd if k.endswith("lora_up.weight"))
+    sd[key][0, 0] = float("nan")
+    safetensors.torch.save_file(sd, str(lora_folder / "loras" / "diverged.safetensors"))
+    slots = {f"lora_{i}": "None" for i in range(2, 5)} | {f"strength_{i}": 1.0 for i in range(1, 5)}
+    with pytest.raises(LoraFormatError, match=rf"^diverged.safetensors: 1 tensor\(s\) hold NaN .*{key}"):
+        run_node(SUPIRLoraStack, model=tiny_model, lora_1="diverged.safetensors", **slots)
 
 
 def test_bake_checkpoint(tiny_model, tiny_clip, tiny_vae, lora_folder):

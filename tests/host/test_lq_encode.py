@@ -86,3 +86,15 @@ def test_tiled_lq_encode(tiny_supir, tiny_vae):
     torch.testing.assert_close(one_tile[0], whole[0])  # a tile covering the image is the plain encode
     torch.testing.assert_close(one_tile[1], whole[1])
     assert hint.shape == (1, 4, 25, 17) and stage1.shape == (1, 200, 136, 3) and torch.isfinite(hint).all()
+
+
+def test_non_finite_images_and_hints_are_errors_naming_the_input(tiny_supir, tiny_vae, tiny_model):
+    from supir_restore.nodes.supir_nodes import ApplySUPIR, SUPIRLQEncode
+    image = lq_image()
+    image[0, 5, 5, 0] = float("inf")
+    with pytest.raises(ValueError, match="^image contains 1 NaN or infinite value"):
+        SUPIRLQEncode.execute(tiny_supir, tiny_vae, image, 0)
+    hint = torch.zeros(1, 4, 8, 6)
+    hint[..., 0] = float("nan")
+    with pytest.raises(ValueError, match="^hint contains 32 NaN or infinite values"):
+        ApplySUPIR.execute(tiny_model, tiny_supir, {"samples": hint}, 1.0, 1.0)

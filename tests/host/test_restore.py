@@ -1,5 +1,7 @@
 """Tier 2: restoration sampling on ComfyUI (tiny SDXL + SUPIR): guidance patches with stock samplers,
 SUPIR's samplers as SAMPLER objects, the all-in-one restore node, determinism and interrupt."""
+import dataclasses
+
 import pytest
 
 pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
@@ -142,3 +144,26 @@ def test_interrupt_stops_the_restore(tiny_model, tiny_supir):
                        RestoreSettings(steps=10), StartMode(), disable_pbar=True)
     assert len(calls) == 2
     assert not mm.processing_interrupted()
+
+
+def test_a_restoration_target_with_a_preset_is_used_with_the_users_restore_cfg(tiny_model, tiny_supir, monkeypatch):
+    import supir_restore.nodes.sampling_nodes as nodes
+    used = {}
+    monkeypatch.setattr(nodes, "restore_latent", lambda *args, **kw: used.setdefault("settings", args[5]))
+    run_restore(tiny_model, tiny_supir, latent(7), preset="Quality", target=latent(8), restore_cfg=4.0)
+    assert used["settings"] == dataclasses.replace(PRESETS["Quality"], restore_cfg=4.0)
+
+
+@pytest.mark.parametrize("preset", ["Quality", "Custom"])
+def test_a_restoration_target_that_would_be_ignored_is_refused(tiny_model, tiny_supir, preset):
+    with pytest.raises(ValueError, match="restoration_target is connected but restore_cfg is -1 \\(off\\)"):
+        run_restore(tiny_model, tiny_supir, latent(7), preset=preset, target=latent(8), restore_cfg=-1.0)
+
+
+@pytest.mark.parametrize("input_name", ["hint", "restoration_target"])
+def test_non_finite_latents_are_errors_naming_the_input(tiny_model, tiny_supir, input_name):
+    bad = latent(7)
+    bad[0, 0, 0, 0] = float("nan")
+    inputs = {"hint": bad if input_name == "hint" else latent(7), "target": bad if input_name != "hint" else latent(8)}
+    with pytest.raises(ValueError, match=f"^{input_name} contains 1 NaN"):
+        run_restore(tiny_model, tiny_supir, inputs["hint"], preset="Custom", target=inputs["target"], restore_cfg=4.0)

@@ -90,3 +90,8 @@ def test_per_tile_captions(tiny_model, tiny_supir, tiny_clip):
     assert not torch.allclose(captions, reference, atol=1e-3)
     with pytest.raises(ValueError, match="2 tile captions for 3 tiles"):
         sample(tiled(patched, 128, 64, tile_positive=positive), latent(7, 16, 32), positive=plain)
+
+
+def test_tile_errors_name_the_pixels_the_user_typed(tiny_model):
+    with pytest.raises(ValueError, match=r"tile_stride \(1024 px\) must be between 8 px and tile_size \(512 px\)"):
+        tiled(tiny_model, 512, 1024)
