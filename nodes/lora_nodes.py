@@ -5,9 +5,9 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..supir.host.lora_region import apply_region_blend
-from ..supir.host.lora_stack import SAVE_DTYPES, apply_lora_stack, bake_checkpoint, merge_loras, read_lora, \
-    save_merged_lora
+from ..supir.host.lora_stack import SAVE_DTYPES, apply_lora_stack, bake_checkpoint, merge_loras, save_merged_lora
 from ..supir.lora.formats import inspect_lora
+from ..supir.weights import read_state_dict
 
 CATEGORY = "supir/lora"
 SLOTS = 4
@@ -33,7 +33,7 @@ def selected(slots: dict, amount: str, stack: str = "") -> list[tuple[str, dict,
     """(name, tensors, amount) of every filled slot of ``stack``, in slot order."""
     chosen = [(slots[f"lora{stack}_{i}"], slots[f"{amount}{stack}_{i}"]) for i in range(1, SLOTS + 1)
               if slots.get(f"lora{stack}_{i}", NONE) != NONE]
-    return [(name, read_lora(folder_paths.get_full_path_or_raise("loras", name)), value) for name, value in chosen]
+    return [(name, read_state_dict(folder_paths.get_full_path_or_raise("loras", name)), value) for name, value in chosen]
 
 
 class SUPIRLoraStack(io.ComfyNode):
@@ -82,7 +82,7 @@ class SUPIRLoraInspect(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora_name) -> io.NodeOutput:
-        report = inspect_lora(read_lora(folder_paths.get_full_path_or_raise("loras", lora_name))).describe()
+        report = inspect_lora(read_state_dict(folder_paths.get_full_path_or_raise("loras", lora_name))).describe()
         return io.NodeOutput(report, ui=ui.PreviewText(report))
 
 

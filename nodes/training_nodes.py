@@ -17,6 +17,7 @@ from ..lora_train.plot import loss_curve_image
 from ..supir.host.lora_stack import apply_lora
 from ..supir.quality.degradation import PRESETS as DEGRADATIONS
 from ..supir.sampling.samplers import RestoreSettings
+from ..supir.weights import read_state_dict
 from .supir_nodes import SUPIRModelType
 
 CATEGORY = "supir/training"
@@ -175,7 +176,7 @@ class SUPIRTrainLoRA(io.ComfyNode):
         save_lora(result.adapters, shapes, lora_path, {"ss_network_module": "networks.lora", "ss_network_dim": str(rank),
                                                        "ss_network_alpha": str(alpha),
                                                        "supir_restore_training": repr(settings)})
-        trained, _, applied = apply_lora(model, None, comfy.utils.load_torch_file(lora_path, safe_load=True), name, 1.0)
+        trained, _, applied = apply_lora(model, None, read_state_dict(lora_path), name, 1.0)
         lines = [f"{result.steps_done} steps (resumed at {result.resumed_from})" if result.resumed_from else
                  f"{result.steps_done} steps", f"LoRA: {lora_path}", applied.describe(),
                  f"checkpoint: {checkpoint}"]

@@ -14,6 +14,7 @@ import torch
 from comfy.weight_adapter.lora import LoRAAdapter
 
 from ...supir.lora.formats import kohya_name
+from ...supir.weights import read_safetensors
 
 # Which UNet linears get a LoRA. "attention" is the default (SUPIR's LoRAs and most restoration LoRAs).
 TARGETS = {
@@ -108,9 +109,8 @@ def load_checkpoint(path: str, adapters: dict[str, torch.nn.Module], optimizer: 
                     settings: dict) -> tuple[int, list[float]]:
     """Restore adapters and optimizer from ``path``; returns (finished steps, losses). The LoRA-shaping settings
     must match the run's."""
-    with safetensors.safe_open(path, framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("supir_training", "{}"))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, metadata = read_safetensors(path)
+    meta = json.loads(metadata.get("supir_training", "{}"))
     if meta.get("version") != CHECKPOINT_VERSION:
         raise CheckpointMismatchError(f"{path} is not a training checkpoint of this trainer (version "
                                       f"{meta.get('version')}); delete it or choose another run name.")

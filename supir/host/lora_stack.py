@@ -21,11 +21,6 @@ from ..lora.matching import LISTED_IGNORED, LoraMismatchError, LoraResult, fits,
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def read_lora(path: str) -> dict[str, torch.Tensor]:
-    """A LoRA file's tensors (safetensors, or a pickle read with weights_only)."""
-    return comfy.utils.load_torch_file(path, safe_load=True)
-
-
 def lora_key_map(model, clip=None) -> dict[str, str]:
     """ComfyUI's map from LoRA module names to weight keys of ``model`` (a ModelPatcher) and ``clip``."""
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})

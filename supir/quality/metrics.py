@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..weights import check_layout, read_state_dict
 from .degradation import check_image, image_to_pil
 
 SSIM_WINDOW = 11
@@ -157,19 +158,6 @@ def _need(state: dict, key: str, path: str, what: str, shape: tuple[int, ...] | 
     return state[key]
 
 
-def _load_pickle(path: str) -> dict:
-    """A ``.pt``/``.pth`` state dict; ``weights_only``, so nothing in the file runs."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or foreign pickles
-        if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e)):
-            raise ValueError(f"{path} holds pickled Python objects besides tensors ({found.group(1)}), e.g. a whole "
-                             "saved model or a training state. Only plain state dicts are read (torch.load with "
-                             "weights_only, so no code in a file runs); use the released weight file.") from e
-        raise ValueError(f"{path} could not be read as a PyTorch weight file ({type(e).__name__}: {e}). "
-                         "Download it again.") from e
-
-
 def _pair_bchw(image: torch.Tensor, reference: torch.Tensor, what: str, min_side: int,
                like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Checks an IMAGE pair of one shape and returns both as :math:`(B, 3, H, W)` in ``like``'s dtype and device."""
@@ -205,7 +193,7 @@ class LPIPS(nn.Module):
     def from_files(cls, alexnet_path: str, heads_path: str) -> "LPIPS":
         """Loads torchvision's ImageNet AlexNet state dict and the LPIPS v0.1 linear heads (``lin{k}.model.1``)."""
         model = cls()
-        trunk, heads = _load_pickle(alexnet_path), _load_pickle(heads_path)
+        trunk, heads = read_state_dict(alexnet_path), read_state_dict(heads_path)
         state = {}
         for k, idx in enumerate(cls.TORCHVISION_INDEX):
             for p in ("weight", "bias"):
@@ -291,7 +279,7 @@ class DISTS(nn.Module):
         """Loads torchvision's ImageNet VGG16 state dict (``features.N.weight/bias``; the classifier is ignored) and
         the DISTS release's ``{"alpha", "beta"}``, each :math:`(1, 1475, 1, 1)`."""
         model = cls()
-        vgg, weights = _load_pickle(vgg_path), _load_pickle(weights_path)
+        vgg, weights = read_state_dict(vgg_path), read_state_dict(weights_path)
         state = model.state_dict()
         for s, indices in enumerate(cls.torchvision_indices()):
             for k, idx in enumerate(indices):
@@ -496,13 +484,10 @@ class CLIPIQA(nn.Module):
 # Building blocks shared by MUSIQ and MANIQA. Attribute names follow the released checkpoints' key names.
 
 
-def _state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
+def _state_dict(path: str) -> dict[str, torch.Tensor]:
     """The tensors of a ``.pt``/``.pth`` state dict as float32 (integer buffers kept), DataParallel's ``module.``
     prefixes removed."""
-    state = _load_pickle(path)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a {what} file: it holds a {type(state).__name__}, not a state dict of "
-                         "tensors.")
+    state = read_state_dict(path)
     return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
@@ -516,14 +501,8 @@ def _load_layout(model: nn.Module, state: dict[str, torch.Tensor], path: str, wh
     """Loads ``state`` into ``model`` (built on the meta device) by assignment after checking that its tensors are
     exactly the model's, by name and shape; keys for which ``ignored`` is true may be present and are skipped."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected and not ignored(k)]
-    wrong = [f"{k} is {tuple(state[k].shape)}, expected {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
-    problems = [f"{label}: {', '.join(items[:5])}{' …' if len(items) > 5 else ''}"
-                for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
-    if problems:
-        raise ValueError(f"{path} is not a {what} file ({'; '.join(problems)}).")
+    check_layout({k: v.shape for k, v in expected.items()},
+                 {k: v.shape for k, v in state.items() if k in expected or not ignored(k)}, f"{what} network", path)
     model.load_state_dict({k: state[k] for k in expected}, assign=True)
 
 
@@ -693,7 +672,7 @@ class MUSIQ(nn.Module):
     @classmethod
     def from_file(cls, path: str) -> "MUSIQ":
         """Reads pyiqa's ``musiq_koniq_ckpt-e95806b9.pth``."""
-        return cls.from_state_dict(_state_dict(path, cls.WHAT), path)
+        return cls.from_state_dict(_state_dict(path), path)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], path: str) -> "MUSIQ":
@@ -940,7 +919,7 @@ class MANIQA(nn.Module):
     @classmethod
     def from_file(cls, path: str, num_crops: int = 20, seed: int = 0) -> "MANIQA":
         """Reads the authors' ``ckpt_koniq10k.pt`` (a state dict that includes the ViT-B/8 backbone)."""
-        return cls.from_state_dict(_state_dict(path, "MANIQA"), path, num_crops, seed)
+        return cls.from_state_dict(_state_dict(path), path, num_crops, seed)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], path: str, num_crops: int = 20,
