@@ -1,9 +1,7 @@
 """Restoration LoRA training in the graph: a dataset node and the trainer."""
 from __future__ import annotations
 
-import logging
 import os
-
 
 import comfy.utils
 import folder_paths
@@ -18,21 +16,12 @@ from ..supir.host.lora_stack import apply_lora
 from ..supir.quality.degradation import PRESETS as DEGRADATIONS
 from ..supir.sampling.samplers import RestoreSettings
 from ..supir.weights import read_state_dict
+from .folders import input_subfolder, skipped_report
 from .supir_nodes import SUPIRModelType
 
 CATEGORY = "supir/training"
 DatasetType = io.Custom("SUPIR_TRAINING_DATASET")
 CHECKPOINT_FOLDER = "supir_lora_training"
-
-
-def input_subfolder(folder: str) -> str:
-    """``folder`` resolved inside ComfyUI's input directory; anything leaving it is refused."""
-    root = os.path.realpath(folder_paths.get_input_directory())
-    path = os.path.realpath(os.path.join(root, folder))
-    if os.path.commonpath([root, path]) != root:
-        raise DatasetError(f"dataset folder {folder!r} is outside ComfyUI's input directory; give a path relative "
-                           f"to {root}")
-    return path
 
 
 def safe_name(name: str) -> str:
@@ -73,9 +62,7 @@ class SUPIRTrainingDataset(io.ComfyNode):
         used = sorted({dataset.buckets[b] for b in dataset.bucket_of})
         report = (f"{len(samples)} images, {len({s.caption for s in samples})} distinct captions, buckets "
                   + ", ".join(f"{w}x{h}" for w, h in used))
-        if unreadable:
-            report += f"\nskipped {len(unreadable)} unreadable: " + "; ".join(unreadable)
-            logging.warning("SUPIR training dataset: %s", report)
+        report = "\n".join(filter(None, [report, skipped_report(unreadable)]))
         return io.NodeOutput(dataset, report)
 
 

@@ -1,5 +1,6 @@
 """Host-free builders shared by the tests of both tiers: tiny SUPIR networks and state dicts in the official
 layouts, malicious and damaged weight files."""
+import csv
 import json
 import math
 import os
@@ -113,3 +114,9 @@ def damaged_files(folder, good: str) -> dict[str, str]:
             f.write(content)
         paths[what] = path
     return paths
+
+
+def read_csv(path) -> list[dict]:
+    """The rows of a CSV file with a header, as dicts."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

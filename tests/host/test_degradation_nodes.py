@@ -8,18 +8,11 @@ import os  # noqa: E402
 
 import folder_paths  # noqa: E402
 import torch  # noqa: E402
-from comfy_api.internal import make_locked_method_func  # noqa: E402
 
 from supir_restore.nodes import comfy_entrypoint  # noqa: E402
 from supir_restore.nodes.degradation_nodes import NODES, DegradeImage, ImageMetrics  # noqa: E402
 from supir_restore.supir.quality import degradation, metrics  # noqa: E402
-
-
-def run_node(cls, **inputs):
-    """Validates the class and calls its execution function on a locked class clone, as execution.py does."""
-    cls.GET_SCHEMA()
-    cls.VALIDATE_CLASS()
-    return make_locked_method_func(cls, cls.FUNCTION, cls.PREPARE_CLASS_CLONE(None))(**inputs)
+from host_helpers import run_node  # noqa: E402
 
 
 def photo(seed=0, h=96, w=80):

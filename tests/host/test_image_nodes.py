@@ -6,18 +6,11 @@ pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFY
 import asyncio  # noqa: E402
 
 import torch  # noqa: E402
-from comfy_api.internal import make_locked_method_func  # noqa: E402
 
 from supir_restore.nodes import comfy_entrypoint  # noqa: E402
 from supir_restore.nodes.image_nodes import NODES, SUPIRColorFix, SUPIRResize, SUPIRResizeTo  # noqa: E402
 from supir_restore.supir.image import colour, resize  # noqa: E402
-
-
-def run_node(cls, **inputs):
-    """Validates the class and calls its execution function on a locked class clone, as execution.py does."""
-    cls.GET_SCHEMA()
-    cls.VALIDATE_CLASS()
-    return make_locked_method_func(cls, cls.FUNCTION, cls.PREPARE_CLASS_CLONE(None))(**inputs)
+from host_helpers import run_node  # noqa: E402
 
 
 def photo(seed=0, h=75, w=101, c=3):

@@ -13,13 +13,13 @@ import torch  # noqa: E402
 import comfy.lora  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import folder_paths  # noqa: E402
-from comfy_api.internal import make_locked_method_func  # noqa: E402
 
 from supir_restore.nodes.lora_nodes import NODES, SUPIRLoraInspect, SUPIRLoraMerge, SUPIRLoraStack  # noqa: E402
 from supir_restore.supir.lora.formats import LowRank, convert_peft  # noqa: E402
 from supir_restore.supir.host.lora_stack import LoraMismatchError, apply_lora_stack, bake_checkpoint, merge_loras, \
     save_merged_lora  # noqa: E402
 from supir_restore.supir.weights import CorruptWeightsError, UnsafeWeightsError  # noqa: E402
+from host_helpers import run_node  # noqa: E402
 from helpers import damaged_files, malicious_files  # noqa: E402
 from test_full_size import SDXL_UNET  # noqa: E402
 from test_lora import sdxl_attention_modules  # noqa: E402
@@ -34,12 +34,6 @@ TARGETS = {
 }
 TE1 = "clip_l.transformer.text_model.encoder.layers.1.self_attn.q_proj"
 STRENGTH = 0.7
-
-
-def run_node(cls, **inputs):
-    cls.GET_SCHEMA()
-    cls.VALIDATE_CLASS()
-    return make_locked_method_func(cls, cls.FUNCTION, cls.PREPARE_CLASS_CLONE(None))(**inputs)
 
 
 def modules_for(model, seed=0, rank=3, alpha=1.5) -> dict[str, LowRank]:
