@@ -7,13 +7,13 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..lora_train.dataset import DatasetError, Sample, build_dataset, read_folder
+from ..lora_train.dataset import Sample, build_dataset, read_folder
 from ..lora_train.host.adapters import TARGETS, save_lora
 from ..lora_train.host.trainer import DTYPES, TrainSettings, train
 from ..lora_train.host.validation import validation_restore, with_adapters
 from ..lora_train.plot import loss_curve_image
 from ..supir.host.lora_stack import apply_lora
-from ..supir.quality.degradation import PRESETS as DEGRADATIONS
+from ..supir.quality.degradation import DEGRADATION_PRESETS
 from ..supir.sampling.samplers import RestoreSettings
 from ..supir.weights import read_state_dict
 from .folders import input_subfolder, skipped_report
@@ -103,7 +103,7 @@ class SUPIRTrainLoRA(io.ComfyNode):
                                  tooltip="Recompute UNet block activations in the backward pass (less memory)."),
                 io.Boolean.Input("cache_latents", default=False,
                                  tooltip="One fixed crop per image, HQ latents encoded once (faster, less varied)."),
-                io.Combo.Input("degradation", options=list(DEGRADATIONS), default="realesrgan_x4",
+                io.Combo.Input("degradation", options=list(DEGRADATION_PRESETS), default="realesrgan_x4",
                                tooltip="How the LQ of each sample is synthesised (SUPIR Degrade presets)."),
                 io.Float.Input("snr_gamma", default=0.0, min=0.0, max=100.0, step=0.5,
                                tooltip="min-SNR-γ loss weighting (0: off; 5 is common)."),

@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m supir.quality.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("hq_dir", help="folder of high-quality images")
     parser.add_argument("out_dir", help="folder for lq/, restored/, metrics.csv, summary.md, grid.png")
-    parser.add_argument("--preset", default="sr_x4", choices=list(degradation.PRESETS))
+    parser.add_argument("--preset", default="sr_x4", choices=list(degradation.DEGRADATION_PRESETS))
     parser.add_argument("--restore", default="bicubic", help="identity, bicubic or module:function")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crop-border", type=int, default=None, help="default: the preset's scale")

@@ -36,7 +36,7 @@ class RestoreSettings:
 # The official defaults: Quality and Fidelity from SUPIR_v0.yaml's default_setting with the gradio demo's
 # steps, churn and noise (edm_steps 50, s_churn 5, s_noise 1.003, restoration guidance off); the Lightning
 # pair from SUPIR_v0_Juggernautv9_lightning.yaml (8 steps, DPM++ 2M SDE on a Karras schedule).
-PRESETS = {
+RESTORE_PRESETS = {
     "Quality": RestoreSettings("RestoreEDM", 50, cfg_start=4.0, cfg_end=7.5),
     "Fidelity": RestoreSettings("RestoreEDM", 50, cfg_start=1.0, cfg_end=4.0),
     "Lightning Quality": RestoreSettings("RestoreDPM++ 2M SDE", 8, cfg_start=2.0, cfg_end=2.0, s_churn=0.0),
@@ -204,6 +204,6 @@ def preset_settings(preset: str, custom: RestoreSettings) -> RestoreSettings:
     """The named official preset, or ``custom`` for "Custom"."""
     if preset == "Custom":
         return custom
-    if preset not in PRESETS:
-        raise ValueError(f"preset '{preset}' is not one of {', '.join(PRESETS)}, Custom")
-    return PRESETS[preset]
+    if preset not in RESTORE_PRESETS:
+        raise ValueError(f"preset '{preset}' is not one of {', '.join(RESTORE_PRESETS)}, Custom")
+    return RESTORE_PRESETS[preset]

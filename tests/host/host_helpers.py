@@ -1,7 +1,12 @@
-"""Helpers shared by the host-tier tests: running a V3 node as ComfyUI's executor does, and writing test photos."""
+"""Helpers shared by the host-tier tests: running a V3 node as ComfyUI's executor does, checking how a node pack
+registers, and test photos."""
+import asyncio
+
 import torch
 from comfy_api.internal import make_locked_method_func
 from PIL import Image
+
+from supir_restore.nodes import comfy_entrypoint
 
 
 def run_node(cls, **inputs):
@@ -11,9 +16,26 @@ def run_node(cls, **inputs):
     return make_locked_method_func(cls, cls.FUNCTION, cls.PREPARE_CLASS_CLONE(None))(**inputs)
 
 
+def assert_registered_with_descriptions_and_tooltips(nodes, category: str) -> None:
+    """Every node of ``nodes`` is in the pack's node list, in ``category``, with a description and input tooltips."""
+    registered = asyncio.run(asyncio.run(comfy_entrypoint()).get_node_list())
+    assert all(node in registered for node in nodes)
+    for cls in nodes:
+        info = cls.GET_NODE_INFO_V1()
+        assert info["description"].strip() and info["category"] == category
+        for name, spec in {**info["input"]["required"], **info["input"].get("optional", {})}.items():
+            assert spec[1].get("tooltip"), f"{info['name']}.{name} has no tooltip"
+
+
+def smooth_photo(h: int, w: int, seed: int, channels: int = 3, cells: int = 0) -> torch.Tensor:
+    """A smooth random image (1, h, w, channels) in [0, 1]: bicubic-enlarged noise of about (h/8, w/8) cells, plus
+    ``cells`` more on each side."""
+    g = torch.Generator().manual_seed(seed)
+    small = torch.rand(1, channels, max(1, h // 8) + cells, max(1, w // 8) + cells, generator=g)
+    return torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic").clamp(0, 1).movedim(1, -1)
+
+
 def write_photo(path, h, w, seed):
     """A smooth random 8-bit RGB image of h x w pixels."""
-    g = torch.Generator().manual_seed(seed)
-    small = torch.rand(1, 3, max(1, h // 8), max(1, w // 8), generator=g)
-    image = torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic").clamp(0, 1)[0].movedim(0, -1)
+    image = smooth_photo(h, w, seed)[0]
     Image.fromarray((image * 255).round().to(torch.uint8).numpy()).save(path)

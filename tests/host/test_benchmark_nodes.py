@@ -4,33 +4,24 @@ import pytest
 
 pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
 
-import asyncio  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
 
-import folder_paths  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from supir_restore.nodes import comfy_entrypoint  # noqa: E402
 from supir_restore.nodes.benchmark_nodes import NODES, BenchmarkReport, LoadImageFolder  # noqa: E402
 from supir_restore.supir.image.io import read_image  # noqa: E402
 from supir_restore.supir.quality import benchmark, degradation, metrics  # noqa: E402
 from helpers import read_csv  # noqa: E402
-from host_helpers import run_node, write_photo  # noqa: E402
+from host_helpers import assert_registered_with_descriptions_and_tooltips, run_node, write_photo  # noqa: E402
 
 PRESET, SEED, MULTIPLE, CROP = "blur_sr_x4_noise", 3, 32, 4
 
 
 def test_nodes_are_registered_with_descriptions_and_tooltips():
-    registered = asyncio.run(asyncio.run(comfy_entrypoint()).get_node_list())
-    assert all(node in registered for node in NODES)
-    for cls in NODES:
-        info = cls.GET_NODE_INFO_V1()
-        assert info["description"].strip() and info["category"] == "supir/benchmark"
-        for name, spec in {**info["input"]["required"], **info["input"].get("optional", {})}.items():
-            assert spec[1].get("tooltip"), f"{info['name']}.{name} has no tooltip"
+    assert_registered_with_descriptions_and_tooltips(NODES, "supir/benchmark")
     assert LoadImageFolder.GET_NODE_INFO_V1()["output_is_list"] == [True, True, False]
     report = BenchmarkReport.GET_NODE_INFO_V1()
     assert report["output_node"] and BenchmarkReport.INPUT_IS_LIST
