@@ -7,6 +7,7 @@ from comfy_api.internal import make_locked_method_func
 from PIL import Image
 
 from supir_restore.nodes import comfy_entrypoint
+from supir_restore.supir.quality import metrics
 
 
 def run_node(cls, **inputs):
@@ -39,3 +40,12 @@ def write_photo(path, h, w, seed):
     """A smooth random 8-bit RGB image of h x w pixels."""
     image = smooth_photo(h, w, seed)[0]
     Image.fromarray((image * 255).round().to(torch.uint8).numpy()).save(path)
+
+
+def write_lpips_weights(folder) -> None:
+    """LPIPS weight files in ``folder``: a freshly initialised AlexNet trunk in torchvision's layout, heads of ones."""
+    model = metrics.LPIPS()
+    torch.save({f"features.{i}.{p}": getattr(conv, p).detach() for i, conv in zip(model.TORCHVISION_INDEX, model.convs)
+                for p in ("weight", "bias")}, folder / "alexnet-owt-7be5be79.pth")
+    torch.save({f"lin{k}.model.1.weight": torch.ones(1, c, 1, 1) for k, (_, c, *_) in enumerate(model.CONVS)},
+               folder / "alex.pth")

@@ -15,7 +15,8 @@ from supir_restore.nodes.benchmark_nodes import NODES, BenchmarkReport, LoadImag
 from supir_restore.supir.image.io import read_image  # noqa: E402
 from supir_restore.supir.quality import benchmark, degradation, metrics  # noqa: E402
 from helpers import read_csv  # noqa: E402
-from host_helpers import assert_registered_with_descriptions_and_tooltips, run_node, write_photo  # noqa: E402
+from host_helpers import assert_registered_with_descriptions_and_tooltips, run_node, write_lpips_weights, \
+    write_photo  # noqa: E402
 
 PRESET, SEED, MULTIPLE, CROP = "blur_sr_x4_noise", 3, 32, 4
 
@@ -127,11 +128,7 @@ def test_report_node_learned_metric_and_errors(comfy_dirs):
         run_node(BenchmarkReport, **report_inputs(hq, lq, lq, lpips=True))
     folder = comfy_dirs / "models" / "iqa" / "lpips"
     folder.mkdir(parents=True)
-    model = metrics.LPIPS()
-    torch.save({f"features.{i}.{p}": getattr(conv, p).detach() for i, conv in zip(model.TORCHVISION_INDEX, model.convs)
-                for p in ("weight", "bias")}, folder / "alexnet-owt-7be5be79.pth")
-    torch.save({f"lin{k}.model.1.weight": torch.ones(1, c, 1, 1) for k, (_, c, *_) in enumerate(model.CONVS)},
-               folder / "alex.pth")
+    write_lpips_weights(folder)
     summary = run_node(BenchmarkReport, **report_inputs(hq, lq, lq, ["n.png"], 0, "lp/r", lpips=True)).result[0]
     row = read_csv(comfy_dirs / "output" / "lp" / "r_00001_" / "metrics.csv")[0]
     lpips = metrics.load_learned_metric("lpips", str(comfy_dirs / "models" / "iqa"))

@@ -10,7 +10,8 @@ import torch  # noqa: E402
 
 from supir_restore.nodes.degradation_nodes import NODES, DegradeImage, ImageMetrics  # noqa: E402
 from supir_restore.supir.quality import degradation, metrics  # noqa: E402
-from host_helpers import assert_registered_with_descriptions_and_tooltips, run_node, smooth_photo  # noqa: E402
+from host_helpers import assert_registered_with_descriptions_and_tooltips, run_node, smooth_photo, \
+    write_lpips_weights  # noqa: E402
 
 
 def photo(seed=0, h=96, w=80):
@@ -73,11 +74,7 @@ def test_metrics_node_learned_metric_reads_comfyui_models_iqa(tmp_path, monkeypa
     assert os.path.join(str(tmp_path), "iqa", "lpips") in str(err.value)
     folder = tmp_path / "iqa" / "lpips"
     folder.mkdir(parents=True)
-    model = metrics.LPIPS()
-    torch.save({f"features.{i}.{p}": getattr(conv, p).detach() for i, conv in zip(model.TORCHVISION_INDEX, model.convs)
-                for p in ("weight", "bias")}, folder / "alexnet-owt-7be5be79.pth")
-    torch.save({f"lin{k}.model.1.weight": torch.ones(1, c, 1, 1) for k, (_, c, *_) in enumerate(model.CONVS)},
-               folder / "alex.pth")
+    write_lpips_weights(folder)
     out = run_node(ImageMetrics, image=torch.cat([hq, photo(4, 64, 64)]), reference=hq, crop_border=0,
                    learned_metric="lpips")
     report = out.result[4]
