@@ -12,10 +12,10 @@ import os
 import re
 from numbers import Real
 
-import safetensors
 import torch
 
 from ..supir.checks import non_finite_tensors
+from ..supir.weights import read_safetensors
 
 CHECKPOINT_VERSION = 1
 OPTIMIZER_FIELDS = ("exp_avg", "exp_avg_sq", "step")  # AdamW's per-parameter state
@@ -37,12 +37,10 @@ def check_overwrite(lora_path: str, checkpoint_path: str, overwrite: bool) -> No
 
 def read_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """The metadata and tensors of a checkpoint file; an unreadable file is an error naming it."""
+    tensors, metadata = read_safetensors(path)
     try:
-        with safetensors.safe_open(path, framework="pt") as f:
-            meta_text = (f.metadata() or {}).get("supir_training", "{}")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads(meta_text)
-    except Exception as e:
+        meta = json.loads(metadata.get("supir_training", "{}"))
+    except ValueError as e:
         raise CheckpointMismatchError(f"cannot read the training checkpoint {path} ({type(e).__name__}: {e}); the "
                                       f"file is damaged: {START_AFRESH}.") from e
     if not isinstance(meta, dict) or meta.get("version") != CHECKPOINT_VERSION:

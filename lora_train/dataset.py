@@ -9,12 +9,11 @@ import math
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+from ..supir.image.io import list_images, read_images
+
 BUCKET_MULTIPLE = 64
 
 
@@ -71,35 +70,23 @@ def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> i
                                                    -buckets[i][0] * buckets[i][1]))
 
 
-def read_image(path: str) -> torch.Tensor:
-    """An image file as IMAGE-layout RGB :math:`(H, W, 3)` float32 in [0, 1]."""
-    with Image.open(path) as im:
-        rgb = im.convert("RGB")
-    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
-
-
 def read_folder(folder: str, default_caption: str = "") -> tuple[list[Sample], list[str]]:
     """The images of ``folder`` (sorted by name) with the caption in ``<stem>.txt`` beside each (else
-    ``default_caption``). Returns (samples, unreadable files with the reason)."""
+    ``default_caption``). Returns (samples, files skipped as unreadable or too large, with the reason)."""
     if not os.path.isdir(folder):
         raise DatasetError(f"the dataset folder {folder!r} does not exist")
-    samples, unreadable = [], []
-    for name in sorted(os.listdir(folder)):
-        stem, ext = os.path.splitext(name)
-        if ext.lower() not in IMAGE_EXTENSIONS:
-            continue
-        try:
-            image = read_image(os.path.join(folder, name))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            unreadable.append(f"{name} ({e.__class__.__name__}: {e})")
-            continue
-        caption_path = os.path.join(folder, stem + ".txt")
-        caption = default_caption
-        if os.path.isfile(caption_path):
-            with open(caption_path, encoding="utf-8") as f:
-                caption = f.read().strip()
-        samples.append(Sample(image, caption, name))
-    return samples, unreadable
+    images, names, skipped = read_images(folder, list_images(folder))
+    return [Sample(image, caption_of(folder, name, default_caption), name)
+            for image, name in zip(images, names)], skipped
+
+
+def caption_of(folder: str, name: str, default: str) -> str:
+    """The text of ``<stem>.txt`` beside image ``name``, else ``default``."""
+    path = os.path.join(folder, os.path.splitext(name)[0] + ".txt")
+    if not os.path.isfile(path):
+        return default
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
 
 
 def build_dataset(samples: list[Sample], resolution: int, buckets: bool = True,

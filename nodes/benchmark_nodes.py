@@ -9,10 +9,11 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from .folders import iqa_dir
+from .folders import input_subfolder, iqa_dir, skipped_report
 
 from ..supir.checks import check_filename_prefix
-from ..supir.quality.benchmark import IMAGE_EXTENSIONS, Report, crop_to_multiple, list_images, load_image
+from ..supir.image.io import IMAGE_EXTENSIONS, list_images, read_images
+from ..supir.quality.benchmark import Report, crop_to_multiple
 from ..supir.quality.degradation import pil_to_image
 from ..supir.quality.metrics import LEARNED_METRICS, load_learned_metric
 
@@ -23,32 +24,14 @@ REPORT_TITLE = "SUPIR benchmark report"
 FIRST_LEARNED_METRICS = ("lpips", "dists", "clipiqa")
 
 
-def input_folder(folder: str) -> str:
-    """The absolute path of ``folder``, a path relative to ComfyUI's input directory ("" is the directory itself).
-
-    Raises:
-        ValueError: an absolute path, a path that leaves the input directory, or a folder that does not exist.
-    """
-    root = folder_paths.get_input_directory()
-    relative = os.path.normpath(folder.strip() or ".")
-    if os.path.isabs(relative) or relative == ".." or relative.startswith(".." + os.sep):
-        raise ValueError(f"folder {folder!r} must be a path inside ComfyUI's input directory ({root}), e.g. "
-                         "'benchmark/hq'; absolute paths and '..' are not allowed.")
-    path = os.path.join(root, relative)
-    if not os.path.isdir(path):
-        raise ValueError(f"folder {folder!r} does not exist in ComfyUI's input directory: create {path} and put the "
-                         "high-quality test images in it.")
-    return path
-
-
-def folder_images(folder: str) -> list[str]:
-    """The image files of an input folder, sorted by name; a clear error when there are none."""
-    path = input_folder(folder)
-    try:
-        return list_images(path)
-    except ValueError:
+def folder_images(folder: str) -> tuple[str, list[str]]:
+    """The path of an input folder and its image files, sorted by name; a clear error when there are none."""
+    path = input_subfolder(folder)
+    names = list_images(path)
+    if not names:
         raise ValueError(f"folder {folder!r} ({path}) has no images ({', '.join(IMAGE_EXTENSIONS)}); put the "
-                         "high-quality test images in it.") from None
+                         "high-quality test images in it.")
+    return path, names
 
 
 class LoadImageFolder(io.ComfyNode):
@@ -61,7 +44,8 @@ class LoadImageFolder(io.ComfyNode):
             description="Loads every image of a folder under ComfyUI's input directory, in name order, as a list: "
                         "nodes after it run once per image, so images of different sizes keep their own size "
                         "(nothing is resized). Each image is cropped at the bottom and right to a multiple of "
-                        "'multiple' so that degrading, restoring and scoring line up.",
+                        "'multiple' so that degrading, restoring and scoring line up. A file that cannot be read, "
+                        "or is too large to decode safely, is skipped and named in the report.",
             inputs=[
                 io.String.Input("folder", default="benchmark",
                                 tooltip="Folder inside ComfyUI/input holding the high-quality (ground-truth) images, "
@@ -76,6 +60,9 @@ class LoadImageFolder(io.ComfyNode):
                                 tooltip="One IMAGE (batch of 1) per file, RGB (alpha dropped), EXIF-upright."),
                 io.String.Output(display_name="names", is_output_list=True,
                                  tooltip="The file names, in the same order (for SUPIR Benchmark Report)."),
+                io.String.Output(display_name="report",
+                                 tooltip="How many images were loaded, and each file skipped as unreadable or too "
+                                         "large, with the reason."),
             ],
         )
 
@@ -84,8 +71,8 @@ class LoadImageFolder(io.ComfyNode):
         """Changes when a file of the folder is added, removed or rewritten, so the folder is read again."""
         digest = hashlib.sha256(f"{folder}\0{multiple}".encode())
         try:
-            path = input_folder(folder)
-            for name in list_images(path):
+            path, names = folder_images(folder)
+            for name in names:
                 stat = os.stat(os.path.join(path, name))
                 digest.update(f"\0{name}\0{stat.st_mtime_ns}\0{stat.st_size}".encode())
         except (ValueError, OSError):
@@ -94,10 +81,12 @@ class LoadImageFolder(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder, multiple) -> io.NodeOutput:
-        path = input_folder(folder)
-        names = folder_images(folder)
-        images = [crop_to_multiple(load_image(os.path.join(path, name)), multiple) for name in names]
-        return io.NodeOutput(images, names)
+        path, names = folder_images(folder)
+        images, names, skipped = read_images(path, names)
+        if not images:
+            raise ValueError(f"folder {folder!r} ({path}) has no readable images. {skipped_report(skipped)}")
+        report = "\n".join(filter(None, [f"{len(images)} images from {path}", skipped_report(skipped)]))
+        return io.NodeOutput([crop_to_multiple(image[None], multiple) for image in images], names, report)
 
 
 def flatten(images: list[torch.Tensor]) -> list[torch.Tensor]:

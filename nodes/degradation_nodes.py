@@ -6,7 +6,7 @@ from comfy_api.latest import io, ui
 from .folders import iqa_dir
 
 from ..supir.checks import check_finite_image
-from ..supir.quality.degradation import PRESETS, degrade, describe
+from ..supir.quality.degradation import DEGRADATION_PRESETS, degrade, describe
 from ..supir.quality.metrics import LEARNED_METRICS, fidelity_metrics, load_learned_metric
 
 CATEGORY = "supir/benchmark"
@@ -25,8 +25,8 @@ class DegradeImage(io.ComfyNode):
                         "list (SUPIR Load Image Folder) alike, as the command-line benchmark does.",
             inputs=[
                 io.Image.Input("image", tooltip="The high-quality (ground-truth) image, RGB: a batch or a list."),
-                io.Combo.Input("preset", options=list(PRESETS), default="realesrgan_x4",
-                               tooltip="; ".join(describe(name) for name in PRESETS)),
+                io.Combo.Input("preset", options=list(DEGRADATION_PRESETS), default="realesrgan_x4",
+                               tooltip="; ".join(describe(name) for name in DEGRADATION_PRESETS)),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the random parameters and noise."),
                 io.Boolean.Input("resize_to_input", default=False,

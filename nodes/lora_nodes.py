@@ -6,9 +6,8 @@ from comfy_api.latest import io, ui
 
 from ..supir.checks import check_filename_prefix
 from ..supir.host.lora_region import apply_region_blend
-from ..supir.host.lora_stack import SAVE_DTYPES, apply_lora_stack, bake_checkpoint, merge_loras, read_lora, \
-    save_merged_lora
-from ..supir.lora.formats import inspect_lora
+from ..supir.host.lora_stack import SAVE_DTYPES, apply_lora_stack, bake_checkpoint, merge_loras, save_merged_lora
+from ..supir.lora.formats import inspect_lora, read_lora
 
 CATEGORY = "supir/lora"
 SLOTS = 4

@@ -7,10 +7,10 @@ from comfy_api.latest import io
 from ..supir.checks import check_finite_latent
 from ..supir.host.restore import (DPM, EDM, SCHEDULES, apply_guidance, restore_dpm_sampler, restore_edm_sampler,
                                   restore_latent, supir_sigmas)
-from ..supir.sampling.samplers import PRESETS, START_MODES, RestoreSettings, StartMode, preset_settings
+from ..supir.sampling.samplers import RESTORE_PRESETS, START_MODES, RestoreSettings, StartMode, preset_settings
 
 CATEGORY = "supir/sampling"
-DEFAULTS = PRESETS["Quality"]
+DEFAULTS = RESTORE_PRESETS["Quality"]
 
 
 def _s_noise(default=1.003):
@@ -146,7 +146,7 @@ class SUPIRRestore(io.ComfyNode):
                 io.Latent.Input("hint", tooltip="The hint from SUPIR LQ Encode: sets the size and the LQ start."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Seed of the initial and the injected noise; the same seed gives the same result."),
-                io.Combo.Input("preset", options=[*PRESETS, "Custom"], default="Quality",
+                io.Combo.Input("preset", options=[*RESTORE_PRESETS, "Custom"], default="Quality",
                                tooltip="Official settings; with Custom the sampler, steps, cfg, churn, noise, eta "
                                        "and restore_cfg below are used. With a restoration_target connected, "
                                        "restore_cfg applies on top of any preset."),

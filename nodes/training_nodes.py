@@ -1,7 +1,6 @@
 """Restoration LoRA training in the graph: a dataset node and the trainer."""
 from __future__ import annotations
 
-import logging
 import os
 
 import comfy.utils
@@ -9,31 +8,23 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..lora_train.checkpoint import check_overwrite
-from ..lora_train.dataset import DatasetError, Sample, build_dataset, read_folder
+from ..lora_train.dataset import Sample, build_dataset, read_folder
 from ..lora_train.host.adapters import TARGETS, save_lora
 from ..lora_train.host.trainer import DTYPES, TrainSettings, train
 from ..lora_train.host.validation import validation_restore, with_adapters
 from ..lora_train.plot import loss_curve_image
 from ..supir.checks import check_file_name, check_finite_image
 from ..supir.host.lora_stack import apply_lora
-from ..supir.quality.degradation import PRESETS as DEGRADATIONS
+from ..supir.lora.formats import read_lora
+from ..supir.quality.degradation import DEGRADATION_PRESETS
 from ..supir.sampling.samplers import RestoreSettings
+from .folders import input_subfolder, skipped_report
 from .supir_nodes import SUPIRModelType
 
 CATEGORY = "supir/training"
 DatasetType = io.Custom("SUPIR_TRAINING_DATASET")
 CHECKPOINT_FOLDER = "supir_lora_training"
 LORA_SUFFIX = ".safetensors.partial"  # the longest name the LoRA has: it is written beside itself, then renamed
-
-
-def input_subfolder(folder: str) -> str:
-    """``folder`` resolved inside ComfyUI's input directory; anything leaving it is refused."""
-    root = os.path.realpath(folder_paths.get_input_directory())
-    path = os.path.realpath(os.path.join(root, folder))
-    if os.path.commonpath([root, path]) != root:
-        raise DatasetError(f"dataset folder {folder!r} is outside ComfyUI's input directory; give a path relative "
-                           f"to {root}")
-    return path
 
 
 def safe_name(name: str) -> str:
@@ -83,9 +74,7 @@ class SUPIRTrainingDataset(io.ComfyNode):
         used = sorted({dataset.buckets[b] for b in dataset.bucket_of})
         report = (f"{len(samples)} images, {len({s.caption for s in samples})} distinct captions, buckets "
                   + ", ".join(f"{w}x{h}" for w, h in used))
-        if unreadable:
-            report += f"\nskipped {len(unreadable)} unreadable: " + "; ".join(unreadable)
-            logging.warning("SUPIR training dataset: %s", report)
+        report = "\n".join(filter(None, [report, skipped_report(unreadable)]))
         return io.NodeOutput(dataset, report)
 
 
@@ -132,7 +121,7 @@ class SUPIRTrainLoRA(io.ComfyNode):
                                  tooltip="Recompute UNet block activations in the backward pass (less memory)."),
                 io.Boolean.Input("cache_latents", default=False,
                                  tooltip="One fixed crop per image, HQ latents encoded once (faster, less varied)."),
-                io.Combo.Input("degradation", options=list(DEGRADATIONS), default="realesrgan_x4",
+                io.Combo.Input("degradation", options=list(DEGRADATION_PRESETS), default="realesrgan_x4",
                                tooltip="How the LQ of each sample is synthesised (SUPIR Degrade presets)."),
                 io.Float.Input("snr_gamma", default=0.0, min=0.0, max=100.0, step=0.5,
                                tooltip="min-SNR-γ loss weighting (0: off; 5 is common)."),
@@ -202,7 +191,7 @@ class SUPIRTrainLoRA(io.ComfyNode):
         save_lora(result.adapters, shapes, lora_path, {"ss_network_module": "networks.lora", "ss_network_dim": str(rank),
                                                        "ss_network_alpha": str(alpha),
                                                        "supir_restore_training": repr(settings)})
-        trained, _, applied = apply_lora(model, None, comfy.utils.load_torch_file(lora_path, safe_load=True), name, 1.0)
+        trained, _, applied = apply_lora(model, None, read_lora(lora_path), name, 1.0)
         lines = [f"{result.steps_done} steps (resumed at {result.resumed_from})" if result.resumed_from else
                  f"{result.steps_done} steps", f"LoRA: {lora_path}", applied.describe(),
                  f"checkpoint: {checkpoint}"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..supir.checks import check_finite_image
-from ..supir.host.upscale import COLOUR_FIXES, upscale_and_restore
+from ..supir.host.upscale import COLOUR_FIX_CHOICES, upscale_and_restore
 from ..supir.image.resize import MULTIPLES, RESIZE_METHODS
-from ..supir.sampling.samplers import PRESETS
+from ..supir.sampling.samplers import RESTORE_PRESETS
 from .supir_nodes import SUPIRModelType
 
 
@@ -29,7 +29,7 @@ class SUPIRUpscaleRestore(io.ComfyNode):
                                        "multiple of 'multiple')."),
                 io.String.Input("caption", multiline=True, default="",
                                 tooltip="What the photo shows (optional); the quality words are added."),
-                io.Combo.Input("preset", options=list(PRESETS), default="Quality",
+                io.Combo.Input("preset", options=list(RESTORE_PRESETS), default="Quality",
                                tooltip="Official sampling settings; Lightning presets need a Lightning SDXL."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Noise seed; the same seed gives the same result."),
@@ -39,7 +39,7 @@ class SUPIRUpscaleRestore(io.ComfyNode):
                              tooltip="Tile size in pixels for tiled aggregation (one tile when the image fits)."),
                 io.Int.Input("tile_stride", default=512, min=64, max=8192, step=64,
                              tooltip="Distance between tiles in pixels; at most tile_size."),
-                io.Combo.Input("colour_fix", options=list(COLOUR_FIXES), default="wavelet",
+                io.Combo.Input("colour_fix", options=list(COLOUR_FIX_CHOICES), default="wavelet",
                                tooltip="Colour correction against the stage-1 image (official: wavelet)."),
                 io.Combo.Input("multiple", options=[str(m) for m in MULTIPLES], default="64",
                                tooltip="Sampling sizes are rounded to this multiple (64 as the official scripts)."),

@@ -1,7 +1,10 @@
-"""Host-free builders shared by tier-1 tests: tiny SUPIR networks and state dicts in the official layouts."""
+"""Host-free builders shared by the tests of both tiers: tiny SUPIR networks and state dicts in the official
+layouts, malicious and damaged weight files."""
+import csv
 import json
 import math
 import os
+import pickle
 
 import torch
 
@@ -50,3 +53,70 @@ def official_state_dict(seed=0, mask=True) -> dict:
 def full_layout() -> dict:
     with open(LAYOUT_JSON) as f:
         return json.load(f)
+
+
+# Weight files a loader must refuse: pickles that run code or hold foreign objects, and damaged files.
+
+
+class RunsAShellCommand:
+    """Unpickling calls os.system, which touches the marker file: a GLOBAL of a module torch blocks."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class OpensAFile:
+    """Unpickling calls open(), which creates the marker file: a builtin torch does not allow."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+class ForeignObject:
+    """A class torch's weights-only unpickler does not know: an 'Unsupported global'."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+
+def malicious_files(folder, payload: dict) -> dict[str, str]:
+    """The same payload as a torch zip file, a legacy torch file and a bare pickle, per exploit."""
+    marker = os.path.join(folder, "ran")
+    files = {}
+    for exploit in (RunsAShellCommand, OpensAFile, ForeignObject):
+        obj = payload | {"payload": exploit(marker)}
+        for kind in ("zip", "legacy", "bare"):
+            path = os.path.join(folder, f"{exploit.__name__}_{kind}.pth")
+            if kind == "bare":
+                with open(path, "wb") as f:
+                    pickle.dump(obj, f, protocol=2)
+            else:
+                torch.save(obj, path, _use_new_zipfile_serialization=kind == "zip")
+            files[f"{exploit.__name__}-{kind}"] = path
+    return files
+
+
+def damaged_files(folder, good: str) -> dict[str, str]:
+    """A truncated copy of ``good`` (same extension), an empty file and a safetensors file of random bytes."""
+    data = open(good, "rb").read()
+    stem, ext = os.path.splitext(os.path.basename(good))
+    files = {"truncated": data[:len(data) // 2], "empty": b"", "random.safetensors": os.urandom(2048)}
+    paths = {}
+    for what, content in files.items():
+        path = os.path.join(folder, what if what.endswith(".safetensors") else f"{stem}_{what}{ext}")
+        with open(path, "wb") as f:
+            f.write(content)
+        paths[what] = path
+    return paths
+
+
+def read_csv(path) -> list[dict]:
+    """The rows of a CSV file with a header, as dicts."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

@@ -1,5 +1,4 @@
 """Benchmark: degrade a folder, restore with a callable, score, and write CSV, summary and grid."""
-import csv
 import os
 import statistics
 
@@ -8,7 +7,10 @@ import skimage.data
 import torch
 from PIL import Image
 
+from supir_restore.supir.image.io import read_image
 from supir_restore.supir.quality import benchmark as b, degradation, metrics
+
+from helpers import read_csv
 
 
 @pytest.fixture()
@@ -23,11 +25,6 @@ def hq_dir(tmp_path):
     return str(folder)
 
 
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_benchmark_writes_scores_that_match_the_saved_images(hq_dir, tmp_path):
     out = str(tmp_path / "out")
     result = b.run_benchmark(hq_dir, out, "blur_sr_x4_noise", b.Bicubic(4), seed=5, grid_height=64)
@@ -37,12 +34,12 @@ def test_benchmark_writes_scores_that_match_the_saved_images(hq_dir, tmp_path):
     assert list(rows[0]) == ["image", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"]
     for i, row in enumerate(rows):
         name = os.path.splitext(row["image"])[0]
-        lq = b.load_image(os.path.join(out, "lq", name + ".png"))
-        hq = b.load_image(os.path.join(hq_dir, row["image"]))
+        lq = read_image(os.path.join(out, "lq", name + ".png"))[None]
+        hq = read_image(os.path.join(hq_dir, row["image"]))[None]
         hq = hq[:, :hq.shape[1] // 4 * 4, :hq.shape[2] // 4 * 4]  # cropped to a multiple of the scale
         assert lq.shape[1] * 4 == hq.shape[1] and lq.shape[2] * 4 == hq.shape[2]
         assert torch.equal(lq, degradation.degrade(hq, "blur_sr_x4_noise", 5 + i))  # image i uses seed + i
-        restored = b.load_image(os.path.join(out, "restored", name + ".png"))
+        restored = read_image(os.path.join(out, "restored", name + ".png"))[None]
         assert torch.equal(restored, degradation.quantize(b.Bicubic(4)(lq)))  # scored as saved: on the 8-bit grid
         expected = metrics.fidelity_metrics(restored, hq, crop_border=4)  # the SR convention: border = scale
         for k, v in expected.items():
@@ -131,8 +128,8 @@ def test_report_scores_any_restorations_and_names_size_mismatches(tmp_path):
 
 def test_unreadable_images_and_small_crops_are_named(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(ValueError, match=r"cannot read .*broken\.png.* as an image"):
-        b.load_image(str(tmp_path / "broken.png"))
+    with pytest.raises(ValueError, match=r"broken\.png: cannot be read as an image"):
+        b.run_benchmark(str(tmp_path), str(tmp_path / "out"), "sr_x4", b.identity)
     assert b.crop_to_multiple(torch.zeros(1, 70, 45, 3), 32).shape == (1, 64, 32, 3)
     with pytest.raises(ValueError, match="a 70x45 image has no 64x64 part"):
         b.crop_to_multiple(torch.zeros(1, 70, 45, 3), 64)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from supir_restore.supir.sampling.samplers import (PRESETS, STEP_KEY, churn_gamma, ddpm_sigmas, discrete_sigmas, karras_sigmas,
+from supir_restore.supir.sampling.samplers import (RESTORE_PRESETS, STEP_KEY, churn_gamma, ddpm_sigmas, discrete_sigmas, karras_sigmas,
                                           nearest_sigma, restoration_guidance, restoration_weight,
                                           restore_dpm_sigmas, sample_restore_dpmpp_2m_sde, sample_restore_edm,
                                           sigma_ramp)
@@ -152,20 +152,20 @@ def test_same_seed_same_result():
 
 
 def test_presets_are_the_official_defaults():
-    q, f = PRESETS["Quality"], PRESETS["Fidelity"]
+    q, f = RESTORE_PRESETS["Quality"], RESTORE_PRESETS["Fidelity"]
     assert (q.sampler, q.steps, q.cfg_start, q.cfg_end, q.s_churn, q.s_noise, q.restore_cfg) == \
         ("RestoreEDM", 50, 4.0, 7.5, 5.0, 1.003, -1.0)
     assert (f.sampler, f.steps, f.cfg_start, f.cfg_end, f.s_churn, f.s_noise, f.restore_cfg) == \
         ("RestoreEDM", 50, 1.0, 4.0, 5.0, 1.003, -1.0)
     for name, cfg in (("Lightning Quality", 2.0), ("Lightning Fidelity", 1.5)):
-        p = PRESETS[name]
+        p = RESTORE_PRESETS[name]
         assert (p.sampler, p.steps, p.cfg_start, p.cfg_end, p.eta) == ("RestoreDPM++ 2M SDE", 8, cfg, cfg, 1.0)
 
 
 def test_a_preset_with_a_restoration_target_takes_the_users_restore_cfg():
     from supir_restore.supir.sampling.samplers import RestoreSettings, preset_settings
     custom = RestoreSettings("RestoreEDM", 7, 1.0, 2.0, restore_cfg=4.0)
-    assert preset_settings("Quality", custom) == PRESETS["Quality"]
+    assert preset_settings("Quality", custom) == RESTORE_PRESETS["Quality"]
     guided = preset_settings("Lightning Quality", custom, guided=True)
     assert guided.restore_cfg == 4.0 and guided.steps == 8 and guided.sampler == "RestoreDPM++ 2M SDE"
     assert preset_settings("Custom", custom, guided=True) == custom

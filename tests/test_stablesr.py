@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from supir_restore.supir.model.checkpoint import SUPIRCheckpointError
+from supir_restore.supir.weights import WeightsFileError
 from supir_restore.supir.stablesr.checkpoint import (SPADELayers, StableSRCheckpointError, encoder_layout,
                                                      sd_resblock_widths, spade_layout, spade_widths,
                                                      split_stablesr_state_dict)
@@ -67,7 +67,7 @@ def test_a_mis_shaped_tensor_is_named(official):
     _, weights = official
     spade = dict(weights.spade)
     spade["output_blocks.3.0.spade.mlp_beta.bias"] = torch.empty(640, device="meta")
-    with pytest.raises(SUPIRCheckpointError, match=r"output_blocks.3.0.spade.mlp_beta.bias \[640\]"):
+    with pytest.raises(WeightsFileError, match=r"output_blocks.3.0.spade.mlp_beta.bias \[640\]"):
         spade_layout(spade, "broken.ckpt")
 
 

@@ -23,7 +23,7 @@ from ..image.region_mask import RegionMaskError, check_mask, latent_mask, masked
 from .lora_stack import apply_lora
 from .versions import non_dynamic
 
-KEY = "supir_lora_region"
+REGION_BLEND_KEY = "supir_lora_region"
 
 
 class RegionBlend:
@@ -113,7 +113,7 @@ def apply_region_blend(model, mask: torch.Tensor, inside: list[tuple[str, dict[s
         raise RegionMaskError("the region blend has no LoRA with a non-zero strength inside or outside the mask; "
                               "select at least one LoRA (or use SUPIR LoRA Stack for one stack everywhere)")
     patch = RegionBlend(mask, feather, inside_group, outside_group)
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, KEY, patch.calc_cond_batch_wrapper)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, REGION_BLEND_KEY, patch.calc_cond_batch_wrapper)
     report = "\n".join(["inside the mask:", *(inside_lines or ["no LoRA"]),
                         "outside the mask:", *(outside_lines or ["no LoRA"])])
     return m, report

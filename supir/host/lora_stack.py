@@ -14,22 +14,11 @@ import comfy.utils
 import comfy.weight_adapter
 import folder_paths
 
-from ..checks import non_finite_tensors
 from ..lora.formats import LoraFormatError, convert_peft, merge_low_rank, to_kohya
 from ..lora.matching import LISTED_IGNORED, LoraMismatchError, LoraResult, fits, mismatch_message, model_modules, \
     module_of
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def read_lora(path: str) -> dict[str, torch.Tensor]:
-    """A LoRA file's tensors (safetensors, or a pickle read with weights_only), all finite."""
-    sd = comfy.utils.load_torch_file(path, safe_load=True)
-    if bad := non_finite_tensors(sd):
-        raise LoraFormatError(f"{os.path.basename(path)}: {len(bad)} tensor(s) hold NaN or infinite values "
-                              f"({', '.join(bad[:4])}{' …' if len(bad) > 4 else ''}); the LoRA is damaged (or its "
-                              "training diverged) and would turn the image black. Use another copy or another LoRA.")
-    return sd
 
 
 def lora_key_map(model, clip=None) -> dict[str, str]:

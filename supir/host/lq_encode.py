@@ -11,7 +11,8 @@ import torch
 
 from ..image.io import as_rgb
 from ..image.resize import snap_to_multiple
-from ..model.checkpoint import SUPIRCheckpointError, check_layout
+from ..model.checkpoint import SUPIRCheckpointError
+from ..weights import check_layout
 from .supir_loader import SUPIRModel
 from .tiled_vae import decode_exact, encode_exact
 

@@ -20,13 +20,15 @@ from torch import nn
 
 import comfy.patcher_extension
 
-from ..model.checkpoint import read_state_dict
-from ..stablesr.checkpoint import SPADELayers, encoder_layout, spade_layout, spade_widths, split_stablesr_state_dict
+from ..checks import non_finite_tensors
+from ..stablesr.checkpoint import (SPADELayers, StableSRCheckpointError, encoder_layout, spade_layout, spade_widths,
+                                   split_stablesr_state_dict)
 from ..stablesr.encoder import TimeAwareEncoder
+from ..weights import names, read_state_dict
 from .supir_loader import managed_network
 from .tiled_aggregation import TILES_KEY, batched_like_call
 
-KEY = "stablesr"
+STABLESR_PATCH_KEY = "stablesr"
 _CALL = contextvars.ContextVar("stablesr_call", default=None)  # (features by size, SPADE layers, dtype)
 
 
@@ -58,6 +60,10 @@ def load_stablesr(path: str, weight_dtype: str = "auto") -> StableSRModel:
     derived from the shapes); ``weight_dtype`` as for SUPIR files."""
     name = os.path.basename(path)
     weights = split_stablesr_state_dict(read_state_dict(path), name)
+    if bad := non_finite_tensors({**weights.encoder, **weights.spade}):
+        raise StableSRCheckpointError(f"{name}: {len(bad)} tensor(s) hold NaN or infinite values ({names(bad, 4)}); "
+                                      f"the file is damaged and would turn every restoration black. Download it "
+                                      f"again.")
     encoder, spade = encoder_layout(weights.encoder, name), spade_layout(weights.spade, name)
     shared = weights.spade[f"{spade.paths[0]}.spade.mlp_shared.0.weight"].shape
 
@@ -139,15 +145,16 @@ def check_fits(model, sr: StableSRModel) -> None:
 def apply_stablesr(model, sr: StableSRModel, lr_latent: torch.Tensor):
     """A clone of ``model`` (an SD 2.x ModelPatcher) restoring toward ``lr_latent`` (raw LATENT samples of the
     upscaled LR image, [B,4,H/8,W/8]); the encoder and SPADE layers load and offload together with the UNet."""
-    if KEY in model.additional_models:
+    if STABLESR_PATCH_KEY in model.additional_models:
         raise StableSRMismatchError("this MODEL already has StableSR applied; connect Apply StableSR to the model "
                                     "from the checkpoint loader, not to another Apply StableSR.")
     check_fits(model, sr)
     latent = model.get_model_object("latent_format").process_in(lr_latent.float())
     patch = StableSRPatch(sr, latent.cpu())
     m = model.clone()
-    m.set_additional_models(KEY, [sr.patcher.clone()])
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, patch.diffusion_model_wrapper)
+    m.set_additional_models(STABLESR_PATCH_KEY, [sr.patcher.clone()])
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, STABLESR_PATCH_KEY,
+                           patch.diffusion_model_wrapper)
     for path in sr.net.spade.paths:
         name = f"diffusion_model.{path}.out_layers"
         layers = [layer for layer in m.get_model_object(name) if not isinstance(layer, SPADESlot)]

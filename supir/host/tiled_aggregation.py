@@ -12,7 +12,7 @@ import comfy.utils
 from ..tiling.batching import batched, tile_conditioning
 from ..tiling.grid import WEIGHTS, Tile, blend_tiles, check_tiling, tile_grid
 
-KEY = "supir_tiled_aggregation"
+TILED_AGGREGATION_KEY = "supir_tiled_aggregation"
 TILES_KEY = "supir_tiles"  # transformer_options entry: ((full height, full width), tiles of this call)
 
 
@@ -82,6 +82,7 @@ def apply_tiled_aggregation(model, tile: int, stride: int, grid: str = "snapped"
         pooled = extra.get("pooled_output")
     m = model.clone()
     patch = TiledAggregation(tile, stride, grid, tile_batch_size, context, pooled, weights)
-    m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY)
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, patch.apply_model_wrapper)
+    m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, TILED_AGGREGATION_KEY)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, TILED_AGGREGATION_KEY,
+                           patch.apply_model_wrapper)
     return m

@@ -29,7 +29,7 @@ from .supir_loader import SUPIRModel
 from .tiled_aggregation import TILES_KEY, batched_like_call
 from .versions import has_core_supir
 
-KEY = "supir_restore"
+SUPIR_PATCH_KEY = "supir_restore"
 HINT_KEY = "supir_hint"
 
 
@@ -106,11 +106,11 @@ class SUPIRPatch:
                 features = self.supir.control.control_model(
                     x.to(dtype), self.hint_for(x, transformer_options).to(dtype), timesteps, context.to(dtype),
                     y.to(dtype))
-            transformer_options = {**transformer_options, KEY: (features, scale)}
+            transformer_options = {**transformer_options, SUPIR_PATCH_KEY: (features, scale)}
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
     def output_block_patch(self, h, skip, transformer_options):
-        state = transformer_options.get(KEY)
+        state = transformer_options.get(SUPIR_PATCH_KEY)
         if state is None:
             return h, skip
         features, scale = state
@@ -123,7 +123,7 @@ class SUPIRPatch:
         return out[:, :h.shape[1]], out[:, h.shape[1]:]
 
     def cross_attn(self, layer, x, emb, context, transformer_options, *args):
-        state = transformer_options.get(KEY)
+        state = transformer_options.get(SUPIR_PATCH_KEY)
         if state is None:
             return x
         features, scale = state
@@ -135,7 +135,7 @@ def apply_supir(model, supir: SUPIRModel, hint_latent: torch.Tensor, scale_start
                 scale_end: float = 1.0):
     """A clone of ``model`` (an SDXL ModelPatcher) restoring toward ``hint_latent`` (the raw LATENT samples
     from ``encode_lq``, [B,4,H/8,W/8]); the control network loads and offloads together with the UNet."""
-    if KEY in model.additional_models:
+    if SUPIR_PATCH_KEY in model.additional_models:
         raise SUPIRMismatchError("this MODEL already has SUPIR applied; connect SUPIR Apply Control to the model "
                                  "from the checkpoint loader (or LoRA loaders), not to another SUPIR Apply Control.")
     if has_core_supir(model.model_options.get("transformer_options", {})):
@@ -147,8 +147,8 @@ def apply_supir(model, supir: SUPIRModel, hint_latent: torch.Tensor, scale_start
     patch = SUPIRPatch(supir, hint.cpu(), scale_start, scale_end, sigma_max, middle, joins)
 
     m = model.clone()
-    m.set_additional_models(KEY, [supir.patcher.clone()])
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, patch.diffusion_model_wrapper)
+    m.set_additional_models(SUPIR_PATCH_KEY, [supir.patcher.clone()])
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SUPIR_PATCH_KEY, patch.diffusion_model_wrapper)
     m.set_model_output_block_patch(patch.output_block_patch)
     m.set_model_forward_timestep_embed_patch((CrossAttnSlot, patch.cross_attn))
     for i, join in joins.items():

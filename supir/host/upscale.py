@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from ..image.colour import colour_fix
+from ..image.colour import COLOUR_FIXES, colour_fix
 from ..image.io import as_rgb
 from ..image.resize import resize_image, sampling_size, scaled_size
 from ..sampling.prompts import supir_conditioning
-from ..sampling.samplers import PRESETS, StartMode
+from ..sampling.samplers import RESTORE_PRESETS, StartMode
 from ..tiling.grid import check_tile_pixels
 from .lq_encode import encode_lq
 from .restore import restore_latent
@@ -17,7 +17,7 @@ from .supir_loader import SUPIRModel
 from .tiled_aggregation import apply_tiled_aggregation
 from .unet_patch import apply_supir
 
-COLOUR_FIXES = ("wavelet", "adain", "none")
+COLOUR_FIX_CHOICES = (*COLOUR_FIXES, "none")
 
 
 def upscale_and_restore(model, clip, vae, supir: SUPIRModel, image: torch.Tensor, scale: float = 2.0,
@@ -26,10 +26,10 @@ def upscale_and_restore(model, clip, vae, supir: SUPIRModel, image: torch.Tensor
                         resize_method: str = "lanczos", vae_tile_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """IMAGE [B,H,W,C] -> (restored IMAGE [B, round(H*scale), round(W*scale), 3], stage-1 IMAGE at the sampling
     size). Sizes in pixels; ``tile_size``/``tile_stride`` drive tiled aggregation (one tile when the image fits)."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset '{preset}' is not one of {', '.join(PRESETS)}")
-    if colour not in COLOUR_FIXES:
-        raise ValueError(f"colour fix '{colour}' is not one of {', '.join(COLOUR_FIXES)}")
+    if preset not in RESTORE_PRESETS:
+        raise ValueError(f"preset '{preset}' is not one of {', '.join(RESTORE_PRESETS)}")
+    if colour not in COLOUR_FIX_CHOICES:
+        raise ValueError(f"colour fix '{colour}' is not one of {', '.join(COLOUR_FIX_CHOICES)}")
     check_tile_pixels(tile_size, tile_stride)
     height, width = image.shape[1:3]
     target = scaled_size(height, width, scale)
@@ -38,7 +38,7 @@ def upscale_and_restore(model, clip, vae, supir: SUPIRModel, image: torch.Tensor
     patched = apply_tiled_aggregation(apply_supir(model, supir, hint, 1.0, control_scale_end), tile_size // 8,
                                       tile_stride // 8)
     positive, negative = supir_conditioning(clip, caption, batch=image.shape[0])
-    latent = restore_latent(patched, positive, negative, hint, seed, PRESETS[preset], StartMode())
+    latent = restore_latent(patched, positive, negative, hint, seed, RESTORE_PRESETS[preset], StartMode())
     if vae_tile_size > 0:
         restored = vae.decode_tiled(latent, tile_x=vae_tile_size // 8, tile_y=vae_tile_size // 8,
                                     overlap=max(1, vae_tile_size // 64))

@@ -6,10 +6,14 @@ applies it). Module names stay as the file has them; the host side maps them to 
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
 import torch
+
+from ..checks import non_finite_tensors
+from ..weights import read_state_dict
 
 # (up suffix, down suffix) pairs of the low-rank formats ComfyUI's LoRA adapter reads.
 PAIR_SUFFIXES = (
@@ -243,3 +247,13 @@ def kohya_name(model_key: str) -> str:
     if clip:
         return ("lora_te1_" if clip.group(1) == "l" else "lora_te2_") + clip.group(2).replace(".", "_")
     return "text_encoders." + stem
+
+
+def read_lora(path: str) -> dict[str, torch.Tensor]:
+    """A LoRA file's tensors (the pack's one weights reader), all finite."""
+    sd = read_state_dict(path)
+    if bad := non_finite_tensors(sd):
+        raise LoraFormatError(f"{os.path.basename(path)}: {len(bad)} tensor(s) hold NaN or infinite values "
+                              f"({', '.join(bad[:4])}{' …' if len(bad) > 4 else ''}); the LoRA is damaged (or its "
+                              "training diverged) and would turn the image black. Use another copy or another LoRA.")
+    return sd

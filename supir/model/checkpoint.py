@@ -1,16 +1,14 @@
-"""Reading SUPIR files: official ``.ckpt`` pickles (``weights_only``), fp16/bf16 ``.safetensors``, prefixed or
-prefix-less keys, split into the control network, the adaptors and the denoise encoder, with every unknown,
+"""SUPIR files: official ``.ckpt`` pickles or fp16/bf16 ``.safetensors`` (read by :mod:`supir.weights`), prefixed
+or prefix-less keys, split into the control network, the adaptors and the denoise encoder, with every unknown,
 missing or mis-shaped tensor reported by name."""
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from dataclasses import dataclass
 
-import torch
-
 from ..checks import non_finite_tensors
+from ..weights import WeightsFileError, check_layout, is_safetensors, names, read_state_dict, safetensors_keys
 from .control import SUPIRConfigError, SUPIRControl
 
 HELP = ("SUPIR files are SUPIR-v0Q/v0F (.ckpt or .safetensors) and go in ComfyUI/models/supir; "
@@ -30,8 +28,8 @@ _BARE_TRUNK = ("time_embed.", "label_emb.", "input_hint_block.", "input_blocks."
 _DROPPED = re.compile(r"(^|\.)mask_LQ$")
 
 
-class SUPIRCheckpointError(ValueError):
-    """A file that is not a loadable SUPIR checkpoint; the message says what is wrong and what to do."""
+class SUPIRCheckpointError(WeightsFileError):
+    """A readable file that is not a SUPIR checkpoint; the message says what is wrong and what to do."""
 
 
 @dataclass
@@ -42,66 +40,14 @@ class SUPIRWeights:
     denoise_encoder: dict
 
 
-def read_state_dict(path: str) -> dict:
-    """All tensors of a ``.safetensors`` / ``.sft`` file or a torch pickle (unwrapping ``state_dict``).
-    Pickles are read with ``weights_only=True``: code or foreign objects inside are refused, never run."""
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise SUPIRCheckpointError(f"{path}: no such file. {HELP}")
-    try:
-        if path.lower().endswith((".safetensors", ".sft")):
-            import safetensors.torch
-            sd = safetensors.torch.load_file(path, device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
-    except pickle.UnpicklingError as e:
-        reason = _unpickling_reason(e)
-        if "global" in reason.lower():
-            raise SUPIRCheckpointError(
-                f"{name}: refused to load, the pickle holds objects other than tensors ({reason}), which a "
-                f"weights file never needs. Do not use this file; get the official SUPIR weights or a "
-                f".safetensors conversion.") from e
-        raise SUPIRCheckpointError(
-            f"{name}: cannot be read, the file is corrupt or truncated, or not a torch weights file "
-            f"(weights-only loading stopped at: {reason}). Download it again and check its size.") from e
-    except Exception as e:
-        raise SUPIRCheckpointError(
-            f"{name}: cannot be read, the file is corrupt or truncated ({type(e).__name__}: {e}). "
-            f"Download it again and check its size.") from e
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise SUPIRCheckpointError(f"{name}: holds a {type(sd).__name__}, not a dict of tensors. {HELP}")
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-
-
-def _unpickling_reason(error: Exception) -> str:
-    text = str(error)
-    if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
-        return f"Unsupported global {found.group(1)}"
-    if found := re.search(r"WeightsUnpickler error: ([^\n]+)", text):
-        return found.group(1).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def looks_like_supir(path: str) -> bool:
     """Whether a file in a folder shared with other models (ComfyUI's models/model_patches) is a SUPIR file: a
     .safetensors whose header names SUPIR's hint block, or a pickle named like one (a pickle's keys cannot be
     listed without loading it)."""
     name = os.path.basename(path).lower()
-    if not name.endswith((".safetensors", ".sft")):
+    if not is_safetensors(name):
         return "supir" in name
-    import safetensors
-    try:
-        with safetensors.safe_open(path, "pt") as f:
-            return any(k.endswith("control_model.input_hint_block.0.weight") for k in f.keys())
-    except Exception:
-        return False
-
-
-def _is_zip(path: str) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
+    return any(k.endswith("control_model.input_hint_block.0.weight") for k in safetensors_keys(path) or ())
 
 
 def split_supir_state_dict(sd: dict, name: str = "checkpoint") -> SUPIRWeights:
@@ -124,7 +70,7 @@ def split_supir_state_dict(sd: dict, name: str = "checkpoint") -> SUPIRWeights:
         raise SUPIRCheckpointError(f"{name}: {_what_it_is(sd)} {HELP}")
     if unknown:
         raise SUPIRCheckpointError(f"{name}: {len(unknown)} tensor(s) that are not part of SUPIR: "
-                                   f"{_names(unknown)}. {HELP}")
+                                   f"{names(unknown)}. {HELP}")
     if not groups["denoise_encoder"]:
         raise SUPIRCheckpointError(f"{name}: the denoise encoder (first_stage_model.denoise_encoder.*) is missing; "
                                    f"this file is incomplete. Use a full SUPIR-v0Q/v0F file.")
@@ -139,30 +85,7 @@ def _what_it_is(sd: dict) -> str:
         return "this is a LoRA, not a SUPIR file; load it with a LoRA loader."
     if any(k.startswith(("encoder.", "decoder.", "first_stage_model.")) for k in keys):
         return "this is a VAE, not a SUPIR file."
-    return f"not a SUPIR file: no control_model tensors among {len(keys)} (first: {_names(keys, 3)})."
-
-
-def _names(keys: list, most: int = 8) -> str:
-    shown = ", ".join(keys[:most])
-    return shown + (f" … (+{len(keys) - most} more)" if len(keys) > most else "")
-
-
-def check_layout(expected: dict, found: dict, what: str, name: str) -> None:
-    """Compare ``{key: shape}`` maps; a missing, unexpected or mis-shaped tensor is an error naming it."""
-    missing = [k for k in expected if k not in found]
-    extra = [k for k in found if k not in expected]
-    wrong = [f"{k} {list(found[k])} (expected {list(expected[k])})" for k in expected
-             if k in found and tuple(found[k]) != tuple(expected[k])]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {_names(missing)}")
-    if extra:
-        problems.append(f"unexpected {len(extra)}: {_names(extra)}")
-    if wrong:
-        problems.append(f"wrong shape {len(wrong)}: {_names(wrong, 4)}")
-    if problems:
-        raise SUPIRCheckpointError(f"{name}: the {what} does not match its own layout; " + "; ".join(problems)
-                                   + ". The file is damaged or from another model.")
+    return f"not a SUPIR file: no control_model tensors among {len(keys)} (first: {names(keys, 3)})."
 
 
 def control_layout(control: dict, name: str = "checkpoint") -> SUPIRControl:
@@ -225,7 +148,7 @@ def load_supir_weights(path: str) -> tuple[SUPIRWeights, SUPIRControl]:
     weights = split_supir_state_dict(read_state_dict(path), name)
     if bad := non_finite_tensors(weights.control | {f"denoise_encoder.{k}": v
                                                     for k, v in weights.denoise_encoder.items()}):
-        raise SUPIRCheckpointError(f"{name}: {len(bad)} tensor(s) hold NaN or infinite values ({_names(bad, 4)}); "
+        raise SUPIRCheckpointError(f"{name}: {len(bad)} tensor(s) hold NaN or infinite values ({names(bad, 4)}); "
                                    f"the file is damaged and would turn every restoration black. Download it again.")
     net = control_layout(weights.control, name)
     check_layout(vae_encoder_layout(weights.denoise_encoder),

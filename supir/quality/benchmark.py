@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from ..checks import check_finite_image
+from ..image.io import IMAGE_EXTENSIONS, list_images, read_image
 from . import degradation
 from . import metrics
-from .degradation import image_to_pil, pil_to_image
+from .degradation import image_to_pil
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 Restore = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -64,31 +64,16 @@ def resolve_restore(spec: str, scale: int) -> Restore:
         raise ValueError(f"--restore {spec!r}: cannot load {attr!r} from module {module!r} ({e}).") from e
 
 
-def load_image(path: str) -> torch.Tensor:
-    """An image file -> IMAGE :math:`(1, H, W, 3)` float32, upright per its EXIF orientation (alpha dropped,
-    grayscale expanded).
-
-    Raises:
-        ValueError: the file cannot be read as an image.
-    """
-    try:
-        with Image.open(path) as im:
-            return pil_to_image(ImageOps.exif_transpose(im))[None]
-    except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for unreadable, truncated or foreign files
-        raise ValueError(f"cannot read {path!r} as an image ({e}); remove or replace the file.") from e
-
-
 def save_image(image: torch.Tensor, path: str) -> None:
     """IMAGE :math:`(1, H, W, 3)` -> 8-bit PNG."""
     image_to_pil(image[0]).save(path)
 
 
-def list_images(folder: str) -> list[str]:
-    """The image files of ``folder`` (by extension), sorted by name."""
+def hq_image_names(folder: str) -> list[str]:
+    """The image files of the HQ folder, sorted by name; an error when there are none."""
     if not os.path.isdir(folder):
         raise ValueError(f"HQ folder {folder!r} does not exist.")
-    names = sorted(n for n in os.listdir(folder)
-                   if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
+    names = list_images(folder)
     if not names:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder!r}.")
     return names
@@ -243,10 +228,10 @@ def run_benchmark(hq_dir: str, out_dir: str, preset: str, restore: Restore, seed
     if crop_border is None:
         crop_border = scale if scale > 1 else 0
     scorers = {name: metrics.load_learned_metric(name, iqa_dir) for name in learned}
-    names = list_images(hq_dir)
+    names = hq_image_names(hq_dir)
     with Report(out_dir, crop_border, scorers, grid_rows, grid_height) as report:
         for i, name in enumerate(names):
-            hq = crop_to_multiple(load_image(os.path.join(hq_dir, name)), scale)
+            hq = crop_to_multiple(read_image(os.path.join(hq_dir, name))[None], scale)
             lq = degradation.degrade(hq, preset, seed + i, resize_back)
             restored = restore(lq)
             if restored.shape != hq.shape:
@@ -298,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m supir.quality.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("hq_dir", help="folder of high-quality images")
     parser.add_argument("out_dir", help="folder for lq/, restored/, metrics.csv, summary.md, grid.png")
-    parser.add_argument("--preset", default="sr_x4", choices=list(degradation.PRESETS))
+    parser.add_argument("--preset", default="sr_x4", choices=list(degradation.DEGRADATION_PRESETS))
     parser.add_argument("--restore", default="bicubic", help="identity, bicubic or module:function")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crop-border", type=int, default=None, help="default: the preset's scale")

@@ -448,7 +448,7 @@ STABLESR = SecondOrderDegradation(
 
 BLUR_SIGMA, NOISE_SIGMA, JPEG_QUALITY = 2.0, 25.0, 30
 
-PRESETS: dict[str, FixedDegradation | SecondOrderDegradation] = {
+DEGRADATION_PRESETS: dict[str, FixedDegradation | SecondOrderDegradation] = {
     "realesrgan_x4": REAL_ESRGAN,
     "stablesr_x4": STABLESR,
     "blur": FixedDegradation(blur_sigma=BLUR_SIGMA),
@@ -475,9 +475,9 @@ def describe(preset: str) -> str:
 
 
 def get_preset(name: str) -> FixedDegradation | SecondOrderDegradation:
-    if name not in PRESETS:
-        raise ValueError(f"unknown degradation preset {name!r}; choose one of: {', '.join(PRESETS)}.")
-    return PRESETS[name]
+    if name not in DEGRADATION_PRESETS:
+        raise ValueError(f"unknown degradation preset {name!r}; choose one of: {', '.join(DEGRADATION_PRESETS)}.")
+    return DEGRADATION_PRESETS[name]
 
 
 def degrade(image: torch.Tensor, preset: str, seed: int = 0, resize_back: bool = False) -> torch.Tensor:
@@ -486,7 +486,7 @@ def degrade(image: torch.Tensor, preset: str, seed: int = 0, resize_back: bool =
 
     Args:
         image: HQ IMAGE :math:`(B, H, W, 3)` in [0, 1].
-        preset: a key of ``PRESETS``.
+        preset: a key of ``DEGRADATION_PRESETS``.
         seed: base seed.
         resize_back: bicubic-upsample the LQ to :math:`(H, W)` (the input size SUPIR and StableSR expect).
 

@@ -41,12 +41,19 @@ def encode_texts(clip, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError("no CLIP: the checkpoint has no text encoders; load an SDXL checkpoint with CLIP or "
                          "connect a DualCLIPLoader (clip_l + clip_g, type sdxl)")
     encoded = [clip.encode_from_tokens(clip.tokenize(t), return_pooled=True) for t in texts]
-    longest = max(c.shape[1] for c, _ in encoded)
-    if any(c.shape[1] != longest for c, _ in encoded):
+    contexts = [c for c, _ in encoded]
+    if any(c.shape[1] != contexts[0].shape[1] for c in contexts):
         empty, _ = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
-        encoded = [(torch.cat([c] + [empty.to(c)] * ((longest - c.shape[1]) // empty.shape[1]), dim=1), p)
-                   for c, p in encoded]
-    return torch.cat([c for c, _ in encoded]), torch.cat([p for _, p in encoded])
+        contexts = pad_to_longest(contexts, empty)
+    return torch.cat(contexts), torch.cat([p for _, p in encoded])
+
+
+def pad_to_longest(contexts: list[torch.Tensor], empty_chunk: torch.Tensor) -> list[torch.Tensor]:
+    """Contexts [1, k·77, C] of different chunk counts k, each extended with copies of the empty text's chunk
+    ``empty_chunk`` [1, 77, C] to the longest, so they stack into a batch."""
+    longest = max(c.shape[1] for c in contexts)
+    chunk = empty_chunk.shape[1]
+    return [torch.cat([c, *[empty_chunk.to(c)] * ((longest - c.shape[1]) // chunk)], dim=1) for c in contexts]
 
 
 def size_conditioning(width: int, height: int) -> dict:

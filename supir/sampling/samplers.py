@@ -36,7 +36,7 @@ class RestoreSettings:
 # The official defaults: Quality and Fidelity from SUPIR_v0.yaml's default_setting with the gradio demo's
 # steps, churn and noise (edm_steps 50, s_churn 5, s_noise 1.003, restoration guidance off); the Lightning
 # pair from SUPIR_v0_Juggernautv9_lightning.yaml (8 steps, DPM++ 2M SDE on a Karras schedule).
-PRESETS = {
+RESTORE_PRESETS = {
     "Quality": RestoreSettings("RestoreEDM", 50, cfg_start=4.0, cfg_end=7.5),
     "Fidelity": RestoreSettings("RestoreEDM", 50, cfg_start=1.0, cfg_end=4.0),
     "Lightning Quality": RestoreSettings("RestoreDPM++ 2M SDE", 8, cfg_start=2.0, cfg_end=2.0, s_churn=0.0),
@@ -205,6 +205,6 @@ def preset_settings(preset: str, custom: RestoreSettings, guided: bool = False) 
     preset with ``custom``'s restore_cfg, since the official presets leave restoration guidance off."""
     if preset == "Custom":
         return custom
-    if preset not in PRESETS:
-        raise ValueError(f"preset '{preset}' is not one of {', '.join(PRESETS)}, Custom")
-    return replace(PRESETS[preset], restore_cfg=custom.restore_cfg) if guided else PRESETS[preset]
+    if preset not in RESTORE_PRESETS:
+        raise ValueError(f"preset '{preset}' is not one of {', '.join(RESTORE_PRESETS)}, Custom")
+    return replace(RESTORE_PRESETS[preset], restore_cfg=custom.restore_cfg) if guided else RESTORE_PRESETS[preset]

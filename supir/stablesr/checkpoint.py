@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..model.checkpoint import check_layout
+from ..weights import check_layout
 from .encoder import EncoderConfig, TimeAwareEncoder
 from .spade import HIDDEN, SPADE
 

@@ -91,3 +91,15 @@ def comfy_server(tmp_path_factory):
 def tiny_clip():
     from tiny_models import tiny_clip as build
     return build(seed=2)
+
+
+@pytest.fixture()
+def comfy_dirs(tmp_path, monkeypatch):
+    """ComfyUI's input, output and models directories pointed at a temporary folder."""
+    import folder_paths
+    for d in ("input", "output", "models"):
+        (tmp_path / d).mkdir()
+    monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(tmp_path / "input"))
+    monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path / "output"))
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
+    return tmp_path

@@ -4,64 +4,26 @@ import pytest
 
 pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
 
-import asyncio  # noqa: E402
-import csv  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
 
-import folder_paths  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from comfy_api.internal import make_locked_method_func  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from supir_restore.nodes import comfy_entrypoint  # noqa: E402
 from supir_restore.nodes.benchmark_nodes import NODES, BenchmarkReport, LoadImageFolder  # noqa: E402
+from supir_restore.supir.image.io import read_image  # noqa: E402
 from supir_restore.supir.quality import benchmark, degradation, metrics  # noqa: E402
+from helpers import read_csv  # noqa: E402
+from host_helpers import assert_registered_with_descriptions_and_tooltips, run_node, write_lpips_weights, \
+    write_photo  # noqa: E402
 
 PRESET, SEED, MULTIPLE, CROP = "blur_sr_x4_noise", 3, 32, 4
 
 
-def run_node(cls, **inputs):
-    """Validates the class and calls its execution function on a locked class clone, as execution.py does."""
-    cls.GET_SCHEMA()
-    cls.VALIDATE_CLASS()
-    return make_locked_method_func(cls, cls.FUNCTION, cls.PREPARE_CLASS_CLONE(None))(**inputs)
-
-
-def write_photo(path, h, w, seed):
-    """A smooth random 8-bit RGB image of h x w pixels."""
-    g = torch.Generator().manual_seed(seed)
-    small = torch.rand(1, 3, max(1, h // 8), max(1, w // 8), generator=g)
-    image = torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic").clamp(0, 1)[0].movedim(0, -1)
-    Image.fromarray((image * 255).round().to(torch.uint8).numpy()).save(path)
-
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture()
-def comfy_dirs(tmp_path, monkeypatch):
-    """ComfyUI's input and output directories pointed at a temporary folder."""
-    for d in ("input", "output", "models"):
-        (tmp_path / d).mkdir()
-    monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(tmp_path / "input"))
-    monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path / "output"))
-    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
-    return tmp_path
-
-
 def test_nodes_are_registered_with_descriptions_and_tooltips():
-    registered = asyncio.run(asyncio.run(comfy_entrypoint()).get_node_list())
-    assert all(node in registered for node in NODES)
-    for cls in NODES:
-        info = cls.GET_NODE_INFO_V1()
-        assert info["description"].strip() and info["category"] == "supir/benchmark"
-        for name, spec in {**info["input"]["required"], **info["input"].get("optional", {})}.items():
-            assert spec[1].get("tooltip"), f"{info['name']}.{name} has no tooltip"
-    assert LoadImageFolder.GET_NODE_INFO_V1()["output_is_list"] == [True, True]
+    assert_registered_with_descriptions_and_tooltips(NODES, "supir/benchmark")
+    assert LoadImageFolder.GET_NODE_INFO_V1()["output_is_list"] == [True, True, False]
     report = BenchmarkReport.GET_NODE_INFO_V1()
     assert report["output_node"] and BenchmarkReport.INPUT_IS_LIST
     assert {"lpips", "dists", "clipiqa"} <= set(report["input"]["required"])  # the implemented learned metrics
@@ -75,8 +37,8 @@ def test_load_image_folder_keeps_each_size_and_crops_to_the_multiple(comfy_dirs)
     Image.new("RGBA", (40, 33), (10, 20, 30, 128)).save(folder / "c.webp", lossless=True)
     (folder / "readme.txt").write_text("not an image")
     (folder / "sub.png").mkdir()  # a folder with an image-like name is not an image
-    images, names = run_node(LoadImageFolder, folder="set5", multiple=MULTIPLE).result
-    assert names == ["a.jpg", "b.png", "c.webp"]
+    images, names, report = run_node(LoadImageFolder, folder="set5", multiple=MULTIPLE).result
+    assert names == ["a.jpg", "b.png", "c.webp"] and report == f"3 images from {folder}"
     assert [tuple(t.shape) for t in images] == [(1, 64, 96, 3), (1, 64, 32, 3), (1, 32, 32, 3)]
     with Image.open(folder / "b.png") as im:
         pixels = torch.from_numpy(np.asarray(im).copy()).float() / 255
@@ -89,7 +51,7 @@ def test_load_image_folder_keeps_each_size_and_crops_to_the_multiple(comfy_dirs)
 def test_load_image_folder_errors_name_the_folder_and_the_fix(comfy_dirs):
     input_dir = str(comfy_dirs / "input")
     with pytest.raises(ValueError, match=r"folder 'missing' does not exist in ComfyUI's input directory: create "
-                                         r".*missing and put the high-quality test images in it"):
+                                         r".*missing and put the images in it"):
         run_node(LoadImageFolder, folder="missing", multiple=1)
     for escape in ("../output", os.path.join(input_dir, "set")):
         with pytest.raises(ValueError, match="must be a path inside ComfyUI's input directory"):
@@ -99,7 +61,8 @@ def test_load_image_folder_errors_name_the_folder_and_the_fix(comfy_dirs):
     with pytest.raises(ValueError, match=r"folder 'empty' \(.*empty\) has no images \(\.png, \.jpg"):
         run_node(LoadImageFolder, folder="empty", multiple=1)
     (comfy_dirs / "input" / "empty" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"cannot read .*broken\.png.* as an image.*remove or replace the file"):
+    with pytest.raises(ValueError, match=r"'empty' .* has no readable images.*broken\.png: cannot be read as an "
+                                         r"image.*remove or replace the file"):
         run_node(LoadImageFolder, folder="empty", multiple=1)
     write_photo(comfy_dirs / "input" / "tiny.png", 20, 20, 3)
     with pytest.raises(ValueError, match="a 20x20 image has no 32x32 part"):
@@ -165,11 +128,7 @@ def test_report_node_learned_metric_and_errors(comfy_dirs):
         run_node(BenchmarkReport, **report_inputs(hq, lq, lq, lpips=True))
     folder = comfy_dirs / "models" / "iqa" / "lpips"
     folder.mkdir(parents=True)
-    model = metrics.LPIPS()
-    torch.save({f"features.{i}.{p}": getattr(conv, p).detach() for i, conv in zip(model.TORCHVISION_INDEX, model.convs)
-                for p in ("weight", "bias")}, folder / "alexnet-owt-7be5be79.pth")
-    torch.save({f"lin{k}.model.1.weight": torch.ones(1, c, 1, 1) for k, (_, c, *_) in enumerate(model.CONVS)},
-               folder / "alex.pth")
+    write_lpips_weights(folder)
     summary = run_node(BenchmarkReport, **report_inputs(hq, lq, lq, ["n.png"], 0, "lp/r", lpips=True)).result[0]
     row = read_csv(comfy_dirs / "output" / "lp" / "r_00001_" / "metrics.csv")[0]
     lpips = metrics.load_learned_metric("lpips", str(comfy_dirs / "models" / "iqa"))
@@ -263,11 +222,11 @@ def test_benchmark_graph_runs_through_the_server_and_writes_its_files(bench_serv
     rows = read_csv(os.path.join(report_dir, "metrics.csv"))
     assert [r["image"] for r in rows] == ["harbour.png", "street.png"]  # one row per image, in name order
     for i, row in enumerate(rows):
-        hq = benchmark.crop_to_multiple(benchmark.load_image(os.path.join(bench_server.base, "input", "bench",
-                                                                          row["image"])), MULTIPLE)
-        lq = benchmark.load_image(os.path.join(report_dir, "lq", row["image"]))
+        hq = benchmark.crop_to_multiple(read_image(os.path.join(bench_server.base, "input", "bench",
+                                                                row["image"]))[None], MULTIPLE)
+        lq = read_image(os.path.join(report_dir, "lq", row["image"]))[None]
         assert torch.equal(lq, degradation.quantize(degradation.degrade(hq, PRESET, SEED + i, True)))  # seed + i
-        restored = benchmark.load_image(os.path.join(report_dir, "restored", row["image"]))
+        restored = read_image(os.path.join(report_dir, "restored", row["image"]))[None]
         assert restored.shape == hq.shape and restored.std() > 0
         expected = metrics.fidelity_metrics(restored, hq, CROP)
         for k, v in expected.items():

@@ -3,43 +3,25 @@ import pytest
 
 pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
 
-import asyncio  # noqa: E402
 import os  # noqa: E402
 
 import folder_paths  # noqa: E402
 import torch  # noqa: E402
-from comfy_api.internal import make_locked_method_func  # noqa: E402
 
-from supir_restore.nodes import comfy_entrypoint  # noqa: E402
 from supir_restore.nodes.degradation_nodes import NODES, DegradeImage, ImageMetrics  # noqa: E402
 from supir_restore.supir.quality import degradation, metrics  # noqa: E402
-
-
-def run_node(cls, **inputs):
-    """Validates the class and calls its execution function on a locked class clone, as execution.py does."""
-    cls.GET_SCHEMA()
-    cls.VALIDATE_CLASS()
-    return make_locked_method_func(cls, cls.FUNCTION, cls.PREPARE_CLASS_CLONE(None))(**inputs)
+from host_helpers import assert_registered_with_descriptions_and_tooltips, run_node, smooth_photo, \
+    write_lpips_weights  # noqa: E402
 
 
 def photo(seed=0, h=96, w=80):
-    """A smooth random RGB image (1, h, w, 3)."""
-    g = torch.Generator().manual_seed(seed)
-    small = torch.rand(1, 3, h // 8, w // 8, generator=g)
-    return torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic").clamp(0, 1).movedim(1, -1)
+    return smooth_photo(h, w, seed)
 
 
 def test_nodes_are_registered_with_descriptions_and_tooltips():
-    extension = asyncio.run(comfy_entrypoint())
-    registered = asyncio.run(extension.get_node_list())
-    assert all(node in registered for node in NODES)
-    for cls in NODES:
-        info = cls.GET_NODE_INFO_V1()
-        assert info["description"].strip() and info["category"] == "supir/benchmark"
-        for name, spec in {**info["input"]["required"], **info["input"].get("optional", {})}.items():
-            assert spec[1].get("tooltip"), f"{info['name']}.{name} has no tooltip"
+    assert_registered_with_descriptions_and_tooltips(NODES, "supir/benchmark")
     presets = DegradeImage.GET_NODE_INFO_V1()["input"]["required"]["preset"]
-    assert presets[1]["options"] == list(degradation.PRESETS)
+    assert presets[1]["options"] == list(degradation.DEGRADATION_PRESETS)
 
 
 def degrade_node(images, preset, seed, resize_to_input=False):
@@ -92,11 +74,7 @@ def test_metrics_node_learned_metric_reads_comfyui_models_iqa(tmp_path, monkeypa
     assert os.path.join(str(tmp_path), "iqa", "lpips") in str(err.value)
     folder = tmp_path / "iqa" / "lpips"
     folder.mkdir(parents=True)
-    model = metrics.LPIPS()
-    torch.save({f"features.{i}.{p}": getattr(conv, p).detach() for i, conv in zip(model.TORCHVISION_INDEX, model.convs)
-                for p in ("weight", "bias")}, folder / "alexnet-owt-7be5be79.pth")
-    torch.save({f"lin{k}.model.1.weight": torch.ones(1, c, 1, 1) for k, (_, c, *_) in enumerate(model.CONVS)},
-               folder / "alex.pth")
+    write_lpips_weights(folder)
     out = run_node(ImageMetrics, image=torch.cat([hq, photo(4, 64, 64)]), reference=hq, crop_border=0,
                    learned_metric="lpips")
     report = out.result[4]

@@ -3,40 +3,22 @@ import pytest
 
 pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
 
-import asyncio  # noqa: E402
 
 import torch  # noqa: E402
-from comfy_api.internal import make_locked_method_func  # noqa: E402
 
-from supir_restore.nodes import comfy_entrypoint  # noqa: E402
 from supir_restore.nodes.image_nodes import NODES, SUPIRColorFix, SUPIRResize, SUPIRResizeTo  # noqa: E402
 from supir_restore.supir.image import colour, resize  # noqa: E402
-
-
-def run_node(cls, **inputs):
-    """Validates the class and calls its execution function on a locked class clone, as execution.py does."""
-    cls.GET_SCHEMA()
-    cls.VALIDATE_CLASS()
-    return make_locked_method_func(cls, cls.FUNCTION, cls.PREPARE_CLASS_CLONE(None))(**inputs)
+from host_helpers import assert_registered_with_descriptions_and_tooltips, run_node, smooth_photo  # noqa: E402
 
 
 def photo(seed=0, h=75, w=101, c=3):
-    """A smooth random image (1, h, w, c)."""
-    g = torch.Generator().manual_seed(seed)
-    small = torch.rand(1, c, h // 8 + 1, w // 8 + 1, generator=g)
-    return torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic").clamp(0, 1).movedim(1, -1)
+    return smooth_photo(h, w, seed, c, cells=1)
 
 
 def test_nodes_are_registered_with_ids_descriptions_and_tooltips():
-    registered = asyncio.run(asyncio.run(comfy_entrypoint()).get_node_list())
-    assert all(node in registered for node in NODES)
+    assert_registered_with_descriptions_and_tooltips(NODES, "supir/image")
     assert [cls.GET_NODE_INFO_V1()["name"] for cls in NODES] == ["SUPIRColorFix", "SUPIRResize", "SUPIRResizeTo"]
-    for cls in NODES:
-        info = cls.GET_NODE_INFO_V1()
-        assert info["description"].strip() and info["category"] == "supir/image"
-        for name, spec in {**info["input"]["required"], **info["input"].get("optional", {})}.items():
-            assert spec[1].get("tooltip"), f"{info['name']}.{name} has no tooltip"
-        assert all(info["output_tooltips"])
+    assert all(all(cls.GET_NODE_INFO_V1()["output_tooltips"]) for cls in NODES)
     assert SUPIRResize.GET_NODE_INFO_V1()["output"] == ["IMAGE", "INT", "INT"]
 
 

@@ -1,5 +1,6 @@
 """Tier 2: LoRA stacks through ComfyUI's patching on the tiny SDXL model and CLIP, merging, baking, and the
 PEFT key conversion against ComfyUI's full-size SDXL key map."""
+import os
 import re
 
 import pytest
@@ -12,13 +13,15 @@ import torch  # noqa: E402
 import comfy.lora  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import folder_paths  # noqa: E402
-from comfy_api.internal import make_locked_method_func  # noqa: E402
 
 from supir_restore.nodes.lora_nodes import (NODES, SUPIRLoraInspect, SUPIRLoraMerge, SUPIRLoraStack,  # noqa: E402
                                             SUPIRSaveBakedCheckpoint)
 from supir_restore.supir.lora.formats import LoraFormatError, LowRank, convert_peft  # noqa: E402
 from supir_restore.supir.host.lora_stack import LoraMismatchError, apply_lora_stack, bake_checkpoint, merge_loras, \
     save_merged_lora  # noqa: E402
+from supir_restore.supir.weights import CorruptWeightsError, UnsafeWeightsError  # noqa: E402
+from host_helpers import run_node  # noqa: E402
+from helpers import damaged_files, malicious_files  # noqa: E402
 from test_full_size import SDXL_UNET  # noqa: E402
 from test_lora import sdxl_attention_modules  # noqa: E402
 
@@ -32,12 +35,6 @@ TARGETS = {
 }
 TE1 = "clip_l.transformer.text_model.encoder.layers.1.self_attn.q_proj"
 STRENGTH = 0.7
-
-
-def run_node(cls, **inputs):
-    cls.GET_SCHEMA()
-    cls.VALIDATE_CLASS()
-    return make_locked_method_func(cls, cls.FUNCTION, cls.PREPARE_CLASS_CLONE(None))(**inputs)
 
 
 def modules_for(model, seed=0, rank=3, alpha=1.5) -> dict[str, LowRank]:
@@ -276,3 +273,17 @@ def test_nodes_are_valid_v3_nodes():
         cls.VALIDATE_CLASS()
     assert {cls.GET_SCHEMA().node_id for cls in NODES} == {
         "SUPIRLoraStack", "SUPIRLoraInspect", "SUPIRLoraMerge", "SUPIRSaveBakedCheckpoint", "SUPIRLoraRegionBlend"}
+
+
+def test_lora_nodes_refuse_malicious_and_damaged_files_by_name(tiny_model, lora_folder):
+    folder = lora_folder / "loras"
+    lora = file_for(modules_for(tiny_model), "kohya")
+    for name, path in malicious_files(str(folder), lora).items():
+        with pytest.raises(UnsafeWeightsError, match=f"{re.escape(path)}: refused to load.*Do not use this file"):
+            run_node(SUPIRLoraInspect, lora_name=os.path.basename(path))
+    assert not (folder / "ran").exists()
+    good = str(folder / "good.pt")
+    torch.save(lora, good)
+    for path in damaged_files(str(folder), good).values():
+        with pytest.raises(CorruptWeightsError, match=f"{re.escape(path)}: cannot be read.*Download it again"):
+            run_node(SUPIRLoraInspect, lora_name=os.path.basename(path))

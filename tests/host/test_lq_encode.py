@@ -6,7 +6,7 @@ pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFY
 import torch  # noqa: E402
 
 import nodes as comfy_nodes  # noqa: E402  (ComfyUI's stock nodes)
-from supir_restore.supir.model.checkpoint import SUPIRCheckpointError  # noqa: E402
+from supir_restore.supir.weights import WeightsFileError  # noqa: E402
 from supir_restore.supir.host.lq_encode import encode_lq, lq_vae  # noqa: E402
 from supir_restore.supir.image.io import as_rgb  # noqa: E402
 
@@ -72,7 +72,7 @@ def test_bad_channel_counts_and_mismatched_vae(tiny_supir, tiny_vae):
     other = build_vae(config={"params": {"embed_dim": 4, "ddconfig": {
         "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 64,
         "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}})
-    with pytest.raises(SUPIRCheckpointError, match="SUPIR needs the SDXL VAE.*wrong shape"):
+    with pytest.raises(WeightsFileError, match="SUPIR needs the SDXL VAE.*wrong shape"):
         encode_lq(tiny_supir, other, lq_image())
 
 

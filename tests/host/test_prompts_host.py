@@ -45,6 +45,10 @@ def test_image_size_conditioning_and_per_image_captions(tiny_clip):
     context, extra = positive[0]
     assert context.shape[0] == 2 and (extra["width"], extra["height"]) == (64, 96)
     single, _ = tiny_clip.encode_from_tokens(tiny_clip.tokenize("a boat"), return_pooled=True)
+    empty, _ = tiny_clip.encode_from_tokens(tiny_clip.tokenize(""), return_pooled=True)
+    long, _ = tiny_clip.encode_from_tokens(tiny_clip.tokenize(CAPTION), return_pooled=True)
+    assert context.shape[1] == long.shape[1] > 77  # the short caption padded to the long one's chunks
     torch.testing.assert_close(context[0, :77], single[0])
+    torch.testing.assert_close(context[0, 77:154], empty[0])
     with pytest.raises(ValueError, match="needs the hint"):
         SUPIRConditioning.execute(tiny_clip, "a", "", "", "image size", False)

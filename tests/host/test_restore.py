@@ -14,7 +14,7 @@ import comfy.samplers  # noqa: E402
 
 from supir_restore.nodes.sampling_nodes import SUPIRRestore, SUPIRSamplerDPM, SUPIRSamplerEDM, SUPIRSigmas  # noqa: E402
 from supir_restore.supir.host.restore import apply_guidance, restore_latent, supir_sigmas  # noqa: E402
-from supir_restore.supir.sampling.samplers import PRESETS, RestoreSettings, StartMode, restoration_weight  # noqa: E402
+from supir_restore.supir.sampling.samplers import RESTORE_PRESETS, RestoreSettings, StartMode, restoration_weight  # noqa: E402
 from supir_restore.supir.host.unet_patch import apply_supir  # noqa: E402
 from tiny_models import fake_conditioning  # noqa: E402
 
@@ -116,7 +116,7 @@ def test_presets_drive_the_sampler(tiny_model, tiny_supir, monkeypatch):
     monkeypatch.setattr(restore_module, "supir_sigmas",
                         lambda model, steps, schedule, denoise=1.0: calls.append((steps, schedule)) or original(model, steps, schedule, denoise))
     run_restore(tiny_model, tiny_supir, latent(7), preset="Lightning Quality")
-    assert calls == [(PRESETS["Lightning Quality"].steps, "supir_karras")]
+    assert calls == [(RESTORE_PRESETS["Lightning Quality"].steps, "supir_karras")]
 
 
 def test_restore_with_restoration_guidance(tiny_model, tiny_supir):
@@ -151,7 +151,7 @@ def test_a_restoration_target_with_a_preset_is_used_with_the_users_restore_cfg(t
     used = {}
     monkeypatch.setattr(nodes, "restore_latent", lambda *args, **kw: used.setdefault("settings", args[5]))
     run_restore(tiny_model, tiny_supir, latent(7), preset="Quality", target=latent(8), restore_cfg=4.0)
-    assert used["settings"] == dataclasses.replace(PRESETS["Quality"], restore_cfg=4.0)
+    assert used["settings"] == dataclasses.replace(RESTORE_PRESETS["Quality"], restore_cfg=4.0)
 
 
 @pytest.mark.parametrize("preset", ["Quality", "Custom"])

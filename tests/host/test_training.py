@@ -22,6 +22,8 @@ from supir_restore.lora_train.host.trainer import RestorationObjective, TrainSet
 from supir_restore.lora_train.host.validation import with_adapters  # noqa: E402
 from supir_restore.supir.host.lora_stack import apply_lora  # noqa: E402
 from supir_restore.supir.host.unet_patch import apply_supir  # noqa: E402
+from supir_restore.supir.weights import CorruptWeightsError  # noqa: E402
+from helpers import malicious_files  # noqa: E402
 from test_full_size import SDXL_UNET  # noqa: E402
 
 RES = 64
@@ -99,6 +101,17 @@ def test_interrupted_run_resumes_exactly(tiny_model, tiny_supir, tiny_vae, tiny_
     with pytest.raises(ValueError, match="rank"):
         train(tiny_model, tiny_supir, tiny_vae, tiny_clip, dataset, settings(steps=5, rank=2, batch_size=2,
                                                                               grad_accumulation=2), path)
+
+
+def test_a_damaged_or_pickled_checkpoint_is_named_and_never_unpickled(tiny_model, tiny_supir, tiny_vae, tiny_clip,
+                                                                      dataset, tmp_path):
+    path = tmp_path / "checkpoint.safetensors"
+    pickled = malicious_files(str(tmp_path), {})["RunsAShellCommand-zip"]
+    for content in (b"\x00" * 100, open(pickled, "rb").read()):
+        path.write_bytes(content)
+        with pytest.raises(CorruptWeightsError, match=f"{path}: cannot be read.*check its size"):
+            train(tiny_model, tiny_supir, tiny_vae, tiny_clip, dataset, settings(steps=1), str(path))
+    assert not (tmp_path / "ran").exists()
 
 
 def test_trains_on_models_loaded_in_inference_mode(tiny_supir_file, dataset, tmp_path):

@@ -13,7 +13,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import forward_timestep_embe
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding  # noqa: E402
 
 from supir_restore.supir.host.supir_loader import load_supir  # noqa: E402
-from supir_restore.supir.host.unet_patch import KEY, CrossAttnSlot, SUPIRMismatchError, apply_supir  # noqa: E402
+from supir_restore.supir.host.unet_patch import SUPIR_PATCH_KEY, CrossAttnSlot, SUPIRMismatchError, apply_supir  # noqa: E402
 from tiny_models import fake_conditioning, tiny_sd15  # noqa: E402
 
 SIGMA = 7.3
@@ -141,7 +141,7 @@ def test_composes_with_other_patches_and_clones_share_weights(tiny_model, tiny_s
     original = [p.__self__ for p in patched.model_options["transformer_options"]["patches"]["output_block_patch"]]
     assert patch_objects[0] is original[0]  # the deep copy in clone() shares the SUPIR state
     first = next(tiny_supir.control.parameters())
-    assert next(stacked.additional_models[KEY][0].model.parameters()).data_ptr() == first.data_ptr()
+    assert next(stacked.additional_models[SUPIR_PATCH_KEY][0].model.parameters()).data_ptr() == first.data_ptr()
 
 
 def test_trunk_loads_and_offloads_with_the_unet(tiny_model, tiny_supir):

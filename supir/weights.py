@@ -1,0 +1,122 @@
+"""Reading weight files: the one reader behind every file the pack loads (SUPIR files, LoRAs, metric weights,
+training checkpoints), and the check that a file's tensors fit the network they are for.
+
+``.safetensors``/``.sft`` files hold tensors only. Anything else is read as a torch pickle with ``weights_only``,
+so code or foreign objects in it are refused, never run. Every error names the file and says what to do.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+
+import torch
+
+SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
+
+
+class WeightsFileError(ValueError):
+    """A weights file that cannot be used; the message names the file and says what to do."""
+
+
+class UnsafeWeightsError(WeightsFileError):
+    """A pickle holding code or Python objects besides tensors: refused, and never to be used."""
+
+
+class CorruptWeightsError(WeightsFileError):
+    """A file that cannot be read: truncated, damaged or not a weights file."""
+
+
+def is_safetensors(path: str) -> bool:
+    return path.lower().endswith(SAFETENSORS_EXTENSIONS)
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file or a torch pickle; a pickled ``{"state_dict": {...}}`` is unwrapped and
+    entries that are not tensors (step counters, configs) are dropped."""
+    if is_safetensors(path):
+        return read_safetensors(path)[0]
+    loaded = _read_pickle(path)
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        raise WeightsFileError(f"{path}: holds a {type(loaded).__name__}, not a dict of tensors; use the released "
+                               "weights file.")
+    return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+
+def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the metadata of a safetensors file."""
+    import safetensors
+    _check_exists(path)
+    try:
+        with safetensors.safe_open(path, framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for damaged headers and short files
+        raise _corrupt(path, e) from e
+
+
+def safetensors_keys(path: str) -> list[str] | None:
+    """The tensor names in a safetensors file's header, or None when it has no readable header."""
+    import safetensors
+    try:
+        with safetensors.safe_open(path, framework="pt") as f:
+            return list(f.keys())
+    except Exception:
+        return None
+
+
+def _read_pickle(path: str):
+    _check_exists(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    except pickle.UnpicklingError as e:  # only torch's weights-only unpickler raises it: it refused something
+        raise UnsafeWeightsError(
+            f"{path}: refused to load. The file holds code or Python objects besides tensors"
+            f"{_refusal_detail(e)}, or is not a weights file at all; a weights file never needs them. Do not use "
+            "this file: delete it, and use a .safetensors file or one from the model's official source.") from None
+    except Exception as e:  # torch raises several types for truncated zips, short files and foreign formats
+        raise _corrupt(path, e) from e
+
+
+def _refusal_detail(error: pickle.UnpicklingError) -> str:
+    """The Python global the pickle names, when torch's message gives one. Only the name is kept: the rest of the
+    message advises loading unsafely."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    return f" (it names {found.group(1)})" if found else ""
+
+
+def _corrupt(path: str, error: Exception) -> CorruptWeightsError:
+    reason = str(error).splitlines()[0] if str(error) else "the file ends early"
+    return CorruptWeightsError(f"{path}: cannot be read, the file is corrupt or truncated, or not a weights file "
+                               f"({type(error).__name__}: {reason}). Download it again and check its size.")
+
+
+def _check_exists(path: str) -> None:
+    if not os.path.isfile(path):
+        raise WeightsFileError(f"{path}: no such file.")
+
+
+def _is_zip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def check_layout(expected: dict, found: dict, what: str, name: str) -> None:
+    """Compare ``{key: shape}`` maps; a missing, unexpected or mis-shaped tensor is an error naming it."""
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    wrong = [f"{k} {list(found[k])} (expected {list(expected[k])})" for k in expected
+             if k in found and tuple(found[k]) != tuple(expected[k])]
+    problems = [f"{label} {len(keys)}: {names(keys, most)}"
+                for label, keys, most in (("missing", missing, 8), ("unexpected", extra, 8), ("wrong shape", wrong, 4))
+                if keys]
+    if problems:
+        raise WeightsFileError(f"{name}: the tensors do not fit the {what}: " + "; ".join(problems)
+                               + ". The file is damaged or from another model.")
+
+
+def names(keys: list, most: int = 8) -> str:
+    """The first ``most`` of ``keys``, and how many more there are."""
+    shown = ", ".join(keys[:most])
+    return shown + (f" … (+{len(keys) - most} more)" if len(keys) > most else "")

@@ -1,0 +1,102 @@
+"""Tier 1: the one weights-file reader, through every loader that uses it: malicious pickles are refused and never
+run, damaged files get their own message, and every message names the file."""
+import os
+
+import pytest
+import safetensors.torch
+import torch
+
+from supir_restore.supir.model.checkpoint import load_supir_weights
+from supir_restore.supir.quality import metrics
+from supir_restore.supir.weights import CorruptWeightsError, UnsafeWeightsError, WeightsFileError, read_state_dict
+
+from helpers import ForeignObject, damaged_files, malicious_files, official_state_dict
+
+NEVER_SUGGESTED = ("weights_only=False", "weights_only` set to `False", "trust", "Download it again")
+
+
+def assert_refused(error, path, marker):
+    message = str(error)
+    assert isinstance(error, UnsafeWeightsError)
+    assert path in message and "code or Python objects" in message and "Do not use this file" in message
+    assert not any(s in message for s in NEVER_SUGGESTED), message
+    assert not os.path.exists(marker)
+
+
+def assert_damaged(error, path):
+    message = str(error)
+    assert isinstance(error, CorruptWeightsError)
+    assert path in message and "corrupt or truncated" in message and "check its size" in message
+
+
+def supir_loader(path):
+    return load_supir_weights(path)
+
+
+def lpips_loader(path):
+    """LPIPS reads two pickles; ``path`` is the heads file."""
+    alexnet = os.path.join(os.path.dirname(path), "alexnet.pth")
+    torch.save({}, alexnet)
+    return metrics.LPIPS.from_files(alexnet, path)
+
+
+def musiq_loader(path):
+    return metrics.MUSIQ.from_file(path)
+
+
+LOADERS = {"SUPIR file": (supir_loader, official_state_dict),
+           "LoRA file": (read_state_dict, lambda: {"lora_unet_x.lora_up.weight": torch.zeros(4, 2)}),
+           "LPIPS heads": (lpips_loader, lambda: {"lin0.model.1.weight": torch.zeros(1, 64, 1, 1)}),
+           "MUSIQ weights": (musiq_loader, lambda: {"embedding.weight": torch.zeros(4, 4)})}
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_every_loader_refuses_code_and_objects_and_never_runs_them(tmp_path, loader):
+    load, payload = LOADERS[loader]
+    for what, path in malicious_files(str(tmp_path), payload()).items():
+        with pytest.raises(WeightsFileError) as err:
+            load(path)
+        assert_refused(err.value, path, os.path.join(str(tmp_path), "ran"))
+
+
+def test_the_refusal_names_the_global_whatever_torchs_wording(tmp_path):
+    files = malicious_files(str(tmp_path), {})
+    blocked, foreign = (str(pytest.raises(UnsafeWeightsError, read_state_dict, files[f"{name}-zip"]).value)
+                        for name in ("RunsAShellCommand", "ForeignObject"))
+    assert "(it names posix.system)" in blocked
+    assert f"(it names {ForeignObject.__module__}.ForeignObject)" in foreign
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_every_loader_reports_damaged_files_as_such(tmp_path, loader):
+    load, payload = LOADERS[loader]
+    good = str(tmp_path / "good.pth")
+    torch.save(payload(), good)
+    for what, path in damaged_files(str(tmp_path), good).items():
+        with pytest.raises(WeightsFileError) as err:
+            load(path)
+        assert_damaged(err.value, path)
+
+
+def test_a_truncated_safetensors_file_is_damaged(tmp_path):
+    good = str(tmp_path / "good.safetensors")
+    safetensors.torch.save_file(official_state_dict(), good)
+    path = damaged_files(str(tmp_path), good)["truncated"]
+    with pytest.raises(CorruptWeightsError) as err:
+        load_supir_weights(path)
+    assert_damaged(err.value, path)
+
+
+def test_a_missing_file_is_named(tmp_path):
+    path = str(tmp_path / "nope.ckpt")
+    with pytest.raises(WeightsFileError, match=f"{path}: no such file"):
+        read_state_dict(path)
+
+
+def test_wrapped_state_dicts_are_unwrapped_and_non_tensors_dropped(tmp_path):
+    path = str(tmp_path / "wrapped.ckpt")
+    torch.save({"state_dict": {"w": torch.ones(2), "step": 7}, "global_step": 7}, path)
+    assert read_state_dict(path).keys() == {"w"}
+    torch.save([torch.ones(2)], path)
+    with pytest.raises(WeightsFileError, match=f"{path}: holds a list, not a dict of tensors"):
+        read_state_dict(path)
