@@ -15,7 +15,7 @@ from numbers import Real
 import torch
 
 from ..supir.checks import non_finite_tensors
-from ..supir.weights import read_safetensors
+from ..supir.weights import WeightsFileError, read_safetensors
 
 CHECKPOINT_VERSION = 1
 OPTIMIZER_FIELDS = ("exp_avg", "exp_avg_sq", "step")  # AdamW's per-parameter state
@@ -37,12 +37,15 @@ def check_overwrite(lora_path: str, checkpoint_path: str, overwrite: bool) -> No
 
 def read_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """The metadata and tensors of a checkpoint file; an unreadable file is an error naming it."""
-    tensors, metadata = read_safetensors(path)
     try:
+        tensors, metadata = read_safetensors(path)
         meta = json.loads(metadata.get("supir_training", "{}"))
+    except WeightsFileError as e:  # its own advice (download again) does not fit a file the trainer wrote
+        raise CheckpointMismatchError(f"cannot read the training checkpoint {path}: it is not a readable safetensors "
+                                      f"file, so the file is damaged: {START_AFRESH}.") from e
     except ValueError as e:
-        raise CheckpointMismatchError(f"cannot read the training checkpoint {path} ({type(e).__name__}: {e}); the "
-                                      f"file is damaged: {START_AFRESH}.") from e
+        raise CheckpointMismatchError(f"cannot read the training checkpoint {path} (its metadata: {e}); the file is "
+                                      f"damaged: {START_AFRESH}.") from e
     if not isinstance(meta, dict) or meta.get("version") != CHECKPOINT_VERSION:
         version = meta.get("version") if isinstance(meta, dict) else None
         raise CheckpointMismatchError(f"{path} is not a training checkpoint of this trainer (version {version!r}); "

@@ -103,3 +103,15 @@ def comfy_dirs(tmp_path, monkeypatch):
     monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path / "output"))
     monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
     return tmp_path
+
+
+@pytest.fixture()
+def lora_folder(tmp_path, monkeypatch):
+    """ComfyUI's models/loras and output folders pointed at tmp_path/loras and tmp_path/output."""
+    import folder_paths
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "output").mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras",
+                        ([str(tmp_path / "loras")], folder_paths.supported_pt_extensions))
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
+    return tmp_path

@@ -12,7 +12,6 @@ import torch  # noqa: E402
 
 import comfy.lora  # noqa: E402
 import comfy.supported_models  # noqa: E402
-import folder_paths  # noqa: E402
 
 from supir_restore.nodes.lora_nodes import (NODES, SUPIRLoraInspect, SUPIRLoraMerge, SUPIRLoraStack,  # noqa: E402
                                             SUPIRSaveBakedCheckpoint)
@@ -146,17 +145,6 @@ def test_layers_of_another_shape_are_left_out_and_counted(tiny_model):
     assert "9 of 11 tensors applied → 3 UNet weights" in report
     assert "(1 layers matched by name but not by shape)" in report
     assert set(model.patches) == {"diffusion_model." + p + ".weight" for p in TARGETS}
-
-
-@pytest.fixture()
-def lora_folder(tmp_path, monkeypatch):
-    """models/loras and the output folder in tmp_path."""
-    (tmp_path / "loras").mkdir()
-    (tmp_path / "output").mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras",
-                        ([str(tmp_path / "loras")], folder_paths.supported_pt_extensions))
-    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
-    return tmp_path
 
 
 def test_stack_node_applies_in_order_and_reports(tiny_model, tiny_clip, lora_folder):

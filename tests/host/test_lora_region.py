@@ -23,7 +23,7 @@ from supir_restore.supir.image.region_mask import RegionMaskError, latent_mask  
 from supir_restore.supir.host.restore import supir_sigmas  # noqa: E402
 from supir_restore.supir.host.tiled_aggregation import apply_tiled_aggregation  # noqa: E402
 from supir_restore.supir.host.unet_patch import apply_supir  # noqa: E402
-from test_lora_host import TARGETS, file_for, lora_folder, modules_for, patched_weights, run_node  # noqa: E402,F401
+from test_lora_host import TARGETS, file_for, modules_for, patched_weights, run_node  # noqa: E402,F401
 from test_restore import run_restore  # noqa: E402
 from tiny_models import fake_conditioning  # noqa: E402
 

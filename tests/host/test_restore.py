@@ -146,12 +146,17 @@ def test_interrupt_stops_the_restore(tiny_model, tiny_supir):
     assert not mm.processing_interrupted()
 
 
-def test_a_restoration_target_with_a_preset_is_used_with_the_users_restore_cfg(tiny_model, tiny_supir, monkeypatch):
-    import supir_restore.nodes.sampling_nodes as nodes
-    used = {}
-    monkeypatch.setattr(nodes, "restore_latent", lambda *args, **kw: used.setdefault("settings", args[5]))
-    run_restore(tiny_model, tiny_supir, latent(7), preset="Quality", target=latent(8), restore_cfg=4.0)
-    assert used["settings"] == dataclasses.replace(RESTORE_PRESETS["Quality"], restore_cfg=4.0)
+def test_a_restoration_target_with_a_preset_is_used_with_the_users_restore_cfg(tiny_model, tiny_supir):
+    hint, target = latent(7), latent(8)
+    node = run_restore(tiny_model, tiny_supir, hint, preset="Lightning Quality", target=target, restore_cfg=4.0)
+    preset = RESTORE_PRESETS["Lightning Quality"]
+    patched = apply_supir(tiny_model, tiny_supir, hint)
+
+    def direct(settings, restoration_target):
+        return restore_latent(patched, fake_conditioning(seed=1), fake_conditioning(seed=2), hint, 0, settings,
+                              StartMode("noise"), restoration_target, 0.05, disable_pbar=True)
+    torch.testing.assert_close(node, direct(dataclasses.replace(preset, restore_cfg=4.0), target))
+    assert (node - direct(preset, None)).abs().max() > 1e-4  # the preset alone would ignore the target
 
 
 @pytest.mark.parametrize("preset", ["Quality", "Custom"])

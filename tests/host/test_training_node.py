@@ -7,7 +7,6 @@ pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFY
 import json  # noqa: E402
 import math  # noqa: E402
 
-import folder_paths  # noqa: E402
 import safetensors  # noqa: E402
 import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
@@ -24,39 +23,28 @@ INPUTS = dict(model=None, supir_model=None, vae=None, clip=None, dataset=None, s
               save_every=1, resume=True, validate_every=0, validation_steps=2)
 
 
-@pytest.fixture()
-def folders(tmp_path, monkeypatch):
-    """models/loras and the output folder in tmp_path."""
-    (tmp_path / "loras").mkdir()
-    (tmp_path / "output").mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras",
-                        ([str(tmp_path / "loras")], folder_paths.supported_pt_extensions))
-    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
-    return tmp_path
-
-
 def files_under(folder) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def test_a_lora_file_no_run_of_this_name_made_is_never_overwritten(folders):
-    (folders / "loras" / "portrait.safetensors").write_bytes(b"a LoRA the user downloaded")
-    before = files_under(folders)
+def test_a_lora_file_no_run_of_this_name_made_is_never_overwritten(lora_folder):
+    (lora_folder / "loras" / "portrait.safetensors").write_bytes(b"a LoRA the user downloaded")
+    before = files_under(lora_folder)
     with pytest.raises(FileExistsError, match=r"portrait.safetensors already exists .*switch overwrite on"):
         run_node(SUPIRTrainLoRA, **INPUTS, lora_name="portrait")  # no model: it must stop before using one
-    assert files_under(folders) == before
+    assert files_under(lora_folder) == before
 
 
 @pytest.mark.parametrize("name, problem", [("", "empty"), ("two\nlines", "control character"),
                                            ("nul\x00", "control character"), ("x" * 250, "too long"),
                                            ("sub/name", "plain file name")])
-def test_lora_names_the_file_system_refuses_are_errors_before_training(folders, name, problem):
+def test_lora_names_the_file_system_refuses_are_errors_before_training(lora_folder, name, problem):
     with pytest.raises(ValueError, match=f"^lora_name.*{problem}"):
         run_node(SUPIRTrainLoRA, **INPUTS, lora_name=name)
-    assert files_under(folders) == {}
+    assert files_under(lora_folder) == {}
 
 
-def test_non_finite_images_are_errors_naming_the_input(folders):
+def test_non_finite_images_are_errors_naming_the_input(lora_folder):
     bad = torch.rand(1, 64, 64, 3)
     bad[0, 0, 0, 0] = math.nan
     with pytest.raises(ValueError, match="^validation_images contains 1 NaN"):
@@ -64,7 +52,7 @@ def test_non_finite_images_are_errors_naming_the_input(folders):
     with pytest.raises(ValueError, match="^images contains 1 NaN"):
         run_node(SUPIRTrainingDataset, folder="", resolution=64, aspect_buckets=False, default_caption="x",
                  images=bad)
-    assert files_under(folders) == {}
+    assert files_under(lora_folder) == {}
 
 
 @pytest.fixture(scope="module")
