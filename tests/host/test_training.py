@@ -22,7 +22,7 @@ from supir_restore.lora_train.host.trainer import RestorationObjective, TrainSet
 from supir_restore.lora_train.host.validation import with_adapters  # noqa: E402
 from supir_restore.supir.host.lora_stack import apply_lora  # noqa: E402
 from supir_restore.supir.host.unet_patch import apply_supir  # noqa: E402
-from supir_restore.supir.weights import CorruptWeightsError  # noqa: E402
+from supir_restore.lora_train.checkpoint import CheckpointMismatchError  # noqa: E402
 from helpers import malicious_files  # noqa: E402
 from test_full_size import SDXL_UNET  # noqa: E402
 
@@ -109,7 +109,8 @@ def test_a_damaged_or_pickled_checkpoint_is_named_and_never_unpickled(tiny_model
     pickled = malicious_files(str(tmp_path), {})["RunsAShellCommand-zip"]
     for content in (b"\x00" * 100, open(pickled, "rb").read()):
         path.write_bytes(content)
-        with pytest.raises(CorruptWeightsError, match=f"{path}: cannot be read.*check its size"):
+        with pytest.raises(CheckpointMismatchError,
+                           match=f"cannot read the training checkpoint {path}: .*start afresh"):
             train(tiny_model, tiny_supir, tiny_vae, tiny_clip, dataset, settings(steps=1), str(path))
     assert not (tmp_path / "ran").exists()
 
