@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from supir.colour import colour_fix
+from supir.image.colour import colour_fix
 
 
 def seconds_per_image(image: torch.Tensor, reference: torch.Tensor, method: str, repeats: int) -> float:

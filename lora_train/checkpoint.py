@@ -15,10 +15,9 @@ from numbers import Real
 import torch
 
 from ..supir.checks import non_finite_tensors
-from ..supir.weights import WeightsFileError, read_safetensors
+from ..supir.weights import WeightsFileError, layout_problems, names, read_safetensors
 
 CHECKPOINT_VERSION = 1
-OPTIMIZER_FIELDS = ("exp_avg", "exp_avg_sq", "step")  # AdamW's per-parameter state
 START_AFRESH = "delete it, switch resume off, or choose another lora_name to start afresh"
 
 
@@ -86,15 +85,17 @@ def check_checkpoint(path: str, meta: dict, tensors: dict[str, torch.Tensor],
         raise CheckpointMismatchError(f"{path} is at step {meta['step']} but steps is {steps}; set steps to at "
                                       f"least {meta['step']} to continue it, or {START_AFRESH}.")
     stepped = {int(m.group(1)) for name in tensors if (m := re.fullmatch(r"optim/(\d+)/\w+", name))}
-    _check_layout(path, expected_tensors(adapter_shapes, stepped), {k: tuple(t.shape) for k, t in tensors.items()})
+    if problems := layout_problems(expected_tensors(adapter_shapes, stepped),
+                                   {k: tuple(t.shape) for k, t in tensors.items()}, "this run:"):
+        raise CheckpointMismatchError(f"{path} does not fit this run's LoRA ({'; '.join(problems)}): it was made for "
+                                      f"another model or is damaged; {START_AFRESH}.")
     if len(meta["param_groups"]) != 1 or len(meta["param_groups"][0]["params"]) != 2 * len(adapter_shapes):
         raise CheckpointMismatchError(f"{path}: its optimizer has parameter groups of "
                                       f"{[len(g['params']) for g in meta['param_groups']]} parameters, this run one "
                                       f"group of {2 * len(adapter_shapes)}; {START_AFRESH}.")
     if bad := non_finite_tensors(tensors):
-        raise CheckpointMismatchError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:4])}"
-                                      f"{' …' if len(bad) > 4 else ''}): the run diverged; lower the learning rate "
-                                      f"and {START_AFRESH}.")
+        raise CheckpointMismatchError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values ({names(bad, 4)}): "
+                                      f"the run diverged; lower the learning rate and {START_AFRESH}.")
 
 
 def _check_metadata(path: str, meta: dict) -> None:
@@ -119,14 +120,3 @@ def _check_metadata(path: str, meta: dict) -> None:
     if problems:
         raise CheckpointMismatchError(f"{path}: damaged metadata ({'; '.join(problems)}); {START_AFRESH}.")
 
-
-def _check_layout(path: str, expected: dict[str, tuple], found: dict[str, tuple]) -> None:
-    missing = [k for k in expected if k not in found]
-    extra = [k for k in found if k not in expected]
-    wrong = [f"{k} {list(found[k])} (this run: {list(expected[k])})" for k in expected
-             if k in found and found[k] != expected[k]]
-    problems = [f"{label} {len(keys)}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
-                for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys]
-    if problems:
-        raise CheckpointMismatchError(f"{path} does not fit this run's LoRA ({'; '.join(problems)}): it was made for "
-                                      f"another model or is damaged; {START_AFRESH}.")

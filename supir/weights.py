@@ -102,16 +102,20 @@ def _is_zip(path: str) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
-def check_layout(expected: dict, found: dict, what: str, name: str) -> None:
-    """Compare ``{key: shape}`` maps; a missing, unexpected or mis-shaped tensor is an error naming it."""
+def layout_problems(expected: dict, found: dict, expected_label: str = "expected") -> list[str]:
+    """What differs between ``{key: shape}`` maps: missing, unexpected and mis-shaped tensors, each named."""
     missing = [k for k in expected if k not in found]
     extra = [k for k in found if k not in expected]
-    wrong = [f"{k} {list(found[k])} (expected {list(expected[k])})" for k in expected
+    wrong = [f"{k} {list(found[k])} ({expected_label} {list(expected[k])})" for k in expected
              if k in found and tuple(found[k]) != tuple(expected[k])]
-    problems = [f"{label} {len(keys)}: {names(keys, most)}"
-                for label, keys, most in (("missing", missing, 8), ("unexpected", extra, 8), ("wrong shape", wrong, 4))
-                if keys]
-    if problems:
+    return [f"{label} {len(keys)}: {names(keys, most)}"
+            for label, keys, most in (("missing", missing, 8), ("unexpected", extra, 8), ("wrong shape", wrong, 4))
+            if keys]
+
+
+def check_layout(expected: dict, found: dict, what: str, name: str) -> None:
+    """Compare ``{key: shape}`` maps; a missing, unexpected or mis-shaped tensor is an error naming it."""
+    if problems := layout_problems(expected, found):
         raise WeightsFileError(f"{name}: the tensors do not fit the {what}: " + "; ".join(problems)
                                + ". The file is damaged or from another model.")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..checks import non_finite_tensors
-from ..weights import read_state_dict
+from ..weights import names, read_state_dict
 
 # (up suffix, down suffix) pairs of the low-rank formats ComfyUI's LoRA adapter reads.
 PAIR_SUFFIXES = (
@@ -254,6 +254,6 @@ def read_lora(path: str) -> dict[str, torch.Tensor]:
     sd = read_state_dict(path)
     if bad := non_finite_tensors(sd):
         raise LoraFormatError(f"{os.path.basename(path)}: {len(bad)} tensor(s) hold NaN or infinite values "
-                              f"({', '.join(bad[:4])}{' …' if len(bad) > 4 else ''}); the LoRA is damaged (or its "
+                              f"({names(bad, 4)}); the LoRA is damaged (or its "
                               "training diverged) and would turn the image black. Use another copy or another LoRA.")
     return sd
