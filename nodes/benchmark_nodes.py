@@ -9,13 +9,11 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from .folders import input_subfolder, iqa_dir, skipped_report
-
 from ..supir.checks import check_filename_prefix
-from ..supir.image.io import IMAGE_EXTENSIONS, list_images, read_images
+from ..supir.image.io import image_names, pil_to_image, read_images
 from ..supir.quality.benchmark import Report, crop_to_multiple
-from ..supir.quality.degradation import pil_to_image
 from ..supir.quality.metrics import LEARNED_METRICS, load_learned_metric
+from .folders import input_subfolder, iqa_dir, skipped_report
 
 CATEGORY = "supir/benchmark"
 REPORT_TITLE = "SUPIR benchmark report"
@@ -27,11 +25,7 @@ FIRST_LEARNED_METRICS = ("lpips", "dists", "clipiqa")
 def folder_images(folder: str) -> tuple[str, list[str]]:
     """The path of an input folder and its image files, sorted by name; a clear error when there are none."""
     path = input_subfolder(folder)
-    names = list_images(path)
-    if not names:
-        raise ValueError(f"folder {folder!r} ({path}) has no images ({', '.join(IMAGE_EXTENSIONS)}); put the "
-                         "high-quality test images in it.")
-    return path, names
+    return path, image_names(path, f"folder {folder!r} ({path})")
 
 
 class LoadImageFolder(io.ComfyNode):

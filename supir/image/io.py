@@ -47,13 +47,34 @@ def read_image(path: str) -> torch.Tensor:
     except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for unreadable, truncated or foreign files
         raise ImageFileError(path, f"cannot be read as an image ({type(e).__name__}: {e}); remove or replace "
                                    "the file") from e
-    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
+    return pil_to_image(rgb)
+
+
+def image_to_pil(image: torch.Tensor) -> Image.Image:
+    """:math:`(H, W, 3)` in [0, 1] -> 8-bit RGB PIL image."""
+    return Image.fromarray((image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+
+
+def pil_to_image(image: Image.Image) -> torch.Tensor:
+    """8-bit RGB PIL image -> :math:`(H, W, 3)` float32 in [0, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()) / 255.0
 
 
 def list_images(folder: str) -> list[str]:
     """The names of the image files in ``folder`` (by extension), sorted."""
     return sorted(n for n in os.listdir(folder)
                   if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
+
+
+def image_names(folder: str, described: str) -> list[str]:
+    """The image files in ``folder``, sorted by name; ``described`` names the folder in the errors for a folder
+    that does not exist or holds no images."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"{described} does not exist.")
+    names = list_images(folder)
+    if not names:
+        raise ValueError(f"{described} has no images ({', '.join(IMAGE_EXTENSIONS)}); put the images in it.")
+    return names
 
 
 def read_images(folder: str, names: list[str]) -> tuple[list[torch.Tensor], list[str], list[str]]:

@@ -27,10 +27,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..checks import check_finite_image
-from ..image.io import IMAGE_EXTENSIONS, list_images, read_image
+from ..image.io import image_names, read_image
 from . import degradation
 from . import metrics
-from .degradation import image_to_pil
+from ..image.io import image_to_pil
 
 Restore = Callable[[torch.Tensor], torch.Tensor]
 
@@ -67,16 +67,6 @@ def resolve_restore(spec: str, scale: int) -> Restore:
 def save_image(image: torch.Tensor, path: str) -> None:
     """IMAGE :math:`(1, H, W, 3)` -> 8-bit PNG."""
     image_to_pil(image[0]).save(path)
-
-
-def hq_image_names(folder: str) -> list[str]:
-    """The image files of the HQ folder, sorted by name; an error when there are none."""
-    if not os.path.isdir(folder):
-        raise ValueError(f"HQ folder {folder!r} does not exist.")
-    names = list_images(folder)
-    if not names:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder!r}.")
-    return names
 
 
 def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -228,7 +218,7 @@ def run_benchmark(hq_dir: str, out_dir: str, preset: str, restore: Restore, seed
     if crop_border is None:
         crop_border = scale if scale > 1 else 0
     scorers = {name: metrics.load_learned_metric(name, iqa_dir) for name in learned}
-    names = hq_image_names(hq_dir)
+    names = image_names(hq_dir, f"HQ folder {hq_dir!r}")
     with Report(out_dir, crop_border, scorers, grid_rows, grid_height) as report:
         for i, name in enumerate(names):
             hq = crop_to_multiple(read_image(os.path.join(hq_dir, name))[None], scale)

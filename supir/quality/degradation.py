@@ -15,10 +15,11 @@ import math
 from dataclasses import dataclass
 
 import kornia
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from ..image.io import image_to_pil, pil_to_image
 
 MAX_KERNEL_SIZE = 21
 KERNEL_KINDS = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
@@ -194,16 +195,6 @@ def add_poisson_noise(image: torch.Tensor, scale: float, generator: torch.Genera
 def quantize(image: torch.Tensor) -> torch.Tensor:
     """Clamps to [0, 1] and rounds to the 8-bit grid, as saving a PNG does."""
     return (image.clamp(0, 1) * 255).round() / 255
-
-
-def image_to_pil(image: torch.Tensor) -> Image.Image:
-    """:math:`(H, W, 3)` in [0, 1] -> 8-bit RGB PIL image."""
-    return Image.fromarray((image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
-
-
-def pil_to_image(image: Image.Image) -> torch.Tensor:
-    """8-bit RGB PIL image -> :math:`(H, W, 3)` float32 in [0, 1]."""
-    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()) / 255.0
 
 
 def jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..degradation import check_image, image_to_pil
+from ...image.io import image_to_pil
+from ..degradation import check_image
 
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
