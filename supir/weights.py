@@ -102,6 +102,13 @@ def _is_zip(path: str) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
+def count_indexed(keys, pattern: str) -> int:
+    """How many distinct indices the first group of ``pattern`` (matched at the start of each key) takes: e.g.
+    the blocks of a stack, ``count_indexed(sd, r"blocks\\.(\\d+)\\.")``. Configs are derived from a file's keys so."""
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in keys if (m := rx.match(k))})
+
+
 def layout_problems(expected: dict, found: dict, expected_label: str = "expected") -> list[str]:
     """What differs between ``{key: shape}`` maps: missing, unexpected and mis-shaped tensors, each named."""
     missing = [k for k in expected if k not in found]

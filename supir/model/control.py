@@ -6,12 +6,12 @@ the checkpoint's keys without their ``model.`` / ``model.diffusion_model.`` pref
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..weights import count_indexed
 from .layers import (Attention, Downsample, ResBlock, SpatialTransformer, TimestepSequential, head_count,
                      sdpa_attention, timestep_embedding, CrossAttention)
 
@@ -24,11 +24,6 @@ def _require(sd: dict, key: str) -> torch.Tensor:
     if key not in sd:
         raise SUPIRConfigError(f"missing tensor '{key}'")
     return sd[key]
-
-
-def _count(sd: dict, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in sd if (m := rx.match(k))})
 
 
 @dataclass(frozen=True)
@@ -53,13 +48,13 @@ class TrunkConfig:
                 blocks.append(None)
             else:
                 out = _require(sd, f"input_blocks.{i}.0.out_layers.3.weight").shape[0]
-                depth = _count(sd, rf"input_blocks\.{i}\.1\.transformer_blocks\.(\d+)\.")
+                depth = count_indexed(sd, rf"input_blocks\.{i}\.1\.transformer_blocks\.(\d+)\.")
                 if depth:
                     if _require(sd, f"input_blocks.{i}.1.proj_in.weight").ndim != 2:
                         raise SUPIRConfigError("convolutional proj_in (SD1.x/2.x layout); SUPIR needs SDXL's linear one")
                 blocks.append((out, depth))
             i += 1
-        middle_depth = _count(sd, r"middle_block\.1\.transformer_blocks\.(\d+)\.")
+        middle_depth = count_indexed(sd, r"middle_block\.1\.transformer_blocks\.(\d+)\.")
         context_dims = {v.shape[1] for k, v in sd.items() if k.endswith("attn2.to_k.weight")}
         if len(context_dims) > 1:
             raise SUPIRConfigError(f"cross-attention context widths differ: {sorted(context_dims)}")
@@ -136,7 +131,7 @@ class CrossAttnSpec:
 
 def adaptor_specs(sd: dict) -> list[SFTSpec | CrossAttnSpec]:
     """Specs of ``project_modules.0..N-1`` from their tensor shapes (keys without the ``project_modules.`` prefix)."""
-    n = _count(sd, r"(\d+)\.")
+    n = count_indexed(sd, r"(\d+)\.")
     specs = []
     for i in range(n):
         if f"{i}.zero_conv.weight" in sd:

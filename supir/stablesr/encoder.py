@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.layers import Downsample, ResBlock, timestep_embedding
+from ..weights import count_indexed
 
 HEADS = 4  # the official encoder's attention heads (not recorded in a file's shapes)
 
@@ -39,8 +40,8 @@ class EncoderConfig:
         """The config of an encoder state dict (keys without the ``structcond_stage_model.`` prefix): one
         feature per level, and per level ``num_res_blocks`` blocks plus a Downsample (none after the last)."""
         model_channels, in_channels = shapes["input_blocks.0.0.weight"][:2]
-        levels = sum(1 for k in shapes if k.startswith("fea_tran.") and k.endswith(".in_layers.0.weight"))
-        blocks = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("input_blocks."))
+        levels = count_indexed(shapes, r"fea_tran\.(\d+)\.")
+        blocks = count_indexed(shapes, r"input_blocks\.(\d+)\.")
         per_level = blocks // levels  # the first block (conv_in) stands in for the missing last Downsample
         firsts = [1 + level * per_level for level in range(levels)]
         return cls(in_channels, model_channels,

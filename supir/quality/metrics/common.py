@@ -3,7 +3,6 @@ and the transformer building blocks of MUSIQ and MANIQA (attribute names follow 
 from __future__ import annotations
 
 import math
-import re
 from typing import Callable
 
 import torch
@@ -40,11 +39,6 @@ def float_state_dict(path: str) -> dict[str, torch.Tensor]:
     prefixes removed."""
     state = read_state_dict(path)
     return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
-
-
-def count_keys(state: dict, pattern: str) -> int:
-    """How many keys of ``state`` match the regular expression ``pattern`` in full."""
-    return sum(1 for k in state if re.fullmatch(pattern, k))
 
 
 def load_layout(model: nn.Module, state: dict[str, torch.Tensor], path: str, what: str,

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...weights import count_indexed
 from ..degradation import check_image
-from .common import Mlp, check_divisible, count_keys, float_state_dict, load_layout, multi_head_attention, need
+from .common import Mlp, check_divisible, float_state_dict, load_layout, multi_head_attention, need
 
 
 class _QKVAttention(nn.Module):
@@ -211,13 +212,13 @@ class MANIQA(nn.Module):
         embed_dim = need(state, "conv1.weight", path, what).shape[0]
         check_divisible(embed_dim // 2, swin_heads, path, what, "second Swin width")
         check_divisible(grid, window, path, what, "token grid")
-        depths = tuple(count_keys(state, rf"swintransformer1\.layers\.{i}\.blocks\.\d+\.norm1\.weight")
-                       for i in range(count_keys(state, r"swintransformer1\.layers\.\d+\.conv\.weight")))
+        depths = tuple(count_indexed(state, rf"swintransformer1\.layers\.{i}\.blocks\.(\d+)\.norm1\.weight")
+                       for i in range(count_indexed(state, r"swintransformer1\.layers\.(\d+)\.conv\.weight")))
         model_args = dict(
             vit_dim=vit_dim, grid=grid, embed_dim=embed_dim, depths=depths, swin_heads=swin_heads, window=window,
             vit_mlp=need(state, "vit.blocks.0.mlp.fc1.weight", path, what).shape[0],
             patch=need(state, "vit.patch_embed.proj.weight", path, what).shape[-1],
-            num_tab=count_keys(state, r"tablock1\.\d+\.c_q\.weight"),
+            num_tab=count_indexed(state, r"tablock1\.(\d+)\.c_q\.weight"),
             swin_mlp=need(state, "swintransformer1.layers.0.blocks.0.mlp.fc1.weight", path, what).shape[0])
         with torch.device("meta"):
             model = cls(**model_args, num_crops=num_crops, seed=seed)

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...weights import count_indexed
 from ..degradation import check_image
-from .common import (Mlp, check_divisible, count_keys, float_state_dict, load_layout, multi_head_attention, need,
+from .common import (Mlp, check_divisible, float_state_dict, load_layout, multi_head_attention, need,
                      tf_same_pad)
 
 
@@ -151,7 +152,7 @@ class MUSIQ(nn.Module):
         token_side = math.isqrt(stem_out // (4 * cls.STEM_WIDTH))
         grid = math.isqrt(need(state, "transformer_encoder.posembed_input.position_emb", path, what).shape[1])
         mlp_dim = need(state, "transformer_encoder.transformer.encoderblock_0.mlp.fc1.weight", path, what).shape[0]
-        layers = count_keys(state, r"transformer_encoder\.transformer\.encoderblock_\d+\.norm1\.weight")
+        layers = count_indexed(state, r"transformer_encoder\.transformer\.encoderblock_(\d+)\.norm1\.weight")
         with torch.device("meta"):
             model = cls(hidden, mlp_dim, layers, grid, 4 * token_side)
         load_layout(model, state, path, what)
