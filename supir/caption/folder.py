@@ -1,0 +1,63 @@
+"""A local vision-language model folder (transformers' layout: ``config.json``, safetensors weights, tokenizer and
+processor files) checked before anything is loaded: which family it is, and what is missing, named with the fix."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+# model_type in config.json -> transformers' native class; only these families load (no trust_remote_code)
+FAMILIES = {
+    "llava": "LlavaForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "smolvlm": "SmolVLMForConditionalGeneration",
+    "idefics3": "Idefics3ForConditionalGeneration",
+    "florence2": "Florence2ForConditionalGeneration",
+}
+WHERE = "ComfyUI/models/LLM/<name>/ or ComfyUI/models/vlm/<name>/"
+
+
+class VLMFolderError(ValueError):
+    """A folder that is not a loadable vision-language model; the message names the folder and the fix."""
+
+
+@dataclass(frozen=True)
+class VLMFolder:
+    path: str
+    model_type: str
+    model_class: str
+
+
+def inspect_vlm_folder(path: str) -> VLMFolder:
+    """The family of the model in ``path``, after checking that it can load locally with transformers' own classes:
+    a ``config.json`` of a supported ``model_type``, weights as safetensors, and tokenizer/processor files."""
+    if not os.path.isdir(path):
+        raise VLMFolderError(f"{path}: no such folder. Put a vision-language model (its config.json, *.safetensors "
+                             f"and tokenizer/processor files) in {WHERE}.")
+    config_path = os.path.join(path, "config.json")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise VLMFolderError(f"{path}: config.json is missing; this is not a transformers model folder. Download "
+                             f"the whole model repository into {WHERE}.") from None
+    except (OSError, ValueError) as e:
+        raise VLMFolderError(f"{config_path}: cannot be read ({e}); download it again.") from e
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in FAMILIES:
+        remote = " It needs the model's own code (auto_map), which this pack never runs." if \
+            isinstance(config, dict) and config.get("auto_map") else ""
+        raise VLMFolderError(f"{path}: model_type {model_type!r} is not a supported vision-language model.{remote} "
+                             f"Use one transformers has a native class for: {', '.join(FAMILIES)}.")
+    files = os.listdir(path)
+    if not any(f.endswith(".safetensors") for f in files):
+        pickles = [f for f in files if f.endswith((".bin", ".pt", ".pth"))]
+        hint = f" (found {', '.join(pickles)}: pickles are not loaded)" if pickles else ""
+        raise VLMFolderError(f"{path}: no .safetensors weights{hint}. Download the model's safetensors files.")
+    if not any(f in files for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
+        raise VLMFolderError(f"{path}: no tokenizer files (tokenizer.json or tokenizer_config.json). Download the "
+                             f"whole model repository, tokenizer and processor files included.")
+    return VLMFolder(path, model_type, FAMILIES[model_type])

@@ -1,0 +1,57 @@
+"""Tier 1: the semantic prior's parts that need no model: checking a local vision-language model folder, and the
+image crops of the tiled aggregation's tiles that per-tile captions describe."""
+import json
+
+import pytest
+import torch
+import transformers
+
+from supir_restore.supir.caption.folder import FAMILIES, VLMFolderError, inspect_vlm_folder
+from supir_restore.supir.caption.tiles import tile_crops
+from supir_restore.supir.tiling.grid import tile_grid
+
+
+def model_folder(root, config: dict | None, files=("model.safetensors", "tokenizer_config.json")):
+    root.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (root / "config.json").write_text(json.dumps(config))
+    for name in files:
+        (root / name).write_bytes(b"")
+    return str(root)
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_every_supported_family_has_a_native_transformers_class(tmp_path, model_type):
+    folder = inspect_vlm_folder(model_folder(tmp_path / model_type, {"model_type": model_type}))
+    assert folder.model_type == model_type and hasattr(transformers, folder.model_class)
+
+
+def test_folders_that_cannot_load_are_named_with_the_fix(tmp_path):
+    with pytest.raises(VLMFolderError, match="no such folder"):
+        inspect_vlm_folder(str(tmp_path / "missing"))
+    with pytest.raises(VLMFolderError, match="config.json is missing"):
+        inspect_vlm_folder(model_folder(tmp_path / "no_config", None))
+    with pytest.raises(VLMFolderError, match="'llava_onevision_custom' .* own code \\(auto_map\\), which this pack "
+                                             "never runs"):
+        inspect_vlm_folder(model_folder(tmp_path / "remote", {"model_type": "llava_onevision_custom",
+                                                               "auto_map": {"AutoModel": "modeling.Model"}}))
+    with pytest.raises(VLMFolderError, match="no .safetensors weights \\(found pytorch_model.bin"):
+        inspect_vlm_folder(model_folder(tmp_path / "pickled", {"model_type": "llava"},
+                                        ("pytorch_model.bin", "tokenizer_config.json")))
+    with pytest.raises(VLMFolderError, match="no tokenizer files"):
+        inspect_vlm_folder(model_folder(tmp_path / "no_tokenizer", {"model_type": "qwen2_vl"},
+                                        ("model.safetensors",)))
+    broken = model_folder(tmp_path / "broken", None)
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(VLMFolderError, match="config.json: cannot be read"):
+        inspect_vlm_folder(broken)
+
+
+@pytest.mark.parametrize("grid", ["snapped", "even"])
+def test_tile_crops_are_the_aggregation_tiles_at_image_scale(grid):
+    image = torch.rand(2, 200, 328, 3)
+    crops = tile_crops(image, tile=16, stride=8, grid=grid)
+    tiles = tile_grid(25, 41, 16, 8, grid)
+    assert len(crops) == len(tiles)
+    for crop, (t, b, l, r) in zip(crops, tiles):
+        assert torch.equal(crop, image[:, 8 * t:8 * b, 8 * l:8 * r]) and crop.shape[1:3] == (128, 128)
