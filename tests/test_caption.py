@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-import transformers
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from supir_restore.supir.caption.folder import FAMILIES, VLMFolderError, inspect_vlm_folder
 from supir_restore.supir.caption.tiles import tile_crops
@@ -21,9 +21,10 @@ def model_folder(root, config: dict | None, files=("model.safetensors", "tokeniz
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
-def test_every_supported_family_has_a_native_transformers_class(tmp_path, model_type):
+def test_every_supported_family_is_transformers_own_image_text_to_text_class(tmp_path, model_type):
     folder = inspect_vlm_folder(model_folder(tmp_path / model_type, {"model_type": model_type}))
-    assert folder.model_type == model_type and hasattr(transformers, folder.model_class)
+    assert folder.model_type == model_type
+    assert MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type] == folder.model_class
 
 
 def test_folders_that_cannot_load_are_named_with_the_fix(tmp_path):
