@@ -14,7 +14,9 @@ from supir_restore.supir.stablesr.checkpoint import (SPADELayers, StableSRCheckp
                                                      split_stablesr_state_dict)
 from supir_restore.supir.stablesr.cfw import CFWFusion, CFWLayers, ResidualDenseBlock, split_cfw_state_dict
 from supir_restore.supir.stablesr.encoder import AttentionBlock, EncoderConfig, TimeAwareEncoder, parameter_count
-from supir_restore.supir.stablesr.schedule import alphas_cumprod, respaced_sigmas, respaced_timesteps
+from supir_restore.supir.sampling.samplers import ddpm_sigmas
+from supir_restore.supir.stablesr.sampling import TIMESTEP_KEY, sample_stablesr_ddim
+from supir_restore.supir.stablesr.schedule import ddim_alpha_timesteps, respaced_timesteps, schedule_sigmas
 from supir_restore.supir.stablesr.spade import SPADE
 
 LAYOUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "stablesr-layout.json")
@@ -145,13 +147,41 @@ def test_respaced_timesteps_are_the_official_ones():
         respaced_timesteps(1)
 
 
-def test_schedule_matches_sd_at_its_ends():
-    ac = alphas_cumprod()
-    assert float(ac[999]) == pytest.approx(0.0046601, rel=1e-4)
-    sigmas = respaced_sigmas(4)
+def test_ddim_alpha_timesteps_are_the_scripts_uniform_spacing_without_the_plus_one():
+    assert ddim_alpha_timesteps(50)[:3] == [0, 20, 40] and ddim_alpha_timesteps(50)[-1] == 980
+    assert ddim_alpha_timesteps(30) == list(range(0, 1000, 33))[:30]  # 31 spaced values, the first 30 used
+    assert len(ddim_alpha_timesteps(4)) == 4
+
+
+def test_schedule_sigmas_are_the_table_at_the_timesteps_in_sampling_order():
+    table = ddpm_sigmas()
+    sigmas = schedule_sigmas(table, respaced_timesteps(4))
+    assert float(1 / (1 + table[999] ** 2)) == pytest.approx(0.0046601, rel=1e-4)  # ᾱ_999
     assert float(sigmas[0]) == pytest.approx(14.6146, rel=1e-4) and float(sigmas[-2]) == pytest.approx(0.029167,
                                                                                                         rel=1e-3)
     assert sigmas[-1] == 0 and bool((sigmas[:-1].diff() < 0).all())
+
+
+def test_ddim_with_eta_0_is_euler_and_publishes_the_model_timesteps():
+    sigmas = schedule_sigmas(ddpm_sigmas(), ddim_alpha_timesteps(4))
+    x = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    seen = []
+
+    def denoiser(x, sigma, model_options=None, seed=None):  # a denoiser that shrinks toward 0.5
+        seen.append((model_options or {}).get("transformer_options", {}).get(TIMESTEP_KEY))
+        return 0.5 + x / (1 + sigma[:, None, None, None] ** 2)
+    out = sample_stablesr_ddim(denoiser, x, sigmas, {"model_options": {}}, disable=True,
+                               model_timesteps=[999, 666, 333, 0])
+    assert seen == [999, 666, 333, 0]
+    euler = x
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        before_last = euler
+        d = euler - denoiser(euler, sigma[None])
+        euler = euler + d / sigma * (sigma_next - sigma)
+    torch.testing.assert_close(out, euler)
+    final = sample_stablesr_ddim(denoiser, x, sigmas, {}, disable=True, sigma_final=float(sigmas[-2]))
+    a0 = 1 / (1 + sigmas[-2] ** 2)  # the official last step stays at ᾱ_0 and returns x_vp = √ᾱ_0 x
+    torch.testing.assert_close(final, a0.sqrt() * before_last, atol=1e-4, rtol=1e-4)
 
 
 # --- CFW (supir/stablesr/cfw.py) ---

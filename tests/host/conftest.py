@@ -48,6 +48,18 @@ def tiny_supir(tiny_supir_file):
     return load_supir(tiny_supir_file, "fp32")
 
 
+@pytest.fixture(scope="session")
+def tiny_stablesr_file(tmp_path_factory):
+    from stablesr_helpers import stablesr_file
+    return stablesr_file(tmp_path_factory.mktemp("stablesr") / "tiny_stablesr.ckpt")
+
+
+@pytest.fixture(scope="session")
+def stablesr(tiny_stablesr_file):
+    from supir_restore.supir.host.stablesr import load_stablesr
+    return load_stablesr(tiny_stablesr_file, "fp32")
+
+
 def write_tiny_checkpoint(path, model_patcher, vae, clip):
     """An SGM-layout SDXL checkpoint (UNet, VAE and both text encoders) in fp16, as CheckpointLoaderSimple reads."""
     import safetensors.torch
