@@ -5,11 +5,14 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from ..supir.checks import check_finite_latent
+from ..supir.checks import check_finite_image, check_finite_latent
 from ..supir.host.stablesr import apply_stablesr, load_stablesr
 from ..supir.host.stablesr_restore import (restore_stablesr, stablesr_conditioning, stablesr_sampler,
                                            stablesr_sigmas)
+from ..supir.host.stablesr_upscale import stablesr_upscale
 from ..supir.host.supir_loader import STORAGE_DTYPES
+from ..supir.host.upscale import COLOUR_FIX_CHOICES
+from ..supir.image.resize import RESIZE_METHODS
 from ..supir.stablesr.sampling import (NEGATIVE_PROMPT, SAMPLERS, STABLESR_PRESETS, START_MODES, StableSRSettings)
 
 StableSRModelType = io.Custom("STABLESR_MODEL")
@@ -199,4 +202,49 @@ class StableSRRestore(io.ComfyNode):
                                                           settings)})
 
 
-NODES = [StableSRLoader, ApplyStableSR, StableSRConditioning, StableSRSigmas, StableSRSamplerNode, StableSRRestore]
+class StableSRUpscale(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="StableSRUpscale", display_name="StableSR Upscale", category=CATEGORY,
+            description="Upscales and restores in one node as StableSR's tiled script does: upscale (at least one "
+                        "tile on the short side), encode, StableSR Apply, tiled aggregation for large images, a "
+                        "preset restore, decode, colour fix against the upscaled image, and a final resize to "
+                        "exactly scale x the input size.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SD 2.x model (Load Checkpoint on the StableSR or SD 2.1 file)."),
+                io.Clip.Input("clip", tooltip="The SD 2.x CLIP (from Load Checkpoint)."),
+                io.Vae.Input("vae", tooltip="The SD 2.x VAE (from Load Checkpoint)."),
+                StableSRModelType.Input("stablesr", tooltip="From StableSR Load Model."),
+                io.Image.Input("image", tooltip="The low-resolution image."),
+                io.Float.Input("scale", default=4.0, min=1.0, max=8.0, step=0.05,
+                               tooltip="Output size = input size x scale, exactly."),
+                io.Combo.Input("preset", options=list(STABLESR_PRESETS), default="DDPM 200 (official)",
+                               tooltip="Official sampling settings; use Turbo DDPM 4 with stablesr_turbo.ckpt."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Noise seed; the same seed gives the same result."),
+                io.Int.Input("tile_size", default=512, min=64, max=4096, step=64,
+                             tooltip="Tile size in pixels (512: StableSR's; 768 for the 768v model). Small inputs "
+                                     "are upscaled to at least one tile."),
+                io.Int.Input("tile_stride", default=256, min=8, max=4096, step=8,
+                             tooltip="Distance between tiles in pixels (official overlap 32 latent px = stride "
+                                     "256 for 512 tiles)."),
+                io.Combo.Input("colour_fix", options=list(COLOUR_FIX_CHOICES), default="adain",
+                               tooltip="Colour correction against the upscaled input (adain for 200 steps, wavelet "
+                                       "for Turbo and DDIM, as StableSR's README)."),
+                io.Combo.Input("resize_method", options=list(RESIZE_METHODS), default="bicubic",
+                               tooltip="Interpolation of the upscale (official: bicubic) and the final resize."),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The restored image at input size x scale."),
+                     io.Image.Output(display_name="lr_image", tooltip="The upscaled input it was restored from.")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, stablesr, image, scale, preset, seed, tile_size, tile_stride, colour_fix,
+                resize_method) -> io.NodeOutput:
+        check_finite_image(image, "image")
+        return io.NodeOutput(*stablesr_upscale(model, clip, vae, stablesr, image, scale, preset, seed, tile_size,
+                                               tile_stride, colour_fix, resize_method))
+
+
+NODES = [StableSRLoader, ApplyStableSR, StableSRConditioning, StableSRSigmas, StableSRSamplerNode, StableSRRestore, StableSRUpscale]

@@ -72,7 +72,8 @@ def write_tiny_checkpoint(path, model_patcher, vae, clip):
 def comfy_server(tmp_path_factory):
     """ComfyUI's main.py --cpu with this pack and the test shim loaded; stopped by PID at the end."""
     import safetensors.torch
-    from tiny_models import full_vae, supir_state_dict, tiny_clip, tiny_sdxl
+    from stablesr_helpers import stablesr_file
+    from tiny_models import full_vae, supir_state_dict, tiny_clip, tiny_sd21_clip, tiny_sdxl
     base = tmp_path_factory.mktemp("comfy_server")
     for d in ("custom_nodes", "models/checkpoints", "models/supir", "models/loras", "models/model_patches"):
         os.makedirs(base / d, exist_ok=True)
@@ -91,6 +92,8 @@ def comfy_server(tmp_path_factory):
     safetensors.torch.save_file(pruned, str(base / "models/model_patches/supir_pruned.safetensors"))
     safetensors.torch.save_file({"blocks.0.weight": torch.zeros(2, 2)},
                                 str(base / "models/model_patches/other_patch.safetensors"))
+    # a StableSR checkpoint with its SD 2.1 parts, read by Load Checkpoint and by StableSR Load Model alike
+    stablesr_file(base / "models/checkpoints/tiny_stablesr.ckpt", vae=vae, clip=tiny_sd21_clip(seed=2))
     server = ComfyServer(COMFYUI_PATH, str(base))
     try:
         server.start()

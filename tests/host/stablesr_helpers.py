@@ -6,6 +6,7 @@ import comfy.model_management
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
+from supir_restore.supir.host.lora_stack import checkpoint_state_dict
 from supir_restore.supir.host.stablesr import SPADESlot
 from supir_restore.supir.stablesr.checkpoint import SPADELayers, sd_resblock_widths
 from supir_restore.supir.stablesr.encoder import EncoderConfig, TimeAwareEncoder
@@ -14,14 +15,18 @@ from tiny_models import TINY_SD21_UNET_CONFIG, seeded_init_, tiny_sd21
 ENCODER = EncoderConfig(model_channels=32, feature_channels=64)
 
 
-def stablesr_file(path, seed=5) -> str:
+def stablesr_file(path, seed=5, vae=None, clip=None) -> str:
     """A StableSR checkpoint in the official layout for the tiny SD 2.1 UNet: its UNet tensors, a SPADE layer for
-    each of its 22 ResBlocks and a time-aware encoder, all seeded."""
+    each of its 22 ResBlocks and a time-aware encoder, all seeded; with ``vae`` and ``clip``, also the first-stage
+    and text-encoder tensors, so that Load Checkpoint reads the same file as SD 2.x, as it reads the real ones."""
     unet = tiny_sd21(seed=0)
     widths = sd_resblock_widths(32, tuple(TINY_SD21_UNET_CONFIG["channel_mult"]), 2)
     spade = seeded_init_(SPADELayers(widths, ENCODER.feature_channels, hidden=32), seed)
     encoder = seeded_init_(TimeAwareEncoder(ENCODER), seed + 1)
-    sd = {f"model.diffusion_model.{k}": v for k, v in unet.model.diffusion_model.state_dict().items()}
+    if vae is None:
+        sd = {f"model.diffusion_model.{k}": v for k, v in unet.model.diffusion_model.state_dict().items()}
+    else:
+        sd = checkpoint_state_dict(unet, clip, vae)
     sd.update({f"model.diffusion_model.{k}": v for k, v in spade.state_dict().items()})
     sd.update({f"structcond_stage_model.{k}": v for k, v in encoder.state_dict().items()})
     torch.save({"state_dict": sd}, path)
