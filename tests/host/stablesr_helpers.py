@@ -37,9 +37,9 @@ def lr_latent(seed=3, size=(8, 16)):
     return torch.randn(1, 4, *size, generator=torch.Generator().manual_seed(seed))
 
 
-def stablesr_reference(unet, sr, x, t, context, lr):
+def stablesr_reference(unet, sr, x, t, context, lr, modulate=None):
     """StableSR's UNet forward (ResBlockDual: h = SPADE(out_layers(in_layers(x) + emb), f); skip(x) + h), walking
-    the ComfyUI UNet's modules and the loaded SPADE layers and encoder."""
+    the ComfyUI UNet's modules and the loaded SPADE layers and encoder; ``modulate(path, h)`` in place of SPADE."""
     features = sr.net.encoder(lr, t)
     emb = unet.time_embed(timestep_embedding(t, unet.model_channels).to(x.dtype))
 
@@ -48,7 +48,8 @@ def stablesr_reference(unet, sr, x, t, context, lr):
             if isinstance(layer, ResBlock):
                 out_layers = torch.nn.Sequential(*(m for m in layer.out_layers if not isinstance(m, SPADESlot)))
                 r = out_layers(layer.in_layers(h) + layer.emb_layers(emb)[:, :, None, None])
-                r = sr.net.spade.layer(f"{path}.{i}")(r, features[tuple(r.shape[-2:])])
+                r = (modulate(f"{path}.{i}", r) if modulate else
+                     sr.net.spade.layer(f"{path}.{i}")(r, features[tuple(r.shape[-2:])]))
                 h = layer.skip_connection(h) + r
             elif hasattr(layer, "transformer_blocks"):
                 h = layer(h, context=context)

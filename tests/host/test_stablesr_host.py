@@ -7,9 +7,10 @@ pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFY
 
 import torch  # noqa: E402
 
+import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
 
-from stablesr_helpers import lr_latent, patched_out, plain_out, stablesr_reference  # noqa: E402
+from stablesr_helpers import lr_latent, patched_out, plain_out, stablesr_file, stablesr_reference  # noqa: E402
 from supir_restore.supir.host.stablesr import StableSRMismatchError, apply_stablesr, load_stablesr  # noqa: E402
 from supir_restore.supir.stablesr.checkpoint import StableSRCheckpointError  # noqa: E402
 from tiny_models import tiny_sd21, tiny_sdxl  # noqa: E402
@@ -37,6 +38,32 @@ def test_patched_unet_equals_stablesr_reference(stablesr):
     torch.testing.assert_close(ct, model.get_model_object("model_sampling").timestep(sigma).float())  # 0..999
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     assert (plain_out(model, x, sigma, context) - out).abs().max() > 1e-3  # SPADE changed the UNet
+
+
+def test_spade_without_modulation_leaves_the_stock_unet_with_only_its_norm(tmp_path):
+    """With γ = β = 0 (mlp_gamma, mlp_beta zero) SPADE is out = norm(h) for any encoder features: the LR latent has
+    no influence, and the UNet is the stock one with each ResBlock's residual branch passed through the layer's
+    affine GroupNorm (StableSR's ``param_free_norm`` has trained weights, so it is not the identity)."""
+    sd = torch.load(stablesr_file(tmp_path / "sr.ckpt"), weights_only=True)
+    for key, value in sd["state_dict"].items():
+        if ".spade.mlp_gamma." in key or ".spade.mlp_beta." in key:
+            value.zero_()
+    torch.save(sd, tmp_path / "flat.ckpt")
+    flat = load_stablesr(str(tmp_path / "flat.ckpt"), "fp32")
+    model = tiny_sd21(seed=0)
+    x, sigma = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([7.0])
+    context = torch.randn(1, 5, 1024, generator=torch.Generator().manual_seed(2))
+    outs = [patched_out(apply_stablesr(model, flat, lr_latent(seed)), x, sigma, context) for seed in (3, 4)]
+    torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+    unet, t = model.model.diffusion_model, model.get_model_object("model_sampling").timestep(sigma).float()
+    c_in = 1 / (sigma ** 2 + 1).sqrt()
+    with torch.no_grad():
+        comfy.model_management.load_models_gpu([model])
+        walked = stablesr_reference(unet, flat, x * c_in, t, context, lr_latent(),
+                                    modulate=lambda path, h: flat.net.spade.layer(path).param_free_norm(h))
+    denoised = x - walked * sigma  # eps prediction -> x0, as ComfyUI
+    torch.testing.assert_close(outs[0], denoised, atol=1e-4, rtol=1e-4)  # x0 = x - 7 eps: 7x the UNet's error
+    assert (plain_out(model, x, sigma, context) - outs[0]).abs().max() > 1e-3
 
 
 def test_wrong_models_and_files_fail_clearly(stablesr, tmp_path):
