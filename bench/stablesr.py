@@ -1,15 +1,15 @@
 """StableSR's cost on ComfyUI's SD 2.x UNet (issue 16's benchmark).
 
 ``step``: time and peak resident memory of one sampling step (one model call, DDPM) of the full-size SD 2.1 UNet
-alone and with StableSR applied (full-size time-aware encoder + 22 SPADE layers), at 512² (64² latent) and 768²
-(96² latent), fp32 on the CPU, random weights in the real shapes (speed and memory do not depend on the values).
+alone and with StableSR applied (full-size time-aware encoder + 22 SPADE layers), at 512² (64² latent; more sizes
+in pixels after ``step``), fp32 on the CPU, random weights in the real shapes (speed and memory do not depend on the values).
 Each configuration runs in a fresh process: 1 warm-up step, then the median of 3 timed steps.
 
 ``tiled``: peak resident memory of a tiled StableSR restore (VAE encode, 2 DDPM steps with 512 px tiles, stride
 256, VAE decode in 512 px tiles) at 1024², 2048² and 4096², with the tiny models of the tests; reported as working
 memory (peak RSS minus the RSS after the models are built, minus the image and latent buffers).
 
-Run: COMFYUI_PATH=/path/to/ComfyUI python bench/stablesr.py step|tiled
+Run: COMFYUI_PATH=/path/to/ComfyUI python bench/stablesr.py step [512 768 ...] | tiled
 """
 import json
 import os
@@ -134,7 +134,7 @@ def main():
         print(json.dumps(measure_step(int(value), rest == ["stablesr"]) if kind == "step"
                          else measure_tiled(int(value))))
     elif sys.argv[1] == "step":
-        for latent in (64, 96):
+        for latent in [int(size) // 8 for size in sys.argv[2:] or [512]]:
             plain, patched = one("step", str(latent), "plain"), one("step", str(latent), "stablesr")
             print(f"{latent * 8}²: SD 2.1 UNet {plain['step_s']:.2f} s/step, peak {plain['peak_mb']:.0f} MB; "
                   f"with StableSR {patched['step_s']:.2f} s/step (x{patched['step_s'] / plain['step_s']:.2f}), "
