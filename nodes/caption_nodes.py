@@ -61,8 +61,8 @@ class SUPIRCaptionVLM(io.ComfyNode):
             inputs=[
                 VLMType.Input("vlm", tooltip="From SUPIR Load VLM."),
                 io.Image.Input("image", tooltip="The low-quality image. For per-tile captions: one image at the size "
-                                                "it is restored at (after SUPIR Resize For Restore), so the tiles "
-                                                "are the aggregation's."),
+                                                "it is restored at (SUPIR Resize For Restore's image), with its "
+                                                "hint, so the tiles are the aggregation's."),
                 io.String.Input("instruction", multiline=True, default=DEFAULT_INSTRUCTION,
                                 tooltip="What the model is asked (SSP-IR's instruction by default). Florence-2 takes "
                                         "a task token instead, e.g. <MORE_DETAILED_CAPTION>."),
@@ -84,6 +84,10 @@ class SUPIRCaptionVLM(io.ComfyNode):
                              tooltip="SUPIR Tiled Aggregation's tile stride in image pixels (used with a tile size)."),
                 io.Combo.Input("grid", options=list(GRIDS), default="snapped",
                                tooltip="SUPIR Tiled Aggregation's grid (used with a tile size)."),
+                io.Latent.Input("hint", optional=True,
+                                tooltip="The image's hint from SUPIR LQ Encode (used with a tile size): the tiles "
+                                        "are laid on its latent as the aggregation lays them. Without it, the "
+                                        "latent is taken as the image size / 8 (an SDXL VAE)."),
             ],
             outputs=[
                 io.String.Output(display_name="caption",
@@ -96,16 +100,15 @@ class SUPIRCaptionVLM(io.ComfyNode):
 
     @classmethod
     def execute(cls, vlm, image, instruction, max_tokens, decoding, seed, prefix, suffix, tile_size, tile_stride,
-                grid) -> io.NodeOutput:
+                grid, hint=None) -> io.NodeOutput:
         if tile_size:
             check_tile_pixels(tile_size, tile_stride)
-            height, width = image.shape[1:3]
-            if image.shape[0] != 1 or height % LATENT_SCALE or width % LATENT_SCALE:
-                raise ValueError(f"per-tile captions need one image with sides a multiple of {LATENT_SCALE} px, at "
-                                 f"the size it is restored at (connect SUPIR Resize For Restore's image); got "
-                                 f"{image.shape[0]} image(s) of {width}x{height}")
+            if image.shape[0] != 1:
+                raise ValueError(f"per-tile captions describe the tiles of one image; got a batch of "
+                                 f"{image.shape[0]}: caption each image on its own")
+            latent = None if hint is None else tuple(hint["samples"].shape[-2:])
             images = [crop[0] for crop in tile_crops(image, tile_size // LATENT_SCALE, tile_stride // LATENT_SCALE,
-                                                     grid)]
+                                                     grid, latent)]
         else:
             images = list(image)
         captions = caption_with_progress(vlm, images, instruction, max_tokens,

@@ -79,6 +79,10 @@ def comfy_server(tmp_path_factory):
     safetensors.torch.save_file(pruned, str(base / "models/model_patches/supir_pruned.safetensors"))
     safetensors.torch.save_file({"blocks.0.weight": torch.zeros(2, 2)},
                                 str(base / "models/model_patches/other_patch.safetensors"))
+    # tiny vision-language models in both caption folders (models/LLM as other packs use it)
+    from caption_models import write_tiny_vlm
+    write_tiny_vlm("llava", base / "models/vlm/tiny_llava", seed=1)
+    write_tiny_vlm("idefics3", base / "models/LLM/tiny_smolvlm", seed=1)
     server = ComfyServer(COMFYUI_PATH, str(base))
     try:
         server.start()

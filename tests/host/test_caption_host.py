@@ -50,9 +50,9 @@ def recorded_progress(monkeypatch) -> list[tuple[int, int]]:
     return progress
 
 
-def caption_node(vlm, image, tile_size=0, tile_stride=8, decoding="greedy", seed=0, prefix="", suffix=""):
+def caption_node(vlm, image, tile_size=0, tile_stride=8, decoding="greedy", seed=0, prefix="", suffix="", hint=None):
     return SUPIRCaptionVLM.execute(vlm, image, INSTRUCTION, 5, decoding, seed, prefix, suffix, tile_size,
-                                   tile_stride, "snapped").result
+                                   tile_stride, "snapped", hint).result
 
 
 def test_model_folders_of_models_vlm_and_models_llm_are_listed(models_dir, tiny_llava):
@@ -98,13 +98,19 @@ def test_per_tile_captions_describe_the_aggregation_tiles_in_order(tiny_llava, m
     assert len(crops) == 6 and progress == [(i, 6) for i in range(1, 7)]
     assert lines == [caption_image(managed.vlm, crop[0], INSTRUCTION, 5) or "." for crop in crops]
     assert text == "\n".join(lines)
+    hinted = caption_node(managed, image, tile_size=32, tile_stride=24, hint={"samples": torch.zeros(1, 4, 12, 18)})[1]
+    assert hinted == [caption_image(managed.vlm, crop[0], INSTRUCTION, 5) or "."
+                      for crop in tile_crops(image, 4, 3, latent_size=(12, 18))]
 
 
 def test_per_tile_captions_need_one_image_at_the_sampling_size(tiny_llava):
     managed = load_managed_vlm(tiny_llava)
-    with pytest.raises(ValueError, match="one image with sides a multiple of 8 px, .* got 2 image\\(s\\) of 64x64"):
+    with pytest.raises(ValueError, match="the tiles of one image; got a batch of 2"):
         caption_node(managed, torch.rand(2, 64, 64, 3), tile_size=32, tile_stride=16)
-    with pytest.raises(ValueError, match="got 1 image\\(s\\) of 64x60"):
+    with pytest.raises(ValueError, match="image \\(64x60 px\\) is not a whole multiple of the latent"):
         caption_node(managed, torch.rand(1, 60, 64, 3), tile_size=32, tile_stride=16)
+    with pytest.raises(ValueError, match="image \\(64x64 px\\) is not a whole multiple of the latent .* \\(6x8\\)"):
+        caption_node(managed, torch.rand(1, 64, 64, 3), tile_size=32, tile_stride=16,
+                     hint={"samples": torch.zeros(1, 4, 8, 6)})
     with pytest.raises(ValueError, match="tile_stride \\(40 px\\) must be between 8 px and tile_size"):
         caption_node(managed, torch.rand(1, 64, 64, 3), tile_size=32, tile_stride=40)
