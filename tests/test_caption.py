@@ -36,10 +36,10 @@ def test_folders_that_cannot_load_are_named_with_the_fix(tmp_path):
                                              "never runs"):
         inspect_vlm_folder(model_folder(tmp_path / "remote", {"model_type": "llava_onevision_custom",
                                                                "auto_map": {"AutoModel": "modeling.Model"}}))
-    with pytest.raises(VLMFolderError, match="remote: this florence2 folder is written for the model's own code "
-                                             "\\(auto_map\\).* florence-community/Florence-2-base"):
-        inspect_vlm_folder(model_folder(tmp_path / "remote", {"model_type": "florence2",
-                                                               "auto_map": {"AutoConfig": "configuration.Config"}}))
+    with pytest.raises(VLMFolderError, match="florence_code: this florence2 folder is written for the model's own "
+                                             "code \\(auto_map\\).* florence-community/Florence-2-base"):
+        inspect_vlm_folder(model_folder(tmp_path / "florence_code", {"model_type": "florence2",
+                                                                      "auto_map": {"AutoConfig": "config.Config"}}))
     with pytest.raises(VLMFolderError, match="no .safetensors weights \\(found pytorch_model.bin"):
         inspect_vlm_folder(model_folder(tmp_path / "pickled", {"model_type": "llava"},
                                         ("pytorch_model.bin", "tokenizer_config.json")))
