@@ -15,6 +15,7 @@ BENCHMARK_FOLDER = "benchmark"
 TRAINING_FOLDER = "supir_training"
 LORA_SLOTS = 4  # slots of SUPIR LoRA Stack and of each stack of SUPIR LoRA Region Blend
 NO_LORA = "None"
+VLM = "SmolVLM-256M-Instruct"  # a folder in ComfyUI/models/vlm (HuggingFaceTB/SmolVLM-256M-Instruct)
 VAE_TILE = 512  # pixels: SUPIR's scripts encode in 512 px tiles and decode in 64-latent (512 px) tiles
 
 NOTE_COLOR = {"color": "#432", "bgcolor": "#653"}
@@ -69,9 +70,23 @@ def apply_supir(model: list, scale_end: float) -> dict:
                 control_scale_start=1.0, control_scale_end=scale_end)
 
 
-def prompts(clip: list, pos=(820, 480)) -> dict:
-    return node("SUPIRConditioning", "Prompts", pos, (400, 380), clip=clip, caption="", positive_suffix=_POSITIVE,
-                negative=_NEGATIVE, size_conditioning="1024 (official)", caption_per_line=False, hint=HINT)
+def prompts(clip: list, pos=(820, 480), caption: str | list = "") -> dict:
+    return node("SUPIRConditioning", "Prompts", pos, (400, 380), clip=clip, caption=caption,
+                positive_suffix=_POSITIVE, negative=_NEGATIVE, size_conditioning="1024 (official)",
+                caption_per_line=False, hint=HINT)
+
+
+def vlm_loader(pos=(20, 1000)) -> dict:
+    return node("SUPIRLoadVLM", "Vision-language model", pos, model_name=VLM, weight_dtype="auto")
+
+
+def caption(image: list, pos, title: str = "Caption", tile_size: int | list = 0, tile_stride: int | list = 512,
+            hint: list | None = None) -> dict:
+    """SUPIR Caption (VLM) of ``image`` with SSP-IR's instruction, greedy; per tile with a ``tile_size`` (and the
+    image's ``hint``)."""
+    return node("SUPIRCaptionVLM", title, pos, (400, 420), vlm=["vlm", 0], image=image, instruction=_INSTRUCTION,
+                max_tokens=128, decoding="greedy", seed=0, prefix="", suffix="", tile_size=tile_size,
+                tile_stride=tile_stride, grid="snapped", **({"hint": hint} if hint else {}))
 
 
 def restore(model: list, preset: str) -> dict:
@@ -101,7 +116,7 @@ def lora_slots(loras: list[tuple[str, float]], stack: str = "") -> dict:
 
 
 def restore_graph(ckpt: str, supir: str, preset: str, scale_end: float, readme: str, model=MODEL, clip=CLIP,
-                  **extra: dict) -> dict:
+                  caption_text: str | list = "", **extra: dict) -> dict:
     """Load → LQ encode → SUPIR Apply Control → conditioning → SUPIR Restore → decode → save (+ stage-1 preview).
     ``extra`` nodes come last; ``model`` / ``clip`` name what SUPIR Apply Control / the prompts take (e.g. an extra node)."""
     return numbered({
@@ -110,7 +125,7 @@ def restore_graph(ckpt: str, supir: str, preset: str, scale_end: float, readme: 
         "image": load_image(),
         "lq": lq_encode(["image", 0]),
         "apply": apply_supir(model, scale_end),
-        "prompts": prompts(clip),
+        "prompts": prompts(clip, caption=caption_text),
         "restore": restore(["apply", 0], preset),
         "decode": decode(),
         "save": save(["decode", 0], (1880, 280)),
@@ -135,10 +150,33 @@ def lora_region_graph(readme: str) -> dict:
     return restore_graph(SDXL_BASE, SUPIR_Q, "Quality", 1.0, readme, model=["region", 0], region=blend)
 
 
-def upscale_graph(scale: float, readme: str) -> dict:
+def upscale_graph(scale: float, readme: str, captions: bool = False) -> dict:
     """Load → SUPIR Resize For Restore → tiled LQ encode → SUPIR Apply Control → Tiled Aggregation → SUPIR Restore →
-    tiled decode → Colour Fix (wavelet, against stage 1) → SUPIR Resize To Size (scale × input exactly) → save."""
+    tiled decode → Colour Fix (wavelet, against stage 1) → SUPIR Resize To Size (scale × input exactly) → save.
+    ``captions``: a vision-language model captions the resized image (SUPIR Conditioning) and each tile (per-tile
+    captions into the aggregation), with one tile size and stride for both."""
+    graph = _upscale_nodes(scale, readme)
+    if not captions:
+        return numbered(graph)
+    tile, stride = ["tile_px", 0], ["stride_px", 0]
+    graph["tiles"]["inputs"].update(tile_size=tile, tile_stride=stride, tile_positive=["tile_prompts", 0])
+    graph["prompts"]["inputs"]["caption"] = ["caption", 0]
+    tile_prompts = prompts(CLIP, (1260, 860), ["tile_caption", 0])
+    tile_prompts["inputs"].update(caption_per_line=True)
+    del tile_prompts["inputs"]["hint"]  # one caption per tile, not per image
     return numbered({
+        **graph,
+        "tile_px": node("PrimitiveInt", "Tile size (px)", (420, 1040), value=1024),
+        "stride_px": node("PrimitiveInt", "Tile stride (px)", (420, 1160), value=512),
+        "vlm": vlm_loader((20, 1000)),
+        "caption": caption(["resize", 0], (820, 1120), "Caption (whole image)"),
+        "tile_caption": caption(["resize", 0], (820, 1580), "Caption (per tile)", tile, stride, HINT),
+        "tile_prompts": {**tile_prompts, "title": "Per-tile prompts"},
+    })
+
+
+def _upscale_nodes(scale: float, readme: str) -> dict:
+    return {
         "note": note(readme),
         **loaders(SDXL_BASE, SUPIR_Q),
         "image": load_image(),
@@ -158,7 +196,7 @@ def upscale_graph(scale: float, readme: str) -> dict:
                           width=["resize", 1], height=["resize", 2], method="lanczos"),
         "save": save(["resize_to", 0], (2020, 280)),
         "preview": preview_stage1((420, 860)),
-    })
+    }
 
 
 def benchmark_graph(readme: str) -> dict:
@@ -206,6 +244,10 @@ _POSITIVE = ("Cinematic, High Contrast, highly detailed, taken using a Canon EOS
 _NEGATIVE = ("painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, CG Style, 3D "
              "render, unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, "
              "signature, jpeg artifacts, deformed, lowres, over-smooth")
+# SSP-IR's instruction to its vision-language model
+_INSTRUCTION = "Describe the image in a very detailed manner if we remove the degradation artifacts from the image."
+_CAPTIONS = (f"Captions: put a vision-language model folder in ComfyUI/models/vlm (here {VLM}; see the README, "
+             "'Captions', for the supported models) and pick it in 'Vision-language model'. ")
 
 _UPSCALE = ("Load a small or low-quality image in 'Low-quality image': it is resized to {scale} x (sides rounded to "
             "a multiple of 64 for sampling), restored tile by tile (1024 px tiles, stride 512; one tile when the "
@@ -238,6 +280,21 @@ SPECS = [
     {"name": "supir_upscale_x4",
      "description": "Upscale x4 and restore with SUPIR-v0Q, tiled aggregation and a wavelet colour fix.",
      "nodes": upscale_graph(4.0, models_note(SDXL_BASE, SUPIR_Q) + _UPSCALE.format(scale=4))},
+    {"name": "supir_caption_restore",
+     "description": "Caption the photo with a local vision-language model, then restore it with SUPIR-v0Q.",
+     "nodes": restore_graph(SDXL_BASE, SUPIR_Q, "Quality", 1.0,
+                            models_note(SDXL_BASE, SUPIR_Q) + _CAPTIONS
+                            + "The model describes the low-quality image (SSP-IR's instruction, greedy) and its "
+                              "caption becomes the prompt; edit the instruction, prefix or suffix to steer it.",
+                            caption_text=["caption", 0], vlm=vlm_loader((20, 1000)),
+                            caption=caption(["image", 0], (420, 1000)))},
+    {"name": "supir_caption_upscale_x4",
+     "description": "Upscale x4 and restore tile by tile, each tile prompted by its own caption from a local "
+                    "vision-language model.",
+     "nodes": upscale_graph(4.0, models_note(SDXL_BASE, SUPIR_Q) + _CAPTIONS + _UPSCALE.format(scale=4)
+                            + " The whole image's caption is the prompt; each tile's caption (same tile size and "
+                              "stride, from the 'Tile size' and 'Tile stride' nodes) is that tile's prompt.",
+                            captions=True)},
     {"name": "supir_restore_lora",
      "description": "Restore with a LoRA stack on the SDXL prior (before SUPIR Apply Control).",
      "nodes": lora_graph(models_note(SDXL_BASE, SUPIR_Q, DETAIL_LORA)

@@ -94,6 +94,10 @@ def comfy_server(tmp_path_factory):
                                 str(base / "models/model_patches/other_patch.safetensors"))
     # a StableSR checkpoint with its SD 2.1 parts, read by Load Checkpoint and by StableSR Load Model alike
     stablesr_file(base / "models/checkpoints/tiny_stablesr.ckpt", vae=vae, clip=tiny_sd21_clip(seed=2))
+    # tiny vision-language models in both caption folders (models/LLM as other packs use it)
+    from caption_models import write_tiny_vlm
+    write_tiny_vlm("llava", base / "models/vlm/tiny_llava", seed=1)
+    write_tiny_vlm("idefics3", base / "models/LLM/tiny_smolvlm", seed=1)
     server = ComfyServer(COMFYUI_PATH, str(base))
     try:
         server.start()

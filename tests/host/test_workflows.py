@@ -22,7 +22,8 @@ from supir_restore.workflows.specs import BENCHMARK_FOLDER, NO_LORA, SPECS, TRAI
 from test_lora_host import file_for, modules_for  # noqa: E402
 from tiny_models import tiny_sdxl  # noqa: E402
 
-TINY = {"ckpt_name": "tiny_sdxl.safetensors", "supir_name": "tiny_supir_fp16.safetensors", "image": "example.png"}
+TINY = {"ckpt_name": "tiny_sdxl.safetensors", "supir_name": "tiny_supir_fp16.safetensors", "image": "example.png",
+        "model_name": "tiny_smolvlm"}
 TINY_LORA = "tiny_lora.safetensors"
 EXAMPLE_SIZE = (32, 24)  # width, height; small, so that the x4 upscale runs in minutes on a CPU
 # name: (width, height), cropped to 96x96 and 128x96; Real-ESRGAN's x4 pipeline needs at least 74x74
@@ -79,7 +80,8 @@ def test_workflows_match_their_specs(object_info):
 
 
 def names_a_user_file(name: str) -> bool:
-    """Inputs that name the user's model, LoRA and image files (not in this server's lists)."""
+    """Inputs that name the user's model (and vision-language model), LoRA and image files (not in this server's
+    lists)."""
     return name in TINY or re.fullmatch(r"lora(_[a-z]+)?_\d+", name) is not None
 
 
@@ -134,7 +136,7 @@ def test_workflows_are_listed_as_templates(comfy_server, object_info):
 
 def tiny_run(prompt: dict, seed: int) -> dict:
     """The prompt with the tiny test files in place of the user's (LoRA slots set to None stay empty), 2 restore
-    steps, small tiles and a restore seed of its own (so that ComfyUI's cache does not skip a workflow that,
+    steps, 4-token captions, small tiles and a restore seed of its own (so that ComfyUI's cache does not skip a workflow that,
     substituted, equals one run before, as Fidelity equals Quality)."""
     prompt = copy.deepcopy(prompt)
     for node in prompt.values():
@@ -144,6 +146,8 @@ def tiny_run(prompt: dict, seed: int) -> dict:
                 inputs[key] = TINY.get(key, TINY_LORA)
         if node["class_type"] == "SUPIRRestore":
             inputs.update(TINY_STEPS, seed=seed)
+        if node["class_type"] == "SUPIRCaptionVLM":
+            inputs["max_tokens"] = 4
         if node["class_type"] == "SUPIRTrainingDataset":
             inputs["resolution"] = 64
         if node["class_type"] == "SUPIRTrainLoRA":
