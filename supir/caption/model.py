@@ -51,6 +51,9 @@ def load_vlm(path: str, dtype: torch.dtype = torch.float32) -> VLM:
     import transformers
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise VLMFolderError(f"captions need transformers 5 or newer (installed: {transformers.__version__}); "
+                             f"update it in ComfyUI's Python: python -m pip install -U \"transformers>=5\"")
     folder = inspect_vlm_folder(path)
     processor_class = image_only(getattr(transformers, PROCESSOR_MAPPING_NAMES[folder.model_type]))
     image_processor = transformers.AutoImageProcessor.from_pretrained(path, backend="pil", **LOCAL)
