@@ -1,4 +1,4 @@
-"""The pack's ComfyUI extension: node registration and the models/supir folder."""
+"""The pack's ComfyUI extension: node registration and the models/supir and models/stablesr folders."""
 from comfy_api.latest import ComfyExtension
 
 from .benchmark_nodes import NODES as BENCHMARK_NODES

@@ -5,16 +5,20 @@ import os
 import folder_paths
 
 
+MODEL_FOLDERS = ("supir", "stablesr")
+
+
 def register_model_folder() -> None:
-    """Adds models/supir (also reachable through extra_model_paths.yaml as ``supir:``) and creates it and
-    models/iqa, so users find where their files go."""
-    default = os.path.join(folder_paths.models_dir, "supir")
-    for folder in (default, iqa_dir()):
-        os.makedirs(folder, exist_ok=True)
-    paths, extensions = folder_paths.folder_names_and_paths.get("supir", ([], set()))
-    if default not in paths:
-        paths = [*paths, default]
-    folder_paths.folder_names_and_paths["supir"] = (paths, set(extensions) | folder_paths.supported_pt_extensions)
+    """Adds models/supir and models/stablesr (also reachable through extra_model_paths.yaml as ``supir:`` and
+    ``stablesr:``) and creates them and models/iqa, so users find where their files go."""
+    for name in MODEL_FOLDERS:
+        default = os.path.join(folder_paths.models_dir, name)
+        os.makedirs(default, exist_ok=True)
+        paths, extensions = folder_paths.folder_names_and_paths.get(name, ([], set()))
+        if default not in paths:
+            paths = [*paths, default]
+        folder_paths.folder_names_and_paths[name] = (paths, set(extensions) | folder_paths.supported_pt_extensions)
+    os.makedirs(iqa_dir(), exist_ok=True)
 
 
 def iqa_dir() -> str:
