@@ -12,7 +12,8 @@ from supir_restore.supir.weights import WeightsFileError
 from supir_restore.supir.stablesr.checkpoint import (SPADELayers, StableSRCheckpointError, encoder_layout,
                                                      sd_resblock_widths, spade_layout, spade_widths,
                                                      split_stablesr_state_dict)
-from supir_restore.supir.stablesr.cfw import CFWFusion, CFWLayers, ResidualDenseBlock, split_cfw_state_dict
+from supir_restore.supir.stablesr.cfw import (CFWFusion, CFWLayers, ResidualDenseBlock, check_fusion_fits,
+                                              fusion_layout, split_cfw_state_dict, vae_config)
 from supir_restore.supir.stablesr.encoder import AttentionBlock, EncoderConfig, TimeAwareEncoder, parameter_count
 from supir_restore.supir.sampling.samplers import ddpm_sigmas
 from supir_restore.supir.stablesr.sampling import TIMESTEP_KEY, sample_stablesr_ddim
@@ -196,6 +197,42 @@ def test_official_cfw_layout_and_parameter_count():
     assert {k: tuple(v.shape) for k, v in layers.state_dict().items()} == {k: tuple(v.shape) for k, v in fusion.items()}
     assert parameter_count(layers) == data["params"]["cfw_fusion"] == 44_393_728
     assert layers.levels == [1, 2] and layers.layer(1).encode_enc_3.conv2.out_channels == 256
+
+
+def test_official_cfw_file_gives_the_official_vae_config_and_fusion_layers_that_fit_it():
+    with open(LAYOUT) as f:
+        data = json.load(f)
+    sd = {k: torch.empty(v, device="meta") for k, v in data["vqgan_cfw_ckpt"].items()}
+    sd["loss.logvar"] = torch.empty((), device="meta")  # the training loss's tensors are ignored
+    vae, fusion = split_cfw_state_dict(sd, "vqgan_cfw_00011.ckpt")
+    assert "loss.logvar" not in vae and len(vae) == 248
+    config, embed_dim = vae_config(vae)
+    official = data["configs"]["cfw_ddconfig"]
+    assert embed_dim == 4 and {k: v for k, v in config.items() if k != "resolution"} == {
+        k: v for k, v in official.items() if k != "resolution"}
+    layers = fusion_layout(fusion, "vqgan_cfw_00011.ckpt")
+    check_fusion_fits(layers, {i: config["ch"] * m for i, m in enumerate(config["ch_mult"])}, "its VAE", "f")
+    with pytest.raises(StableSRCheckpointError, match="f: fusion_layer_2 is 512 channels wide but level 2 of the "
+                                                      "SDXL VAE has 256; .*SD 2.1 VAE layout"):
+        check_fusion_fits(layers, {1: 256, 2: 256}, "the SDXL VAE", "f")
+    with pytest.raises(StableSRCheckpointError, match="f: the VAE part is incomplete .*encoder.conv_in.weight"):
+        vae_config({k: v for k, v in vae.items() if k != "encoder.conv_in.weight"}, "f")
+
+
+def test_files_without_fusion_layers_are_named_for_what_they_are():
+    cases = {
+        "StableSR's diffusion checkpoint": {"structcond_stage_model.input_blocks.0.0.weight": torch.zeros(1),
+                                            "first_stage_model.decoder.conv_in.weight": torch.zeros(1)},
+        "SUPIR file": {"model.control_model.input_blocks.0.0.weight": torch.zeros(1)},
+        "a Stable Diffusion checkpoint": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)},
+        "plain VAE without CFW's fusion layers": {"decoder.conv_in.weight": torch.zeros(1)},
+        "no decoder.fusion_layer_\\* tensors among 1": {"head.weight": torch.zeros(1)},
+    }
+    for what, sd in cases.items():
+        with pytest.raises(StableSRCheckpointError, match=f"x.ckpt: .*{what}.*vqgan_cfw_00011.ckpt"):
+            split_cfw_state_dict(sd, "x.ckpt")
+    with pytest.raises(StableSRCheckpointError, match="x.ckpt: the fusion layers' tensors do not form"):
+        fusion_layout({"fusion_layer_1.encode_enc_1.conv1.weight": torch.zeros(1)}, "x.ckpt")
 
 
 def test_cfw_weight_zero_is_the_plain_decoder_and_the_fusion_is_linear_in_w():
