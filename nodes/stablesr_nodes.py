@@ -14,6 +14,7 @@ from ..supir.host.supir_loader import STORAGE_DTYPES
 from ..supir.host.upscale import COLOUR_FIX_CHOICES
 from ..supir.image.resize import RESIZE_METHODS
 from ..supir.stablesr.sampling import (NEGATIVE_PROMPT, SAMPLERS, STABLESR_PRESETS, START_MODES, StableSRSettings)
+from .cfw_nodes import CFWType
 
 StableSRModelType = io.Custom("STABLESR_MODEL")
 CATEGORY = "supir/stablesr"
@@ -234,6 +235,12 @@ class StableSRUpscale(io.ComfyNode):
                                        "for Turbo and DDIM, as StableSR's README)."),
                 io.Combo.Input("resize_method", options=list(RESIZE_METHODS), default="bicubic",
                                tooltip="Interpolation of the upscale (official: bicubic) and the final resize."),
+                CFWType.Input("cfw", optional=True,
+                              tooltip="From StableSR Load CFW: decode with controllable feature wrapping (the "
+                                      "official pipeline). Without it, the plain VAE decode."),
+                io.Float.Input("cfw_w", default=0.5, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="CFW fidelity weight: 0 the plain decode, 1 closest to the input; 0.5 is "
+                                       "StableSR's default."),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The restored image at input size x scale."),
                      io.Image.Output(display_name="lr_image", tooltip="The upscaled input it was restored from.")],
@@ -241,10 +248,10 @@ class StableSRUpscale(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, stablesr, image, scale, preset, seed, tile_size, tile_stride, colour_fix,
-                resize_method) -> io.NodeOutput:
+                resize_method, cfw=None, cfw_w=0.5) -> io.NodeOutput:
         check_finite_image(image, "image")
         return io.NodeOutput(*stablesr_upscale(model, clip, vae, stablesr, image, scale, preset, seed, tile_size,
-                                               tile_stride, colour_fix, resize_method))
+                                               tile_stride, colour_fix, resize_method, cfw, cfw_w))
 
 
 NODES = [StableSRLoader, ApplyStableSR, StableSRConditioning, StableSRSigmas, StableSRSamplerNode, StableSRRestore, StableSRUpscale]

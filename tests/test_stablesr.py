@@ -64,6 +64,8 @@ def test_files_without_stablesr_tensors_are_named_for_what_they_are():
         split_stablesr_state_dict({"model.control_model.input_hint_block.0.weight": torch.zeros(1)}, "supir.ckpt")
     with pytest.raises(StableSRCheckpointError, match="SPADE layers .* is missing"):
         split_stablesr_state_dict({"structcond_stage_model.time_embed.0.weight": torch.zeros(1)}, "half.ckpt")
+    with pytest.raises(StableSRCheckpointError, match="CFW decoder file; load it with StableSR Load CFW"):
+        split_stablesr_state_dict({"decoder.fusion_layer_1.encode_enc_1.conv1.weight": torch.zeros(1)}, "cfw.ckpt")
 
 
 def test_a_mis_shaped_tensor_is_named(official):

@@ -5,11 +5,16 @@ A graph is written with node names ("ckpt", "lq", …) that links refer to (``["
 named "lq"); :func:`numbered` turns the names into the ids 1, 2, … in the order the nodes are listed."""
 from __future__ import annotations
 
+from ..supir.stablesr.sampling import NEGATIVE_PROMPT
+
 SDXL_BASE = "sd_xl_base_1.0_0.9vae.safetensors"
 SDXL_LIGHTNING = "juggernautXL_v9Rdphoto2Lightning.safetensors"
 SUPIR_Q = "SUPIR-v0Q.ckpt"
 SUPIR_F = "SUPIR-v0F.ckpt"
 DETAIL_LORA = "add-detail-xl.safetensors"  # Detail Tweaker XL, an SDXL LoRA that adds (or, below 0, removes) detail
+STABLESR_512 = "stablesr_000117.ckpt"  # StableSR's checkpoint holds its SD 2.1-512 too: Load Checkpoint reads it
+STABLESR_TURBO = "stablesr_turbo.ckpt"
+STABLESR_CFW = "vqgan_cfw_00011.ckpt"
 EXAMPLE_IMAGE = "example.png"
 BENCHMARK_FOLDER = "benchmark"
 TRAINING_FOLDER = "supir_training"
@@ -199,6 +204,40 @@ def _upscale_nodes(scale: float, readme: str) -> dict:
     }
 
 
+def stablesr_graph(ckpt: str, preset: str, colour: str, readme: str) -> dict:
+    """Load (one StableSR file for the SD 2.1 model and StableSR's parts; the CFW file) → SUPIR Resize For Restore (x4,
+    bicubic) → VAE Encode (the LR latent) → StableSR Apply → Tiled Aggregation (512 px tiles, stride 256) → StableSR
+    Restore → CFW decode (w 0.5, tiled) → Colour Fix against the upscaled image → exact size → save."""
+    vae, resized = ["ckpt", 2], ["resize", 0]
+    return numbered({
+        "note": note(readme),
+        "ckpt": node("CheckpointLoaderSimple", "StableSR checkpoint (SD 2.1)", (20, 280), ckpt_name=ckpt),
+        "sr": node("StableSRLoader", "StableSR model", (20, 440), stablesr_name=ckpt, weight_dtype="auto"),
+        "cfw": node("StableSRLoadCFW", "CFW decoder", (20, 1000), cfw_name=STABLESR_CFW),
+        "image": load_image(),
+        "resize": node("SUPIRResize", "Upscale x4", (420, 640), image=["image", 0], scale_by=4.0, multiple="64",
+                       method="bicubic"),
+        "encode": node("VAEEncode", "LR latent", (420, 440), pixels=resized, vae=vae),
+        "apply": node("ApplyStableSR", "StableSR Apply", (820, 280), model=["ckpt", 0], stablesr=["sr", 0],
+                      lr_latent=["encode", 0]),
+        "tiles": node("SUPIRTiledAggregation", "Tiled aggregation", (820, 420), (340, 190), model=["apply", 0],
+                      tile_size=512, tile_stride=256, grid="snapped", tile_batch_size=1, weights="official"),
+        "prompts": node("StableSRConditioning", "Prompts", (820, 660), (400, 300), clip=["ckpt", 1], positive="",
+                        negative=NEGATIVE_PROMPT, literal=True),
+        "restore": node("StableSRRestore", "Restore", (1260, 280), (340, 400), model=["tiles", 0],
+                        positive=["prompts", 0], negative=["prompts", 1], lr_latent=["encode", 0], seed=0,
+                        preset=preset, sampler="ddpm", steps=200, start="lr_latent", cfg=1.0, eta=0.0),
+        "decode": node("StableSRCFWDecode", "CFW decode", (1640, 280), samples=["restore", 0], vae=vae,
+                       cfw=["cfw", 0], lr_image=resized, w=0.5, vae_weights="cfw_file", tile_size=1024),
+        "colour": node("SUPIRColorFix", "Colour fix", (1640, 560), image=["decode", 0], reference=resized,
+                       method=colour, strength=1.0),
+        "resize_to": node("SUPIRResizeTo", "Resize to target", (1640, 760), image=["colour", 0],
+                          width=["resize", 1], height=["resize", 2], method="bicubic"),
+        "save": node("SaveImage", "Restored", (2020, 280), (400, 440), images=["resize_to", 0],
+                     filename_prefix="stablesr/restored"),
+    })
+
+
 def benchmark_graph(readme: str) -> dict:
     """SUPIR Load Image Folder (HQ) → Degrade Image (LQ at the HQ size) → LQ encode → SUPIR Apply Control → prompts →
     SUPIR Restore → decode → SUPIR Benchmark Report (HQ, LQ, restored, names); runs once per image of the folder."""
@@ -254,6 +293,13 @@ _UPSCALE = ("Load a small or low-quality image in 'Low-quality image': it is res
             "image fits) with the Quality preset, colour-fixed against the stage-1 image and saved at exactly "
             "{scale} x the input size. The VAE works in 512 px tiles, so memory stays bounded on large images.")
 
+_STABLESR = ("Models: {ckpt} in ComfyUI/models/checkpoints (the StableSR file holds its SD 2.1 model too; StableSR "
+             "Load Model lists it from there) and vqgan_cfw_00011.ckpt in ComfyUI/models/stablesr (StableSR weights "
+             "are under the S-Lab licence, non-commercial). Load a small image in 'Low-quality image': it is "
+             "upscaled x4 (bicubic, sides rounded to a multiple of 64), restored in 512 px tiles ({steps}), decoded "
+             "with CFW at w = 0.5 (higher: closer to the input), colour-fixed ({colour}) against the upscaled image "
+             "and saved at exactly 4 x the input size.")
+
 SPECS = [
     {"name": "supir_restore_basic",
      "description": "Restore a photo with SDXL base + SUPIR-v0Q and the official Quality settings.",
@@ -306,6 +352,16 @@ SPECS = [
                                 + "Paint the region on 'Low-quality image' (right-click -> Open in MaskEditor): "
                                   "the painted part gets the inside stack (here more detail), the rest the "
                                   "outside stack (here less). Every step runs the model twice.")},
+    {"name": "stablesr_upscale_x4",
+     "description": "StableSR x4: 200 DDPM steps from the LR latent, CFW decode 0.5, AdaIN colour fix.",
+     "nodes": stablesr_graph(STABLESR_512, "DDPM 200 (official)", "adain",
+                             _STABLESR.format(ckpt=STABLESR_512, steps="200 DDPM steps, as the paper",
+                                              colour="AdaIN"))},
+    {"name": "stablesr_turbo_x4",
+     "description": "StableSR Turbo x4: 4 DDPM steps, CFW decode 0.5, wavelet colour fix.",
+     "nodes": stablesr_graph(STABLESR_TURBO, "Turbo DDPM 4", "wavelet",
+                             _STABLESR.format(ckpt=STABLESR_TURBO, steps="4 DDPM steps with stablesr_turbo.ckpt",
+                                              colour="wavelet"))},
     {"name": "supir_benchmark",
      "description": "Benchmark SUPIR on a folder of photos: degrade, restore, score (PSNR, SSIM) and report.",
      "nodes": benchmark_graph(models_note(SDXL_BASE, SUPIR_Q)

@@ -8,6 +8,7 @@ from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 from supir_restore.supir.host.lora_stack import checkpoint_state_dict
 from supir_restore.supir.host.stablesr import SPADESlot
+from supir_restore.supir.stablesr.cfw import CFWLayers
 from supir_restore.supir.stablesr.checkpoint import SPADELayers, sd_resblock_widths
 from supir_restore.supir.stablesr.encoder import EncoderConfig, TimeAwareEncoder
 from tiny_models import TINY_SD21_UNET_CONFIG, seeded_init_, tiny_sd21
@@ -80,3 +81,19 @@ def patched_out(patched, x, sigma, context):
         return patched.model.apply_model(x, sigma, c_crossattn=context,
                                          transformer_options={**patched.model_options["transformer_options"],
                                                               "wrappers": patched.wrappers})
+
+
+def cfw_state_dict(vae, seed=7, fusion=True, vae_part=True) -> dict:
+    """A CFW file's tensors in the official layout for ``vae``'s levels: fusion layers at decoder levels 1 and 2
+    (``decoder.fusion_layer_*``), the VAE's tensors moved off ``vae``'s own (so the file's VAE differs), and a
+    training-loss tensor the loader ignores."""
+    model = vae.first_stage_model
+    widths = {level: model.decoder.up[level].block[-1].out_channels for level in (1, 2)}
+    sd = {"loss.logvar": torch.zeros(())}
+    if fusion:
+        layers = seeded_init_(CFWLayers(widths, growth=8), seed)  # two RRDBs as the official; growth 8, not 32
+        sd.update({f"decoder.{k}": v for k, v in layers.state_dict().items()})
+    if vae_part:
+        g = torch.Generator().manual_seed(seed)
+        sd.update({k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()})
+    return sd

@@ -16,33 +16,18 @@ import torch  # noqa: E402
 import comfy.sd  # noqa: E402
 import folder_paths  # noqa: E402
 from host_helpers import assert_registered_with_descriptions_and_tooltips, run_node, smooth_photo  # noqa: E402
-from tiny_models import TINY_VAE_CONFIG, seeded_init_  # noqa: E402
+from stablesr_helpers import cfw_state_dict  # noqa: E402
+from tiny_models import TINY_VAE_CONFIG  # noqa: E402
 from tiny_models import tiny_vae as build_tiny_vae  # noqa: E402
 
 from supir_restore.nodes.cfw_nodes import NODES, StableSRCFWDecode, StableSRLoadCFW  # noqa: E402
 from supir_restore.supir.host.cfw_decode import (CFWMismatchError, CFWModel, cfw_decode, cfw_vae,  # noqa: E402
                                                  check_cfw_layout, load_cfw)
-from supir_restore.supir.stablesr.cfw import CFWLayers, split_cfw_state_dict  # noqa: E402
+from supir_restore.supir.stablesr.cfw import split_cfw_state_dict  # noqa: E402
 from supir_restore.supir.stablesr.checkpoint import StableSRCheckpointError  # noqa: E402
 from supir_restore.supir.weights import CorruptWeightsError, UnsafeWeightsError, WeightsFileError  # noqa: E402
 
 LAYOUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "stablesr-layout.json")
-
-
-def cfw_state_dict(vae, seed=7, fusion=True, vae_part=True) -> dict:
-    """A CFW file's tensors in the official layout for ``vae``'s levels: fusion layers at decoder levels 1 and 2
-    (``decoder.fusion_layer_*``), the VAE's tensors moved off ``vae``'s own (so the file's VAE differs), and a
-    training-loss tensor the loader ignores."""
-    model = vae.first_stage_model
-    widths = {level: model.decoder.up[level].block[-1].out_channels for level in (1, 2)}
-    sd = {"loss.logvar": torch.zeros(())}
-    if fusion:
-        layers = seeded_init_(CFWLayers(widths, growth=8), seed)  # two RRDBs as the official; growth 8, not 32
-        sd.update({f"decoder.{k}": v for k, v in layers.state_dict().items()})
-    if vae_part:
-        g = torch.Generator().manual_seed(seed)
-        sd.update({k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()})
-    return sd
 
 
 def save(path, sd) -> str:
