@@ -50,7 +50,7 @@ def tiny_supir(tiny_supir_file):
 
 @pytest.fixture(scope="session")
 def tiny_stablesr_file(tmp_path_factory):
-    from stablesr_helpers import cfw_state_dict, stablesr_file
+    from stablesr_helpers import stablesr_file
     return stablesr_file(tmp_path_factory.mktemp("stablesr") / "tiny_stablesr.ckpt")
 
 
