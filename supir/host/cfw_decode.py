@@ -164,15 +164,15 @@ def decode_mix(model: nn.Module, layers: CFWLayers, z: torch.Tensor, features: d
     return torch.tanh(h) if decoder.tanh_out else h
 
 
-def check_sizes(samples: torch.Tensor, pixels: torch.Tensor) -> None:
-    """The LR image (cropped to multiples of 8 as VAE Encode does) is the latent's size times 8, and its batch is
-    the latent's or 1."""
-    latent_size, image_size = tuple(8 * n for n in samples.shape[-2:]), tuple(pixels.shape[1:3])
+def check_sizes(samples: torch.Tensor, pixels: torch.Tensor, ratio: int = 8) -> None:
+    """The LR image (cropped to multiples of ``ratio`` as VAE Encode does) is the latent's size times the VAE's
+    ``ratio`` (8 for SD's), and its batch is the latent's or 1."""
+    latent_size, image_size = tuple(ratio * n for n in samples.shape[-2:]), tuple(pixels.shape[1:3])
     if image_size != latent_size:
         raise CFWMismatchError(
             f"lr_image is {image_size[1]}x{image_size[0]} px but the latent decodes to {latent_size[1]}x"
             f"{latent_size[0]} px; connect the upscaled LR image whose encode StableSR sampled from (the latent's "
-            f"size times 8).")
+            f"size times {ratio}).")
     if pixels.shape[0] not in (1, samples.shape[0]):
         raise CFWMismatchError(f"lr_image has {pixels.shape[0]} images but the latent {samples.shape[0]}; give one "
                                f"LR image, or one per latent.")
@@ -181,22 +181,23 @@ def check_sizes(samples: torch.Tensor, pixels: torch.Tensor) -> None:
 def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor, w: float = 0.5,
                vae_weights: str = "cfw_file", tile_size: int = 0) -> torch.Tensor:
     """Decode ``samples`` (raw LATENT samples [B,4,h,w]) with CFW toward ``lr_image`` (IMAGE [B or 1,8h,8w,C] in
-    [0,1], the upscaled LR image StableSR restored) at fidelity weight ``w`` (0: the plain VAE decode).
-    ``tile_size`` (pixels): 0 decodes the whole image at once; from 64 up, overlapping tiles of that size.
-    Returns IMAGE [B,8h,8w,3] in [0,1]."""
+    [0,1], the upscaled LR image StableSR restored; 8 is the SD VAE's scale) at fidelity weight ``w`` (0: the
+    plain VAE decode). ``tile_size`` (pixels): 0 decodes the whole image at once; from 64 up, overlapping tiles of
+    that size. Returns IMAGE [B,8h,8w,3] in [0,1]."""
     if tile_size != 0 and tile_size < MIN_TILE:
         raise ValueError(f"tile_size ({tile_size} px) must be 0 (whole image) or at least {MIN_TILE} px; 512 px "
                          f"is a good start")
     vae = cfw_vae(cfw, vae, vae_weights)
     pixels = vae.vae_encode_crop_pixels(as_rgb(lr_image))
-    check_sizes(samples, pixels)
+    ratio = vae.upscale_ratio
+    check_sizes(samples, pixels, ratio)
     model, layers = vae.first_stage_model, cfw.layers
     height, width = samples.shape[-2:]
-    tile = tile_size // 8 if tile_size else max(height, width)
+    tile = tile_size // ratio if tile_size else max(height, width)
     tiles = tile_grid(height, width, tile, tile - tile // 4)
     shape = (1, samples.shape[1], min(tile, height), min(tile, width))
     memory = vae.memory_used_decode(shape, vae.vae_dtype) + vae.memory_used_encode(
-        (1, 3, 8 * shape[2], 8 * shape[3]), vae.vae_dtype)
+        (1, 3, ratio * shape[2], ratio * shape[3]), vae.vae_dtype)
     mm.load_models_gpu([vae.patcher, cfw.patcher], memory_required=memory, force_full_load=vae.disable_offload)
     bar = comfy.utils.ProgressBar(samples.shape[0] * len(tiles))
 
@@ -211,7 +212,7 @@ def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor
     with torch.inference_mode():
         for i in range(samples.shape[0]):
             x = vae.process_input(pixels[min(i, pixels.shape[0] - 1)][None].movedim(-1, 1))
-            out.append(blend_tiles(lambda z, group: decode(z, x[:, :, 8 * group[0][0]:8 * group[0][1],
-                                                               8 * group[0][2]:8 * group[0][3]]),
-                                   samples[i:i + 1].float(), tiles, weights="symmetric", scale=8))
+            out.append(blend_tiles(lambda z, group: decode(z, x[:, :, ratio * group[0][0]:ratio * group[0][1],
+                                                               ratio * group[0][2]:ratio * group[0][3]]),
+                                   samples[i:i + 1].float(), tiles, weights="symmetric", scale=ratio))
     return torch.cat(out).movedim(1, -1)

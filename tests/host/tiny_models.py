@@ -191,10 +191,11 @@ def tiny_vae(seed: int = 0, config=TINY_VAE_CONFIG):
 
 
 def full_vae(seed: int = 0):
-    """The SDXL VAE architecture (what a checkpoint loader builds) with seeded weights."""
+    """The SD/SDXL VAE architecture (what a checkpoint loader builds, quant convs included) with seeded weights."""
     logging.disable(logging.WARNING)
     try:
-        vae = comfy.sd.VAE(sd={"decoder.conv_in.weight": torch.zeros(512, 4, 3, 3)}, dtype=torch.float32)
+        vae = comfy.sd.VAE(sd={"decoder.conv_in.weight": torch.zeros(512, 4, 3, 3),
+                               "post_quant_conv.weight": torch.zeros(4, 4, 1, 1)}, dtype=torch.float32)
     finally:
         logging.disable(logging.NOTSET)
     seeded_init_(vae.first_stage_model, seed)
