@@ -16,10 +16,15 @@ def alphas_cumprod(timesteps: int = TIMESTEPS, start: float = LINEAR_START, end:
 
 def respaced_timesteps(steps: int, timesteps: int = TIMESTEPS) -> list[int]:
     """The N original-scale timesteps StableSR samples at, ascending: round(k (T-1) / (N-1)) for k = 0 .. N-1
-    (N = 200: 0, 5, 10, ..., 994, 999; N = 4: 0, 333, 666, 999)."""
+    (N = 200: 0, 5, 10, ..., 994, 999; N = 4: 0, 333, 666, 999). As the official ``space_timesteps``, the
+    position is a running float sum of the stride, which rounds some halves down (N = 21: 499, not 500)."""
     if not 1 < steps <= timesteps:
         raise ValueError(f"steps must be between 2 and {timesteps}, got {steps}")
-    return [round(k * (timesteps - 1) / (steps - 1)) for k in range(steps)]
+    stride, position, taken = (timesteps - 1) / (steps - 1), 0.0, []
+    for _ in range(steps):
+        taken.append(round(position))
+        position += stride
+    return taken
 
 
 def respaced_sigmas(steps: int) -> torch.Tensor:
