@@ -277,11 +277,13 @@ def tiny(request, tmp_path_factory):
                                  context=seeded((1, 5, 1024), 4))
 
 
+@pytest.mark.parametrize("tiny", ["eps"], indirect=True)
 def test_space_timesteps_equal_the_official_ones(tiny):
     for steps in range(2, 1001):
         assert respaced_timesteps(steps) == sorted(tiny.ddpm.space_timesteps(1000, [steps])), steps
 
 
+@pytest.mark.parametrize("tiny", ["eps"], indirect=True)  # the same encoder weights in both files
 @pytest.mark.parametrize("t", [999, 500, 1])
 def test_encoder_features_equal_the_official_ones(tiny, t):
     z_lr = seeded((2, 4, 16, 24), 5)  # a batch of two non-square LR latents
@@ -324,7 +326,7 @@ def test_fixed_noise_ddpm_run_equals_the_official_one(tiny, steps):
     compare(f"{tiny.name} DDPM {steps} steps", ours, official)
 
 
-@pytest.mark.parametrize("steps", [4, 20])
+@pytest.mark.parametrize("steps", [4])
 def test_tiled_canvas_equals_the_official_one(tiny, steps):
     """sample_canvas on a 24x40 latent in 16-pixel tiles overlapping by 8 (4 x 2 tiles, the last column snapped,
     two tiles per batch) against tiled aggregation with the official Gaussian weights."""
