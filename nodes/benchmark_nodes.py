@@ -90,10 +90,12 @@ def flatten(images: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def learned_metric_tooltip(name: str) -> str:
     spec = LEARNED_METRICS[name]
-    kind = "a no-reference score" if spec.no_reference else "a distance to the HQ image"
+    kind = ("a no-reference score" if spec.no_reference else
+            "a distance to the HQ image" if spec.lower_is_better else "a similarity to the HQ image")
     better = "lower" if spec.lower_is_better else "higher"
-    return (f"Also score {spec.title}, {kind} ({better} is better). Its files go in ComfyUI/models/iqa/{name}/ "
-            "(never downloaded); a missing file is named in the error.")
+    shared = "" if spec.folder == name else f", the folder {LEARNED_METRICS[spec.folder].title} reads"
+    return (f"Also score {spec.title}, {kind} ({better} is better). Its files go in ComfyUI/models/iqa/{spec.folder}/"
+            f"{shared} (never downloaded); a missing file is named in the error.")
 
 
 class BenchmarkReport(io.ComfyNode):

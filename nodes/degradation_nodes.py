@@ -68,9 +68,11 @@ class ImageMetrics(io.ComfyNode):
                              tooltip="Pixels removed from each side before scoring; use the SR scale (4 for x4)."),
                 io.Combo.Input("learned_metric", options=["none", *LEARNED_METRICS], default="none",
                                tooltip="A learned metric whose weight files you placed in "
-                                       "ComfyUI/models/iqa/<metric>/; the error names any missing file. lpips, "
-                                       "dists: distances (lower is better); clipiqa, musiq, maniqa: no-reference "
-                                       "quality (higher is better, the reference is ignored)."),
+                                       "ComfyUI/models/iqa/<metric>/ (clipi reads the clipiqa folder); the error "
+                                       "names any missing file. lpips, dists: distances (lower is better); clipi: "
+                                       "CLIP-I, the similarity of the CLIP image embeddings to the reference's "
+                                       "(higher is better); clipiqa, musiq, maniqa: no-reference quality (higher "
+                                       "is better, the reference is ignored)."),
             ],
             outputs=[
                 io.Float.Output(display_name="psnr_y", tooltip="PSNR on Y in dB (batch mean)."),

@@ -6,15 +6,34 @@ import folder_paths
 
 
 def register_model_folder() -> None:
-    """Adds models/supir (also reachable through extra_model_paths.yaml as ``supir:``) and creates it and
-    models/iqa, so users find where their files go."""
-    default = os.path.join(folder_paths.models_dir, "supir")
-    for folder in (default, iqa_dir()):
+    """Adds models/supir, models/stablesr and the vision-language model folders models/vlm and models/LLM (also
+    reachable through extra_model_paths.yaml as ``supir:``, ``stablesr:`` and ``vlm:``), and creates models/supir,
+    models/stablesr, models/vlm and models/iqa, so users find where their files go."""
+    supir, stablesr, vlm = (os.path.join(folder_paths.models_dir, name) for name in ("supir", "stablesr", "vlm"))
+    for folder in (supir, stablesr, vlm, iqa_dir()):
         os.makedirs(folder, exist_ok=True)
-    paths, extensions = folder_paths.folder_names_and_paths.get("supir", ([], set()))
-    if default not in paths:
-        paths = [*paths, default]
-    folder_paths.folder_names_and_paths["supir"] = (paths, set(extensions) | folder_paths.supported_pt_extensions)
+    register("supir", [supir], folder_paths.supported_pt_extensions)
+    register("stablesr", [stablesr], folder_paths.supported_pt_extensions)
+    register("vlm", [vlm, os.path.join(folder_paths.models_dir, "LLM")], set())
+
+
+def register(name: str, defaults: list[str], extensions: set[str]) -> None:
+    """``defaults`` appended to the folder list ``name`` (after any from extra_model_paths.yaml)."""
+    paths, known = folder_paths.folder_names_and_paths.get(name, ([], set()))
+    paths = [*paths, *(d for d in defaults if d not in paths)]
+    folder_paths.folder_names_and_paths[name] = (paths, set(known) | set(extensions))
+
+
+def vlm_folders() -> dict[str, str]:
+    """The vision-language model folders (sub-folders with a config.json) of models/vlm and models/LLM, by name;
+    where two have the same name, the first listed folder's."""
+    found = {}
+    for root in folder_paths.get_folder_paths("vlm") if "vlm" in folder_paths.folder_names_and_paths else []:
+        if os.path.isdir(root):
+            for name in sorted(os.listdir(root)):
+                if name not in found and os.path.isfile(os.path.join(root, name, "config.json")):
+                    found[name] = os.path.join(root, name)
+    return found
 
 
 def iqa_dir() -> str:

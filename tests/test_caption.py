@@ -36,6 +36,10 @@ def test_folders_that_cannot_load_are_named_with_the_fix(tmp_path):
                                              "never runs"):
         inspect_vlm_folder(model_folder(tmp_path / "remote", {"model_type": "llava_onevision_custom",
                                                                "auto_map": {"AutoModel": "modeling.Model"}}))
+    with pytest.raises(VLMFolderError, match="florence_code: this florence2 folder is written for the model's own "
+                                             "code \\(auto_map\\).* florence-community/Florence-2-base"):
+        inspect_vlm_folder(model_folder(tmp_path / "florence_code", {"model_type": "florence2",
+                                                                      "auto_map": {"AutoConfig": "config.Config"}}))
     with pytest.raises(VLMFolderError, match="no .safetensors weights \\(found pytorch_model.bin"):
         inspect_vlm_folder(model_folder(tmp_path / "pickled", {"model_type": "llava"},
                                         ("pytorch_model.bin", "tokenizer_config.json")))
@@ -56,3 +60,15 @@ def test_tile_crops_are_the_aggregation_tiles_at_image_scale(grid):
     assert len(crops) == len(tiles)
     for crop, (t, b, l, r) in zip(crops, tiles):
         assert torch.equal(crop, image[:, 8 * t:8 * b, 8 * l:8 * r]) and crop.shape[1:3] == (128, 128)
+
+
+def test_tile_crops_follow_the_hint_latent_of_any_vae_scale():
+    image = torch.rand(1, 96, 128, 3)
+    crops = tile_crops(image, tile=8, stride=4, latent_size=(24, 32))  # a VAE of 4 px per latent pixel
+    tiles = tile_grid(24, 32, 8, 4)
+    assert len(crops) == len(tiles) == 35
+    for crop, (t, b, l, r) in zip(crops, tiles):
+        assert torch.equal(crop, image[:, 4 * t:4 * b, 4 * l:4 * r])
+    for size, latent in (((1, 60, 64, 3), None), ((1, 96, 128, 3), (24, 30)), ((1, 96, 128, 3), (12, 32))):
+        with pytest.raises(ValueError, match="is not a whole multiple of the latent the aggregation tiles"):
+            tile_crops(torch.rand(size), tile=4, stride=2, latent_size=latent)

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 
 import numpy as np
@@ -14,7 +15,10 @@ import skimage.metrics
 import torch
 from torch import nn
 
-from supir_restore.supir.quality import degradation, metrics as m
+from supir_restore.supir.image.io import image_to_pil, read_image
+from supir_restore.supir.quality import benchmark, degradation, metrics as m
+
+from helpers import read_csv
 
 PHOTOS = ["astronaut", "chelsea", "coffee"]
 
@@ -372,14 +376,21 @@ def preprocessor_config(folder, **overrides):
         json.dump(config, f)
 
 
+def clip_transformers():
+    """transformers, or a skip: the CLIP metrics need it, and its CLIP model and image processor need torchvision."""
+    transformers = pytest.importorskip("transformers", reason="the CLIP metrics need transformers (ComfyUI installs "
+                                                              "it)")
+    torchvision = sys.modules.get("torchvision")
+    if torchvision is not None and "stand-in" in (torchvision.__doc__ or ""):
+        pytest.skip("transformers' CLIP model and image processor need torchvision, replaced here by the host tier's "
+                    "stand-in; these tests run in tier 1 (without COMFYUI_PATH)")
+    return transformers
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     """A tiny transformers CLIPModel folder (ViT vision tower, 32x32 input) with tokenizer and preprocessing."""
-    transformers = pytest.importorskip("transformers", reason="CLIP-IQA needs transformers (ComfyUI installs it)")
-    torchvision = sys.modules.get("torchvision")
-    if torchvision is not None and "stand-in" in (torchvision.__doc__ or ""):
-        pytest.skip("transformers' image processor needs torchvision, replaced here by the host tier's stand-in; "
-                    "these tests run in tier 1 (without COMFYUI_PATH)")
+    transformers = clip_transformers()
     root = tmp_path_factory.mktemp("iqa")
     folder = folder_made(root, "clipiqa")
     vocab = tiny_clip_tokenizer_files(folder)
@@ -458,6 +469,96 @@ def test_clipiqa_names_missing_and_foreign_files(clip_dir, tmp_path):
     with pytest.raises(ValueError, match=r"needs a transformers CLIPModel folder \(model_type 'clip'\); this one is "
                                          r"'siglip'.*RN50"):
         m.load_learned_metric("clipiqa", str(tmp_path))
+
+
+# -------------------------------------------------------------------------------------------------------------- CLIP-I
+
+def eight_bit(image):
+    """An IMAGE on the 8-bit grid and the same pixels as the uint8 (H, W, 3) arrays an image processor takes."""
+    image = degradation.quantize(image)
+    return image, [np.asarray((x * 255).round().to(torch.uint8)) for x in image]
+
+
+def test_clipi_equals_a_direct_transformers_computation(tmp_path):
+    """CLIP-I from a CLIP folder without tokenizer files = the cosine of transformers' get_image_features on
+    transformers' preprocessing of the two images."""
+    transformers = clip_transformers()
+    folder = folder_made(tmp_path, "clipiqa")
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16),
+        vision_config=dict(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=48, patch_size=16),
+        projection_dim=12)
+    torch.manual_seed(1)
+    transformers.CLIPModel(config).save_pretrained(folder)
+    preprocessor_config(folder, size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48},
+                        image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3])
+    clipi = m.load_learned_metric("clipi", str(tmp_path))
+    assert isinstance(clipi, m.CLIPI)
+    restored, restored_u8 = eight_bit(torch.cat([smooth_image(20, 60, 52), smooth_image(21, 60, 52),
+                                                 torch.full((1, 60, 52, 3), 0.5)]))
+    hq, hq_u8 = eight_bit(torch.cat([smooth_image(22, 60, 52), smooth_image(21, 60, 52) * 0.8,
+                                     smooth_image(23, 60, 52)]))
+    scores = clipi(restored, hq)
+    assert scores.shape == (3,) and scores.dtype == torch.float64
+    # directly in transformers
+    processor_class = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    processor = processor_class.from_pretrained(folder)
+    model = transformers.CLIPModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        features = [model.get_image_features(pixel_values=processor(u8, return_tensors="pt")["pixel_values"])
+                    for u8 in (restored_u8, hq_u8)]
+    features = [f if torch.is_tensor(f) else f.pooler_output for f in features]  # transformers 5 returns an output
+    expected = nn.functional.cosine_similarity(features[0].double(), features[1].double(), dim=-1)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
+    assert expected.max() - expected.min() > 1e-3  # the pairs are told apart
+    torch.testing.assert_close(clipi(hq, restored), scores, rtol=0, atol=1e-12)  # symmetric
+    torch.testing.assert_close(clipi(hq, hq), torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="CLIP-I: reference batch 1 does not match image batch 3"):
+        clipi(restored, hq[:1])
+
+
+def test_clipi_reads_the_clipiqa_folder_and_names_missing_files(tmp_path):
+    spec = m.LEARNED_METRICS["clipi"]
+    assert spec.folder == "clipiqa" and not spec.no_reference and not spec.lower_is_better
+    assert m.LEARNED_METRICS["lpips"].folder == "lpips"
+    with pytest.raises(m.MissingWeightsError) as err:
+        m.load_learned_metric("clipi", str(tmp_path))
+    message = str(err.value)
+    assert message.startswith("CLIP-I") and f"config.json in {os.path.join(str(tmp_path), 'clipiqa')} " in message
+    assert "openai/clip-vit-base-patch32" in message and "never downloads" in message
+    folder = folder_made(tmp_path, "clipiqa")
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"model_type": "siglip"}, f)
+    with pytest.raises(m.MissingWeightsError, match=r"model\.safetensors or pytorch_model\.bin in .*clipiqa"):
+        m.load_learned_metric("clipi", str(tmp_path))
+    for name in ("model.safetensors", "preprocessor_config.json"):
+        open(os.path.join(folder, name), "w").close()
+    with pytest.raises(ValueError, match=r"CLIP-I needs a transformers CLIPModel folder \(model_type 'clip'\); this "
+                                         r"one is 'siglip'"):  # the tokenizer files are not needed
+        m.load_learned_metric("clipi", str(tmp_path))
+
+
+def test_benchmark_cli_scores_clipi_against_the_hq_image(clip_dir, tmp_path, capsys):
+    hq_dir = folder_made(tmp_path, "hq")
+    for i in range(2):
+        image_to_pil(smooth_image(30 + i, 48, 64)[0]).save(os.path.join(hq_dir, f"{i}.png"))
+    out = str(tmp_path / "out")
+    assert benchmark.main([hq_dir, out, "--preset", "blur_sr_x4", "--learned", "clipi",
+                           "--iqa-dir", clip_dir]) == 0
+    assert "clipi" in capsys.readouterr().out
+    clipi = m.load_learned_metric("clipi", clip_dir)
+    rows = read_csv(os.path.join(out, "metrics.csv"))
+    assert list(rows[0]) == ["image", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "clipi"]
+    for row in rows:
+        restored, hq = (read_image(os.path.join(folder, row["image"]))[None]
+                        for folder in (os.path.join(out, "restored"), hq_dir))
+        assert float(row["clipi"]) == pytest.approx(clipi(restored, hq).item(), abs=1e-6)
+        assert float(row["clipi"]) != pytest.approx(clipi(restored, restored).item(), abs=1e-4)  # the HQ is used
+    values = [float(r["clipi"]) for r in rows]
+    summary = open(os.path.join(out, "summary.md"), encoding="utf-8").read()
+    assert f"| clipi | {statistics.fmean(values):.4f} ± {statistics.pstdev(values):.4f} | higher |" in summary
 
 
 # ---------------------------------------------------------------------------------------------------- MUSIQ and MANIQA

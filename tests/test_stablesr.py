@@ -12,9 +12,12 @@ from supir_restore.supir.weights import WeightsFileError
 from supir_restore.supir.stablesr.checkpoint import (SPADELayers, StableSRCheckpointError, encoder_layout,
                                                      sd_resblock_widths, spade_layout, spade_widths,
                                                      split_stablesr_state_dict)
-from supir_restore.supir.stablesr.cfw import CFWFusion, CFWLayers, ResidualDenseBlock, split_cfw_state_dict
+from supir_restore.supir.stablesr.cfw import (CFWFusion, CFWLayers, ResidualDenseBlock, check_fusion_fits,
+                                              fusion_layout, split_cfw_state_dict, vae_config)
 from supir_restore.supir.stablesr.encoder import AttentionBlock, EncoderConfig, TimeAwareEncoder, parameter_count
-from supir_restore.supir.stablesr.schedule import alphas_cumprod, respaced_sigmas, respaced_timesteps
+from supir_restore.supir.sampling.samplers import ddpm_sigmas
+from supir_restore.supir.stablesr.sampling import TIMESTEP_KEY, sample_stablesr_ddim
+from supir_restore.supir.stablesr.schedule import ddim_alpha_timesteps, respaced_timesteps, schedule_sigmas
 from supir_restore.supir.stablesr.spade import SPADE
 
 LAYOUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "stablesr-layout.json")
@@ -61,6 +64,8 @@ def test_files_without_stablesr_tensors_are_named_for_what_they_are():
         split_stablesr_state_dict({"model.control_model.input_hint_block.0.weight": torch.zeros(1)}, "supir.ckpt")
     with pytest.raises(StableSRCheckpointError, match="SPADE layers .* is missing"):
         split_stablesr_state_dict({"structcond_stage_model.time_embed.0.weight": torch.zeros(1)}, "half.ckpt")
+    with pytest.raises(StableSRCheckpointError, match="CFW decoder file; load it with StableSR Load CFW"):
+        split_stablesr_state_dict({"decoder.fusion_layer_1.encode_enc_1.conv1.weight": torch.zeros(1)}, "cfw.ckpt")
 
 
 def test_a_mis_shaped_tensor_is_named(official):
@@ -147,13 +152,41 @@ def test_respaced_timesteps_are_the_official_ones():
         respaced_timesteps(1)
 
 
-def test_schedule_matches_sd_at_its_ends():
-    ac = alphas_cumprod()
-    assert float(ac[999]) == pytest.approx(0.0046601, rel=1e-4)
-    sigmas = respaced_sigmas(4)
+def test_ddim_alpha_timesteps_are_the_scripts_uniform_spacing_without_the_plus_one():
+    assert ddim_alpha_timesteps(50)[:3] == [0, 20, 40] and ddim_alpha_timesteps(50)[-1] == 980
+    assert ddim_alpha_timesteps(30) == list(range(0, 1000, 33))[:30]  # 31 spaced values, the first 30 used
+    assert len(ddim_alpha_timesteps(4)) == 4
+
+
+def test_schedule_sigmas_are_the_table_at_the_timesteps_in_sampling_order():
+    table = ddpm_sigmas()
+    sigmas = schedule_sigmas(table, respaced_timesteps(4))
+    assert float(1 / (1 + table[999] ** 2)) == pytest.approx(0.0046601, rel=1e-4)  # ᾱ_999
     assert float(sigmas[0]) == pytest.approx(14.6146, rel=1e-4) and float(sigmas[-2]) == pytest.approx(0.029167,
                                                                                                         rel=1e-3)
     assert sigmas[-1] == 0 and bool((sigmas[:-1].diff() < 0).all())
+
+
+def test_ddim_with_eta_0_is_euler_and_publishes_the_model_timesteps():
+    sigmas = schedule_sigmas(ddpm_sigmas(), ddim_alpha_timesteps(4))
+    x = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    seen = []
+
+    def denoiser(x, sigma, model_options=None, seed=None):  # a denoiser that shrinks toward 0.5
+        seen.append((model_options or {}).get("transformer_options", {}).get(TIMESTEP_KEY))
+        return 0.5 + x / (1 + sigma[:, None, None, None] ** 2)
+    out = sample_stablesr_ddim(denoiser, x, sigmas, {"model_options": {}}, disable=True,
+                               model_timesteps=[999, 666, 333, 0])
+    assert seen == [999, 666, 333, 0]
+    euler = x
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        before_last = euler
+        d = euler - denoiser(euler, sigma[None])
+        euler = euler + d / sigma * (sigma_next - sigma)
+    torch.testing.assert_close(out, euler)
+    final = sample_stablesr_ddim(denoiser, x, sigmas, {}, disable=True, sigma_final=float(sigmas[-2]))
+    a0 = 1 / (1 + sigmas[-2] ** 2)  # the official last step stays at ᾱ_0 and returns x_vp = √ᾱ_0 x
+    torch.testing.assert_close(final, a0.sqrt() * before_last, atol=1e-4, rtol=1e-4)
 
 
 # --- CFW (supir/stablesr/cfw.py) ---
@@ -168,6 +201,42 @@ def test_official_cfw_layout_and_parameter_count():
     assert {k: tuple(v.shape) for k, v in layers.state_dict().items()} == {k: tuple(v.shape) for k, v in fusion.items()}
     assert parameter_count(layers) == data["params"]["cfw_fusion"] == 44_393_728
     assert layers.levels == [1, 2] and layers.layer(1).encode_enc_3.conv2.out_channels == 256
+
+
+def test_official_cfw_file_gives_the_official_vae_config_and_fusion_layers_that_fit_it():
+    with open(LAYOUT) as f:
+        data = json.load(f)
+    sd = {k: torch.empty(v, device="meta") for k, v in data["vqgan_cfw_ckpt"].items()}
+    sd["loss.logvar"] = torch.empty((), device="meta")  # the training loss's tensors are ignored
+    vae, fusion = split_cfw_state_dict(sd, "vqgan_cfw_00011.ckpt")
+    assert "loss.logvar" not in vae and len(vae) == 248
+    config, embed_dim = vae_config(vae)
+    official = data["configs"]["cfw_ddconfig"]
+    assert embed_dim == 4 and {k: v for k, v in config.items() if k != "resolution"} == {
+        k: v for k, v in official.items() if k != "resolution"}
+    layers = fusion_layout(fusion, "vqgan_cfw_00011.ckpt")
+    check_fusion_fits(layers, {i: config["ch"] * m for i, m in enumerate(config["ch_mult"])}, "its VAE", "f")
+    with pytest.raises(StableSRCheckpointError, match="f: fusion_layer_2 is 512 channels wide but level 2 of the "
+                                                      "SDXL VAE has 256; .*SD 2.1 VAE layout"):
+        check_fusion_fits(layers, {1: 256, 2: 256}, "the SDXL VAE", "f")
+    with pytest.raises(StableSRCheckpointError, match="f: the VAE part is incomplete .*encoder.conv_in.weight"):
+        vae_config({k: v for k, v in vae.items() if k != "encoder.conv_in.weight"}, "f")
+
+
+def test_files_without_fusion_layers_are_named_for_what_they_are():
+    cases = {
+        "StableSR's diffusion checkpoint": {"structcond_stage_model.input_blocks.0.0.weight": torch.zeros(1),
+                                            "first_stage_model.decoder.conv_in.weight": torch.zeros(1)},
+        "SUPIR file": {"model.control_model.input_blocks.0.0.weight": torch.zeros(1)},
+        "a Stable Diffusion checkpoint": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)},
+        "plain VAE without CFW's fusion layers": {"decoder.conv_in.weight": torch.zeros(1)},
+        "no decoder.fusion_layer_\\* tensors among 1": {"head.weight": torch.zeros(1)},
+    }
+    for what, sd in cases.items():
+        with pytest.raises(StableSRCheckpointError, match=f"x.ckpt: .*{what}.*vqgan_cfw_00011.ckpt"):
+            split_cfw_state_dict(sd, "x.ckpt")
+    with pytest.raises(StableSRCheckpointError, match="x.ckpt: the fusion layers' tensors do not form"):
+        fusion_layout({"fusion_layer_1.encode_enc_1.conv1.weight": torch.zeros(1)}, "x.ckpt")
 
 
 def test_cfw_weight_zero_is_the_plain_decoder_and_the_fusion_is_linear_in_w():

@@ -125,6 +125,18 @@ def test_each_tile_sees_its_own_region():
     torch.testing.assert_close(blend_tiles(denoiser, torch.zeros_like(reference), tiles, 2), reference)
 
 
+def test_scaled_blend_places_each_tile_at_its_upscaled_region():
+    """A pointwise 'decoder' with 8x nearest upscaling and 3 output channels (a VAE decode's shapes): tiled and
+    untiled agree, and the output is at the predictions' size and channel count."""
+    x = torch.randn(2, 4, 13, 21, generator=torch.Generator().manual_seed(2))
+
+    def decode(t):
+        return F.interpolate(torch.tanh(t[:, :3] * t[:, 3:]), scale_factor=8, mode="nearest")
+    out = blend_tiles(lambda xt, group: decode(xt), x, tile_grid(13, 21, 8, 6), 2, weights="symmetric", scale=8)
+    assert out.shape == (2, 3, 104, 168)
+    torch.testing.assert_close(out, decode(x), atol=1e-6, rtol=1e-6)
+
+
 # --- the exact tiled VAE's maths (supir/tiling/exact_vae.py) ---
 
 def test_windows_partition_the_image_into_cores():

@@ -5,16 +5,22 @@ A graph is written with node names ("ckpt", "lq", …) that links refer to (``["
 named "lq"); :func:`numbered` turns the names into the ids 1, 2, … in the order the nodes are listed."""
 from __future__ import annotations
 
+from ..supir.stablesr.sampling import NEGATIVE_PROMPT
+
 SDXL_BASE = "sd_xl_base_1.0_0.9vae.safetensors"
 SDXL_LIGHTNING = "juggernautXL_v9Rdphoto2Lightning.safetensors"
 SUPIR_Q = "SUPIR-v0Q.ckpt"
 SUPIR_F = "SUPIR-v0F.ckpt"
 DETAIL_LORA = "add-detail-xl.safetensors"  # Detail Tweaker XL, an SDXL LoRA that adds (or, below 0, removes) detail
+STABLESR_512 = "stablesr_000117.ckpt"  # StableSR's checkpoint holds its SD 2.1-512 too: Load Checkpoint reads it
+STABLESR_TURBO = "stablesr_turbo.ckpt"
+STABLESR_CFW = "vqgan_cfw_00011.ckpt"
 EXAMPLE_IMAGE = "example.png"
 BENCHMARK_FOLDER = "benchmark"
 TRAINING_FOLDER = "supir_training"
 LORA_SLOTS = 4  # slots of SUPIR LoRA Stack and of each stack of SUPIR LoRA Region Blend
 NO_LORA = "None"
+VLM = "SmolVLM-256M-Instruct"  # a folder in ComfyUI/models/vlm (HuggingFaceTB/SmolVLM-256M-Instruct)
 VAE_TILE = 512  # pixels: SUPIR's scripts encode in 512 px tiles and decode in 64-latent (512 px) tiles
 
 NOTE_COLOR = {"color": "#432", "bgcolor": "#653"}
@@ -69,9 +75,23 @@ def apply_supir(model: list, scale_end: float) -> dict:
                 control_scale_start=1.0, control_scale_end=scale_end)
 
 
-def prompts(clip: list, pos=(820, 480)) -> dict:
-    return node("SUPIRConditioning", "Prompts", pos, (400, 380), clip=clip, caption="", positive_suffix=_POSITIVE,
-                negative=_NEGATIVE, size_conditioning="1024 (official)", caption_per_line=False, hint=HINT)
+def prompts(clip: list, pos=(820, 480), caption: str | list = "") -> dict:
+    return node("SUPIRConditioning", "Prompts", pos, (400, 380), clip=clip, caption=caption,
+                positive_suffix=_POSITIVE, negative=_NEGATIVE, size_conditioning="1024 (official)",
+                caption_per_line=False, hint=HINT)
+
+
+def vlm_loader(pos=(20, 1000)) -> dict:
+    return node("SUPIRLoadVLM", "Vision-language model", pos, model_name=VLM, weight_dtype="auto")
+
+
+def caption(image: list, pos, title: str = "Caption", tile_size: int | list = 0, tile_stride: int | list = 512,
+            hint: list | None = None) -> dict:
+    """SUPIR Caption (VLM) of ``image`` with SSP-IR's instruction, greedy; per tile with a ``tile_size`` (and the
+    image's ``hint``)."""
+    return node("SUPIRCaptionVLM", title, pos, (400, 420), vlm=["vlm", 0], image=image, instruction=_INSTRUCTION,
+                max_tokens=128, decoding="greedy", seed=0, prefix="", suffix="", tile_size=tile_size,
+                tile_stride=tile_stride, grid="snapped", **({"hint": hint} if hint else {}))
 
 
 def restore(model: list, preset: str) -> dict:
@@ -101,7 +121,7 @@ def lora_slots(loras: list[tuple[str, float]], stack: str = "") -> dict:
 
 
 def restore_graph(ckpt: str, supir: str, preset: str, scale_end: float, readme: str, model=MODEL, clip=CLIP,
-                  **extra: dict) -> dict:
+                  caption_text: str | list = "", **extra: dict) -> dict:
     """Load → LQ encode → SUPIR Apply Control → conditioning → SUPIR Restore → decode → save (+ stage-1 preview).
     ``extra`` nodes come last; ``model`` / ``clip`` name what SUPIR Apply Control / the prompts take (e.g. an extra node)."""
     return numbered({
@@ -110,7 +130,7 @@ def restore_graph(ckpt: str, supir: str, preset: str, scale_end: float, readme: 
         "image": load_image(),
         "lq": lq_encode(["image", 0]),
         "apply": apply_supir(model, scale_end),
-        "prompts": prompts(clip),
+        "prompts": prompts(clip, caption=caption_text),
         "restore": restore(["apply", 0], preset),
         "decode": decode(),
         "save": save(["decode", 0], (1880, 280)),
@@ -135,10 +155,33 @@ def lora_region_graph(readme: str) -> dict:
     return restore_graph(SDXL_BASE, SUPIR_Q, "Quality", 1.0, readme, model=["region", 0], region=blend)
 
 
-def upscale_graph(scale: float, readme: str) -> dict:
+def upscale_graph(scale: float, readme: str, captions: bool = False) -> dict:
     """Load → SUPIR Resize For Restore → tiled LQ encode → SUPIR Apply Control → Tiled Aggregation → SUPIR Restore →
-    tiled decode → Colour Fix (wavelet, against stage 1) → SUPIR Resize To Size (scale × input exactly) → save."""
+    tiled decode → Colour Fix (wavelet, against stage 1) → SUPIR Resize To Size (scale × input exactly) → save.
+    ``captions``: a vision-language model captions the resized image (SUPIR Conditioning) and each tile (per-tile
+    captions into the aggregation), with one tile size and stride for both."""
+    graph = _upscale_nodes(scale, readme)
+    if not captions:
+        return numbered(graph)
+    tile, stride = ["tile_px", 0], ["stride_px", 0]
+    graph["tiles"]["inputs"].update(tile_size=tile, tile_stride=stride, tile_positive=["tile_prompts", 0])
+    graph["prompts"]["inputs"]["caption"] = ["caption", 0]
+    tile_prompts = prompts(CLIP, (1260, 860), ["tile_caption", 0])
+    tile_prompts["inputs"].update(caption_per_line=True)
+    del tile_prompts["inputs"]["hint"]  # one caption per tile, not per image
     return numbered({
+        **graph,
+        "tile_px": node("PrimitiveInt", "Tile size (px)", (420, 1040), value=1024),
+        "stride_px": node("PrimitiveInt", "Tile stride (px)", (420, 1160), value=512),
+        "vlm": vlm_loader((20, 1000)),
+        "caption": caption(["resize", 0], (820, 1120), "Caption (whole image)"),
+        "tile_caption": caption(["resize", 0], (820, 1580), "Caption (per tile)", tile, stride, HINT),
+        "tile_prompts": {**tile_prompts, "title": "Per-tile prompts"},
+    })
+
+
+def _upscale_nodes(scale: float, readme: str) -> dict:
+    return {
         "note": note(readme),
         **loaders(SDXL_BASE, SUPIR_Q),
         "image": load_image(),
@@ -158,6 +201,40 @@ def upscale_graph(scale: float, readme: str) -> dict:
                           width=["resize", 1], height=["resize", 2], method="lanczos"),
         "save": save(["resize_to", 0], (2020, 280)),
         "preview": preview_stage1((420, 860)),
+    }
+
+
+def stablesr_graph(ckpt: str, preset: str, colour: str, readme: str) -> dict:
+    """Load (one StableSR file for the SD 2.1 model and StableSR's parts; the CFW file) → SUPIR Resize For Restore (x4,
+    bicubic) → VAE Encode (the LR latent) → StableSR Apply → Tiled Aggregation (512 px tiles, stride 256) → StableSR
+    Restore → CFW decode (w 0.5, tiled) → Colour Fix against the upscaled image → exact size → save."""
+    vae, resized = ["ckpt", 2], ["resize", 0]
+    return numbered({
+        "note": note(readme),
+        "ckpt": node("CheckpointLoaderSimple", "StableSR checkpoint (SD 2.1)", (20, 280), ckpt_name=ckpt),
+        "sr": node("StableSRLoader", "StableSR model", (20, 440), stablesr_name=ckpt, weight_dtype="auto"),
+        "cfw": node("StableSRLoadCFW", "CFW decoder", (20, 1000), cfw_name=STABLESR_CFW),
+        "image": load_image(),
+        "resize": node("SUPIRResize", "Upscale x4", (420, 640), image=["image", 0], scale_by=4.0, multiple="64",
+                       method="bicubic"),
+        "encode": node("VAEEncode", "LR latent", (420, 440), pixels=resized, vae=vae),
+        "apply": node("ApplyStableSR", "StableSR Apply", (820, 280), model=["ckpt", 0], stablesr=["sr", 0],
+                      lr_latent=["encode", 0]),
+        "tiles": node("SUPIRTiledAggregation", "Tiled aggregation", (820, 420), (340, 190), model=["apply", 0],
+                      tile_size=512, tile_stride=256, grid="snapped", tile_batch_size=1, weights="official"),
+        "prompts": node("StableSRConditioning", "Prompts", (820, 660), (400, 300), clip=["ckpt", 1], positive="",
+                        negative=NEGATIVE_PROMPT, literal=True),
+        "restore": node("StableSRRestore", "Restore", (1260, 280), (340, 400), model=["tiles", 0],
+                        positive=["prompts", 0], negative=["prompts", 1], lr_latent=["encode", 0], seed=0,
+                        preset=preset, sampler="ddpm", steps=200, start="lr_latent", cfg=1.0, eta=0.0),
+        "decode": node("StableSRCFWDecode", "CFW decode", (1640, 280), samples=["restore", 0], vae=vae,
+                       cfw=["cfw", 0], lr_image=resized, w=0.5, vae_weights="cfw_file", tile_size=1024),
+        "colour": node("SUPIRColorFix", "Colour fix", (1640, 560), image=["decode", 0], reference=resized,
+                       method=colour, strength=1.0),
+        "resize_to": node("SUPIRResizeTo", "Resize to target", (1640, 760), image=["colour", 0],
+                          width=["resize", 1], height=["resize", 2], method="bicubic"),
+        "save": node("SaveImage", "Restored", (2020, 280), (400, 440), images=["resize_to", 0],
+                     filename_prefix="stablesr/restored"),
     })
 
 
@@ -206,11 +283,22 @@ _POSITIVE = ("Cinematic, High Contrast, highly detailed, taken using a Canon EOS
 _NEGATIVE = ("painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, CG Style, 3D "
              "render, unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, "
              "signature, jpeg artifacts, deformed, lowres, over-smooth")
+# SSP-IR's instruction to its vision-language model
+_INSTRUCTION = "Describe the image in a very detailed manner if we remove the degradation artifacts from the image."
+_CAPTIONS = (f"Captions: put a vision-language model folder in ComfyUI/models/vlm (here {VLM}; see the README, "
+             "'Captions', for the supported models) and pick it in 'Vision-language model'. ")
 
 _UPSCALE = ("Load a small or low-quality image in 'Low-quality image': it is resized to {scale} x (sides rounded to "
             "a multiple of 64 for sampling), restored tile by tile (1024 px tiles, stride 512; one tile when the "
             "image fits) with the Quality preset, colour-fixed against the stage-1 image and saved at exactly "
             "{scale} x the input size. The VAE works in 512 px tiles, so memory stays bounded on large images.")
+
+_STABLESR = ("Models: {ckpt} in ComfyUI/models/checkpoints (the StableSR file holds its SD 2.1 model too; StableSR "
+             "Load Model lists it from there) and vqgan_cfw_00011.ckpt in ComfyUI/models/stablesr (StableSR weights "
+             "are under the S-Lab licence, non-commercial). Load a small image in 'Low-quality image': it is "
+             "upscaled x4 (bicubic, sides rounded to a multiple of 64), restored in 512 px tiles ({steps}), decoded "
+             "with CFW at w = 0.5 (higher: closer to the input), colour-fixed ({colour}) against the upscaled image "
+             "and saved at exactly 4 x the input size.")
 
 SPECS = [
     {"name": "supir_restore_basic",
@@ -238,6 +326,21 @@ SPECS = [
     {"name": "supir_upscale_x4",
      "description": "Upscale x4 and restore with SUPIR-v0Q, tiled aggregation and a wavelet colour fix.",
      "nodes": upscale_graph(4.0, models_note(SDXL_BASE, SUPIR_Q) + _UPSCALE.format(scale=4))},
+    {"name": "supir_caption_restore",
+     "description": "Caption the photo with a local vision-language model, then restore it with SUPIR-v0Q.",
+     "nodes": restore_graph(SDXL_BASE, SUPIR_Q, "Quality", 1.0,
+                            models_note(SDXL_BASE, SUPIR_Q) + _CAPTIONS
+                            + "The model describes the low-quality image (SSP-IR's instruction, greedy) and its "
+                              "caption becomes the prompt; edit the instruction, prefix or suffix to steer it.",
+                            caption_text=["caption", 0], vlm=vlm_loader((20, 1000)),
+                            caption=caption(["image", 0], (420, 1000)))},
+    {"name": "supir_caption_upscale_x4",
+     "description": "Upscale x4 and restore tile by tile, each tile prompted by its own caption from a local "
+                    "vision-language model.",
+     "nodes": upscale_graph(4.0, models_note(SDXL_BASE, SUPIR_Q) + _CAPTIONS + _UPSCALE.format(scale=4)
+                            + " The whole image's caption is the prompt; each tile's caption (same tile size and "
+                              "stride, from the 'Tile size' and 'Tile stride' nodes) is that tile's prompt.",
+                            captions=True)},
     {"name": "supir_restore_lora",
      "description": "Restore with a LoRA stack on the SDXL prior (before SUPIR Apply Control).",
      "nodes": lora_graph(models_note(SDXL_BASE, SUPIR_Q, DETAIL_LORA)
@@ -249,6 +352,16 @@ SPECS = [
                                 + "Paint the region on 'Low-quality image' (right-click -> Open in MaskEditor): "
                                   "the painted part gets the inside stack (here more detail), the rest the "
                                   "outside stack (here less). Every step runs the model twice.")},
+    {"name": "stablesr_upscale_x4",
+     "description": "StableSR x4: 200 DDPM steps from the LR latent, CFW decode 0.5, AdaIN colour fix.",
+     "nodes": stablesr_graph(STABLESR_512, "DDPM 200 (official)", "adain",
+                             _STABLESR.format(ckpt=STABLESR_512, steps="200 DDPM steps, as the paper",
+                                              colour="AdaIN"))},
+    {"name": "stablesr_turbo_x4",
+     "description": "StableSR Turbo x4: 4 DDPM steps, CFW decode 0.5, wavelet colour fix.",
+     "nodes": stablesr_graph(STABLESR_TURBO, "Turbo DDPM 4", "wavelet",
+                             _STABLESR.format(ckpt=STABLESR_TURBO, steps="4 DDPM steps with stablesr_turbo.ckpt",
+                                              colour="wavelet"))},
     {"name": "supir_benchmark",
      "description": "Benchmark SUPIR on a folder of photos: degrade, restore, score (PSNR, SSIM) and report.",
      "nodes": benchmark_graph(models_note(SDXL_BASE, SUPIR_Q)

@@ -13,7 +13,6 @@ FAMILIES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
-    "smolvlm": "SmolVLMForConditionalGeneration",
     "idefics3": "Idefics3ForConditionalGeneration",
     "florence2": "Florence2ForConditionalGeneration",
 }
@@ -47,11 +46,15 @@ def inspect_vlm_folder(path: str) -> VLMFolder:
     except (OSError, ValueError) as e:
         raise VLMFolderError(f"{config_path}: cannot be read ({e}); download it again.") from e
     model_type = config.get("model_type") if isinstance(config, dict) else None
+    remote = isinstance(config, dict) and config.get("auto_map")
     if model_type not in FAMILIES:
-        remote = " It needs the model's own code (auto_map), which this pack never runs." if \
-            isinstance(config, dict) and config.get("auto_map") else ""
-        raise VLMFolderError(f"{path}: model_type {model_type!r} is not a supported vision-language model.{remote} "
+        needs = " It needs the model's own code (auto_map), which this pack never runs." if remote else ""
+        raise VLMFolderError(f"{path}: model_type {model_type!r} is not a supported vision-language model.{needs} "
                              f"Use one transformers has a native class for: {', '.join(FAMILIES)}.")
+    if remote:
+        raise VLMFolderError(f"{path}: this {model_type} folder is written for the model's own code (auto_map), "
+                             f"which this pack never runs. Use the model's transformers-format version (see README, "
+                             f"'Captions'), e.g. florence-community/Florence-2-base for Florence-2.")
     files = os.listdir(path)
     if not any(f.endswith(".safetensors") for f in files):
         pickles = [f for f in files if f.endswith((".bin", ".pt", ".pth"))]

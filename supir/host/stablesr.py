@@ -2,7 +2,8 @@
 
 - A keyed DIFFUSION_MODEL wrapper runs the time-aware encoder once per UNet call, on the clean LR latent (batched
   like the call, sliced per tile under tiled aggregation) and the call's original-scale timestep, and makes its
-  features visible to the SPADE slots for the length of that call.
+  features visible to the SPADE slots for the length of that call. A sampler may set the timestep both see (the
+  official DDIM's pairing) under ``TIMESTEP_KEY`` in the transformer options.
 - An object patch gives every ResBlock's ``out_layers`` a parameter-free slot after its last layer, where the
   block's SPADE layer modulates the residual branch: ``h = SPADE(out_layers(h), f)`` before ``skip(x) + h``, as
   StableSR's ``ResBlockDual`` does. Weight keys are unchanged, and without the wrapper's features (a clone
@@ -24,6 +25,7 @@ from ..checks import non_finite_tensors
 from ..stablesr.checkpoint import (SPADELayers, StableSRCheckpointError, encoder_layout, spade_layout, spade_widths,
                                    split_stablesr_state_dict)
 from ..stablesr.encoder import TimeAwareEncoder
+from ..stablesr.sampling import TIMESTEP_KEY
 from ..weights import names, read_state_dict
 from .supir_loader import managed_network
 from .tiled_aggregation import TILES_KEY, batched_like_call
@@ -112,6 +114,8 @@ class StableSRPatch:
                 f"the latent being sampled is {size[1] * 8}x{size[0] * 8} px but the LR latent given to Apply "
                 f"StableSR is {self.lr_latent.shape[-1] * 8}x{self.lr_latent.shape[-2] * 8} px; sample a latent of "
                 f"the upscaled LR image's size.")
+        if (timestep := transformer_options.get(TIMESTEP_KEY)) is not None:
+            timesteps = torch.full_like(timesteps, timestep)  # the official DDIM's model timestep for this step
         dtype = self.sr.compute_dtype
         with torch.no_grad():
             features = self.sr.net.encoder(batched_like_call(self.lr_latent, x, transformer_options).to(dtype),

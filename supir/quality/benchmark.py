@@ -97,7 +97,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def lower_is_better(metric: str) -> bool:
-    """PSNR, SSIM and the no-reference scores rise with quality; LPIPS and DISTS are distances."""
+    """PSNR, SSIM, CLIP-I and the no-reference scores rise with quality; LPIPS and DISTS are distances."""
     spec = metrics.LEARNED_METRICS.get(metric)
     return spec is not None and spec.lower_is_better
 

@@ -2,14 +2,21 @@
 the ResBlocks of decoder levels 1 and 2, mixing in the LR image's encoder features of the same level:
 ``out = dec + w * fuse(cat(enc, dec))`` with ``fuse`` = ResBlock(2C -> C), RRDBs, ResBlock(C -> C), and ``w``
 the user's fidelity weight (0: the plain decoder; the official default 0.5). Plain torch, sized from the
-file's shapes; the names follow ``vqgan_cfw_00011.ckpt`` (``decoder.fusion_layer_{1,2}.*``)."""
+file's shapes; the names follow ``vqgan_cfw_00011.ckpt`` (``decoder.fusion_layer_{1,2}.*``). The file's other
+tensors are an SD VAE under the names ComfyUI's VAE uses too; its hyper-parameters are derived from their shapes
+here, and ``host/cfw_decode.py`` checks them against ComfyUI's VAE and runs the decode."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..weights import check_layout, count_indexed
+from .checkpoint import ENCODER_PREFIX, StableSRCheckpointError
+
 FUSION_PREFIX = "decoder.fusion_layer_"
+VAE_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+HELP = "StableSR's CFW file is vqgan_cfw_00011.ckpt; put it in ComfyUI/models/stablesr"
 
 
 class FuseResBlock(nn.Module):
@@ -102,8 +109,69 @@ class CFWLayers(nn.Module):
         return cls(widths, blocks, growth, **kw)
 
 
-def split_cfw_state_dict(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """A CFW file's (VAE tensors, fusion tensors without the ``decoder.`` prefix); ``loss.*`` is dropped."""
+def split_cfw_state_dict(sd: dict[str, torch.Tensor], name: str = "checkpoint"
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A CFW file's (VAE tensors, fusion tensors without the ``decoder.`` prefix); the rest (the training
+    losses' ``loss.*``) is dropped. A file without fusion layers is an error that says what the file is instead."""
     fusion = {k[len("decoder."):]: v for k, v in sd.items() if k.startswith(FUSION_PREFIX)}
-    vae = {k: v for k, v in sd.items() if not k.startswith((FUSION_PREFIX, "loss."))}
+    if not fusion:
+        raise StableSRCheckpointError(f"{name}: {_what_it_is(sd)} {HELP}.")
+    vae = {k: v for k, v in sd.items() if k.startswith(VAE_PREFIXES) and not k.startswith(FUSION_PREFIX)}
     return vae, fusion
+
+
+def _what_it_is(sd: dict) -> str:
+    keys = list(sd)
+    if any(k.startswith(ENCODER_PREFIX) or ".spade." in k for k in keys):
+        return ("this is StableSR's diffusion checkpoint (UNet, time-aware encoder, SPADE layers), not the CFW "
+                "file: load it with Load Checkpoint and StableSR's model loader.")
+    if any("control_model." in k or "project_modules." in k for k in keys):
+        return "this is a SUPIR file, not StableSR's CFW file; load it with SUPIR Load Model."
+    if any(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in keys):
+        return "this is a Stable Diffusion checkpoint, not StableSR's CFW file: load it with Load Checkpoint."
+    if any(k.startswith(VAE_PREFIXES) for k in keys):
+        return ("this is a plain VAE without CFW's fusion layers (decoder.fusion_layer_1/2): load it with Load "
+                "VAE, and the CFW file here.")
+    return f"not a CFW file: no decoder.fusion_layer_* tensors among {len(keys)}."
+
+
+def fusion_layout(fusion: dict[str, torch.Tensor], name: str = "checkpoint") -> CFWLayers:
+    """The fusion layers these tensors fit (on the meta device), checked tensor by tensor."""
+    shapes = {k: tuple(v.shape) for k, v in fusion.items()}
+    try:
+        layers = CFWLayers.from_shapes(shapes, device="meta")
+    except (KeyError, ValueError, StopIteration) as e:
+        raise StableSRCheckpointError(f"{name}: the fusion layers' tensors do not form CFW's fusion layers "
+                                      f"({type(e).__name__}: {e}); the file is damaged or from another model. "
+                                      f"{HELP}.") from e
+    check_layout({k: v.shape for k, v in layers.state_dict().items()}, shapes, "CFW fusion layers", name)
+    return layers
+
+
+def vae_config(vae: dict[str, torch.Tensor], name: str = "checkpoint") -> tuple[dict, int]:
+    """The LDM ``ddconfig`` and ``embed_dim`` of an SD-layout VAE (encoder, decoder, quant convs, no attention
+    outside the middle block) from its tensors' shapes: (ddconfig, embed_dim)."""
+    try:
+        ch = vae["encoder.conv_in.weight"].shape[0]
+        levels = count_indexed(vae, r"encoder\.down\.(\d+)\.")
+        z_channels = vae["decoder.conv_in.weight"].shape[1]
+        config = {"double_z": vae["encoder.conv_out.weight"].shape[0] == 2 * z_channels, "z_channels": z_channels,
+                  "resolution": 256, "in_channels": vae["encoder.conv_in.weight"].shape[1],
+                  "out_ch": vae["decoder.conv_out.weight"].shape[0], "ch": ch,
+                  "ch_mult": [vae[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels)],
+                  "num_res_blocks": count_indexed(vae, r"encoder\.down\.0\.block\.(\d+)\."),
+                  "attn_resolutions": [], "dropout": 0.0}
+        return config, vae["post_quant_conv.weight"].shape[1]
+    except KeyError as e:
+        raise StableSRCheckpointError(f"{name}: the VAE part is incomplete ({e.args[0]} is missing); the file is "
+                                      f"damaged. {HELP}.") from e
+
+
+def check_fusion_fits(layers: CFWLayers, widths: dict[int, int], what: str, name: str) -> None:
+    """Each fusion layer's width equals the VAE level's it joins (``widths``: level -> channels)."""
+    for level in layers.levels:
+        expected = layers.layer(level).encode_enc_3.conv2.out_channels
+        if widths.get(level) != expected:
+            raise StableSRCheckpointError(
+                f"{name}: fusion_layer_{level} is {expected} channels wide but level {level} of {what} has "
+                f"{widths.get(level, 'no such level')}; StableSR's CFW needs the SD 2.1 VAE layout (SD 1.x/2.x VAE).")

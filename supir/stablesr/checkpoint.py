@@ -53,6 +53,8 @@ def _what_it_is(sd: dict) -> str:
     keys = list(sd)
     if any("control_model." in k or "project_modules." in k for k in keys):
         return "this is a SUPIR file, not StableSR; load it with SUPIR Load Model."
+    if any(k.startswith("decoder.fusion_layer_") for k in keys):
+        return "this is StableSR's CFW decoder file; load it with StableSR Load CFW."
     if any(k.startswith(UNET_PREFIXES) for k in keys):
         return ("this is a Stable Diffusion checkpoint without StableSR's tensors (no time-aware encoder, no "
                 "SPADE layers): load it with Load Checkpoint, and the StableSR file here.")

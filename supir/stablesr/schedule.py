@@ -1,17 +1,12 @@
-"""StableSR's sampling schedule: SD's scaled-linear betas over 1000 steps, respaced to N steps at the
-timesteps ``round(k * 999 / (N - 1))`` (the official ``space_timesteps``), and the DDPM noise levels there."""
+"""StableSR's sampling schedules on SD's 1000-step training table (σ_t = √((1 − ᾱ_t) / ᾱ_t), ascending in t):
+the respaced DDPM timesteps (the official ``space_timesteps``: every (T−1)/(N−1), by a running float sum), and the DDIM spacing of
+the negative-prompt script, whose ᾱ come from ``range(0, T, T // N)`` while the model is given the respaced
+timesteps."""
 from __future__ import annotations
 
 import torch
 
 TIMESTEPS = 1000
-LINEAR_START, LINEAR_END = 0.00085, 0.012
-
-
-def alphas_cumprod(timesteps: int = TIMESTEPS, start: float = LINEAR_START, end: float = LINEAR_END) -> torch.Tensor:
-    """ᾱ_t for t = 0 .. timesteps-1 (float64): betas = linspace(sqrt(start), sqrt(end), timesteps)^2."""
-    betas = torch.linspace(start ** 0.5, end ** 0.5, timesteps, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, dim=0)
 
 
 def respaced_timesteps(steps: int, timesteps: int = TIMESTEPS) -> list[int]:
@@ -27,9 +22,15 @@ def respaced_timesteps(steps: int, timesteps: int = TIMESTEPS) -> list[int]:
     return taken
 
 
-def respaced_sigmas(steps: int) -> torch.Tensor:
-    """The noise levels σ = sqrt((1 - ᾱ) / ᾱ) at the respaced timesteps, descending, then 0: what a sampler
-    that steps by σ (ComfyUI's ``ddpm`` sampler) needs to take exactly the official DDPM steps."""
-    ac = alphas_cumprod()[respaced_timesteps(steps)]
-    sigmas = ((1 - ac) / ac).sqrt().flip(0)
-    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+def ddim_alpha_timesteps(steps: int, timesteps: int = TIMESTEPS) -> list[int]:
+    """The timesteps whose ᾱ the official DDIM steps use, ascending: ``range(0, T, T // N)`` (its
+    ``make_ddim_timesteps`` without the usual +1), the first N (N = 50: 0, 20, ..., 980)."""
+    if not 1 < steps <= timesteps:
+        raise ValueError(f"steps must be between 2 and {timesteps}, got {steps}")
+    return list(range(0, timesteps, timesteps // steps))[:steps]
+
+
+def schedule_sigmas(table: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+    """The training ``table`` [T] at ascending ``timesteps``, in sampling order (descending), then 0. Returns
+    [len(timesteps) + 1]."""
+    return torch.cat([table[torch.tensor(timesteps)].flip(0), table.new_zeros(1)])

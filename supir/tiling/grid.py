@@ -71,26 +71,30 @@ def gaussian_weights(height: int, width: int, std_fraction: float = 0.1, centrin
 
 
 def blend_tiles(denoise: Callable[[torch.Tensor, list[Tile]], torch.Tensor], x: torch.Tensor, tiles: list[Tile],
-                tile_batch_size: int = 1, weights: str = "official") -> torch.Tensor:
+                tile_batch_size: int = 1, weights: str = "official", scale: int = 1) -> torch.Tensor:
     """Denoise ``x`` [B,C,H,W] tile by tile and blend. ``denoise(x_tiles, tiles)`` gets up to
     ``tile_batch_size`` tiles of one size stacked along the batch ([k*B,C,h,w], tile-major) and returns
-    predictions of the same shape; ``weights``: the :func:`gaussian_weights` centring. Returns the weighted average
-    [B,C,H,W] in ``x``'s dtype."""
+    predictions [k*B,C',h*scale,w*scale] (``scale`` 1 for a denoiser, 8 for a VAE decode); ``weights``: the
+    :func:`gaussian_weights` centring, at the predictions' size. Returns the weighted average
+    [B,C',H*scale,W*scale] in ``x``'s dtype, on the predictions' device."""
     if tile_batch_size < 1:
         raise ValueError(f"tile_batch_size must be at least 1, got {tile_batch_size}")
     if weights not in WEIGHTS:
         raise ValueError(f"tile weights '{weights}' is not one of {', '.join(WEIGHTS)}")
-    b = x.shape[0]
-    total = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    weight_sum = torch.zeros((1, 1) + tuple(x.shape[-2:]), dtype=torch.float32, device=x.device)
+    b, height, width = x.shape[0], x.shape[-2] * scale, x.shape[-1] * scale
+    total = weight_sum = None
     cache = {}
     for start in range(0, len(tiles), tile_batch_size):
         group = tiles[start:start + tile_batch_size]
         out = denoise(torch.cat([x[:, :, t:bt, l:r] for t, bt, l, r in group]), group)
-        for k, (t, bt, l, r) in enumerate(group):
+        if total is None:
+            total = torch.zeros((b, out.shape[1], height, width), dtype=torch.float32, device=out.device)
+            weight_sum = torch.zeros((1, 1, height, width), dtype=torch.float32, device=out.device)
+        for k, tile in enumerate(group):
+            t, bt, l, r = (scale * n for n in tile)
             w = cache.get((bt - t, r - l))
             if w is None:
-                w = cache[(bt - t, r - l)] = gaussian_weights(bt - t, r - l, centring=weights).to(x.device)
+                w = cache[(bt - t, r - l)] = gaussian_weights(bt - t, r - l, centring=weights).to(out.device)
             total[:, :, t:bt, l:r] += out[k * b:(k + 1) * b].float() * w
             weight_sum[:, :, t:bt, l:r] += w
     return (total / weight_sum).to(x.dtype)

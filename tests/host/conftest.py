@@ -48,6 +48,18 @@ def tiny_supir(tiny_supir_file):
     return load_supir(tiny_supir_file, "fp32")
 
 
+@pytest.fixture(scope="session")
+def tiny_stablesr_file(tmp_path_factory):
+    from stablesr_helpers import stablesr_file
+    return stablesr_file(tmp_path_factory.mktemp("stablesr") / "tiny_stablesr.ckpt")
+
+
+@pytest.fixture(scope="session")
+def stablesr(tiny_stablesr_file):
+    from supir_restore.supir.host.stablesr import load_stablesr
+    return load_stablesr(tiny_stablesr_file, "fp32")
+
+
 def write_tiny_checkpoint(path, model_patcher, vae, clip):
     """An SGM-layout SDXL checkpoint (UNet, VAE and both text encoders) in fp16, as CheckpointLoaderSimple reads."""
     import safetensors.torch
@@ -60,7 +72,8 @@ def write_tiny_checkpoint(path, model_patcher, vae, clip):
 def comfy_server(tmp_path_factory):
     """ComfyUI's main.py --cpu with this pack and the test shim loaded; stopped by PID at the end."""
     import safetensors.torch
-    from tiny_models import full_vae, supir_state_dict, tiny_clip, tiny_sdxl
+    from stablesr_helpers import cfw_state_dict, stablesr_file
+    from tiny_models import full_vae, supir_state_dict, tiny_clip, tiny_sd21_clip, tiny_sdxl
     base = tmp_path_factory.mktemp("comfy_server")
     for d in ("custom_nodes", "models/checkpoints", "models/supir", "models/loras", "models/model_patches"):
         os.makedirs(base / d, exist_ok=True)
@@ -79,6 +92,14 @@ def comfy_server(tmp_path_factory):
     safetensors.torch.save_file(pruned, str(base / "models/model_patches/supir_pruned.safetensors"))
     safetensors.torch.save_file({"blocks.0.weight": torch.zeros(2, 2)},
                                 str(base / "models/model_patches/other_patch.safetensors"))
+    # a StableSR checkpoint with its SD 2.1 parts, read by Load Checkpoint and by StableSR Load Model alike
+    stablesr_file(base / "models/checkpoints/tiny_stablesr.ckpt", vae=vae, clip=tiny_sd21_clip(seed=2))
+    os.makedirs(base / "models/stablesr", exist_ok=True)
+    torch.save({"state_dict": cfw_state_dict(vae)}, base / "models/stablesr/tiny_cfw.ckpt")
+    # tiny vision-language models in both caption folders (models/LLM as other packs use it)
+    from caption_models import write_tiny_vlm
+    write_tiny_vlm("llava", base / "models/vlm/tiny_llava", seed=1)
+    write_tiny_vlm("idefics3", base / "models/LLM/tiny_smolvlm", seed=1)
     server = ComfyServer(COMFYUI_PATH, str(base))
     try:
         server.start()

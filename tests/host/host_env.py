@@ -35,6 +35,10 @@ def setup(comfyui_path: str) -> bool:
     sys.path.insert(0, os.path.abspath(comfyui_path))
     sys.path.insert(0, HERE)
     if stub:
+        # transformers decides once whether torchvision is installed: asked before the stand-in is findable, it
+        # finds none and uses its PIL image processors (torchvision_stub/sitecustomize.py does this in servers)
+        import transformers.utils
+        transformers.utils.is_torchvision_available()
         sys.path.insert(0, TORCHVISION_STUB)
     from comfy.cli_args import args
     args.cpu = True

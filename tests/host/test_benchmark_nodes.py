@@ -27,6 +27,9 @@ def test_nodes_are_registered_with_descriptions_and_tooltips():
     report = BenchmarkReport.GET_NODE_INFO_V1()
     assert report["output_node"] and BenchmarkReport.INPUT_IS_LIST
     assert {"lpips", "dists", "clipiqa"} <= set(report["input"]["required"])  # the implemented learned metrics
+    clipi = report["input"]["optional"]["clipi"][1]["tooltip"]  # added later: optional, so saved prompts still run
+    assert "a similarity to the HQ image (higher is better)" in clipi and "models/iqa/clipiqa/, the folder CLIP-IQA" \
+        in clipi
 
 
 def test_load_image_folder_keeps_each_size_and_crops_to_the_multiple(comfy_dirs):
@@ -85,7 +88,8 @@ def test_load_image_folder_fingerprint_follows_the_files(comfy_dirs):
 def report_inputs(hq, lq, restored, names=None, crop_border=CROP, prefix="bench/report", **learned):
     """The node's inputs as ComfyUI passes them to an is_input_list node: every input a list."""
     inputs = {"hq_images": hq, "lq_images": lq, "restored_images": restored, "crop_border": [crop_border],
-              "filename_prefix": [prefix], **{k: [learned.get(k, False)] for k in ("lpips", "dists", "clipiqa")}}
+              "filename_prefix": [prefix],
+              **{k: [learned.get(k, False)] for k in ("lpips", "dists", "clipiqa", *learned)}}
     return inputs | ({"names": names} if names is not None else {})
 
 
@@ -126,6 +130,8 @@ def test_report_node_learned_metric_and_errors(comfy_dirs):
     lq = [degradation.degrade(hq[0], "noise", 0)]
     with pytest.raises(metrics.MissingWeightsError, match=r"alexnet-owt-7be5be79\.pth in .*models.iqa.lpips"):
         run_node(BenchmarkReport, **report_inputs(hq, lq, lq, lpips=True))
+    with pytest.raises(metrics.MissingWeightsError, match=r"^CLIP-I .*config\.json in .*models.iqa.clipiqa "):
+        run_node(BenchmarkReport, **report_inputs(hq, lq, lq, clipi=True))
     folder = comfy_dirs / "models" / "iqa" / "lpips"
     folder.mkdir(parents=True)
     write_lpips_weights(folder)

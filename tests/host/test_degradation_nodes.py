@@ -72,6 +72,8 @@ def test_metrics_node_learned_metric_reads_comfyui_models_iqa(tmp_path, monkeypa
     with pytest.raises(metrics.MissingWeightsError) as err:
         run_node(ImageMetrics, image=hq, reference=hq, crop_border=0, learned_metric="lpips")
     assert os.path.join(str(tmp_path), "iqa", "lpips") in str(err.value)
+    with pytest.raises(metrics.MissingWeightsError, match=r"^CLIP-I .*config\.json in .*iqa.clipiqa "):
+        run_node(ImageMetrics, image=hq, reference=hq, crop_border=0, learned_metric="clipi")  # CLIP-IQA's folder
     folder = tmp_path / "iqa" / "lpips"
     folder.mkdir(parents=True)
     write_lpips_weights(folder)

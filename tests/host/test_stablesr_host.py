@@ -9,68 +9,11 @@ import torch  # noqa: E402
 
 import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
-from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock  # noqa: E402
-from comfy.ldm.modules.diffusionmodules.util import timestep_embedding  # noqa: E402
 
-from supir_restore.supir.host.stablesr import (SPADESlot, StableSRMismatchError, apply_stablesr,  # noqa: E402
-                                               load_stablesr)
-from supir_restore.supir.stablesr.checkpoint import StableSRCheckpointError, sd_resblock_widths  # noqa: E402
-from supir_restore.supir.stablesr.checkpoint import SPADELayers  # noqa: E402
-from supir_restore.supir.stablesr.encoder import EncoderConfig, TimeAwareEncoder  # noqa: E402
-from tiny_models import TINY_SD21_UNET_CONFIG, seeded_init_, tiny_sd21, tiny_sdxl  # noqa: E402
-
-ENCODER = EncoderConfig(model_channels=32, feature_channels=64)
-
-
-def stablesr_file(path, seed=5) -> str:
-    """A StableSR checkpoint in the official layout for the tiny SD 2.1 UNet: its UNet tensors, a SPADE layer for
-    each of its 22 ResBlocks and a time-aware encoder, all seeded."""
-    unet = tiny_sd21(seed=0)
-    widths = sd_resblock_widths(32, tuple(TINY_SD21_UNET_CONFIG["channel_mult"]), 2)
-    spade = seeded_init_(SPADELayers(widths, ENCODER.feature_channels, hidden=32), seed)
-    encoder = seeded_init_(TimeAwareEncoder(ENCODER), seed + 1)
-    sd = {f"model.diffusion_model.{k}": v for k, v in unet.model.diffusion_model.state_dict().items()}
-    sd.update({f"model.diffusion_model.{k}": v for k, v in spade.state_dict().items()})
-    sd.update({f"structcond_stage_model.{k}": v for k, v in encoder.state_dict().items()})
-    torch.save({"state_dict": sd}, path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def stablesr(tmp_path_factory):
-    return load_stablesr(stablesr_file(tmp_path_factory.mktemp("stablesr") / "tiny_stablesr.ckpt"), "fp32")
-
-
-def lr_latent(seed=3, size=(8, 16)):
-    return torch.randn(1, 4, *size, generator=torch.Generator().manual_seed(seed))
-
-
-def stablesr_reference(unet, sr, x, t, context, lr):
-    """StableSR's UNet forward (ResBlockDual: h = SPADE(out_layers(in_layers(x) + emb), f); skip(x) + h), walking
-    the ComfyUI UNet's modules and the loaded SPADE layers and encoder."""
-    features = sr.net.encoder(lr, t)
-    emb = unet.time_embed(timestep_embedding(t, unet.model_channels).to(x.dtype))
-
-    def run(block, path, h):
-        for i, layer in enumerate(block):
-            if isinstance(layer, ResBlock):
-                out_layers = torch.nn.Sequential(*(m for m in layer.out_layers if not isinstance(m, SPADESlot)))
-                r = out_layers(layer.in_layers(h) + layer.emb_layers(emb)[:, :, None, None])
-                r = sr.net.spade.layer(f"{path}.{i}")(r, features[tuple(r.shape[-2:])])
-                h = layer.skip_connection(h) + r
-            elif hasattr(layer, "transformer_blocks"):
-                h = layer(h, context=context)
-            else:
-                h = layer(h)
-        return h
-    hs, h = [], x
-    for i, block in enumerate(unet.input_blocks):
-        h = run(block, f"input_blocks.{i}", h)
-        hs.append(h)
-    h = run(unet.middle_block, "middle_block", h)
-    for i, block in enumerate(unet.output_blocks):
-        h = run(block, f"output_blocks.{i}", torch.cat([h, hs.pop()], dim=1))
-    return unet.out(h)
+from stablesr_helpers import lr_latent, patched_out, plain_out, stablesr_file, stablesr_reference  # noqa: E402
+from supir_restore.supir.host.stablesr import StableSRMismatchError, apply_stablesr, load_stablesr  # noqa: E402
+from supir_restore.supir.stablesr.checkpoint import StableSRCheckpointError  # noqa: E402
+from tiny_models import tiny_sd21, tiny_sdxl  # noqa: E402
 
 
 def test_patched_unet_equals_stablesr_reference(stablesr):
@@ -97,20 +40,30 @@ def test_patched_unet_equals_stablesr_reference(stablesr):
     assert (plain_out(model, x, sigma, context) - out).abs().max() > 1e-3  # SPADE changed the UNet
 
 
-def plain_out(model, x, sigma, context):
-    comfy.model_management.load_models_gpu([model])
+def test_spade_without_modulation_leaves_the_stock_unet_with_only_its_norm(tmp_path):
+    """With γ = β = 0 (mlp_gamma, mlp_beta zero) SPADE is out = norm(h) for any encoder features: the LR latent has
+    no influence, and the UNet is the stock one with each ResBlock's residual branch passed through the layer's
+    affine GroupNorm (StableSR's ``param_free_norm`` has trained weights, so it is not the identity)."""
+    sd = torch.load(stablesr_file(tmp_path / "sr.ckpt"), weights_only=True)
+    for key, value in sd["state_dict"].items():
+        if ".spade.mlp_gamma." in key or ".spade.mlp_beta." in key:
+            value.zero_()
+    torch.save(sd, tmp_path / "flat.ckpt")
+    flat = load_stablesr(str(tmp_path / "flat.ckpt"), "fp32")
+    model = tiny_sd21(seed=0)
+    x, sigma = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([7.0])
+    context = torch.randn(1, 5, 1024, generator=torch.Generator().manual_seed(2))
+    outs = [patched_out(apply_stablesr(model, flat, lr_latent(seed)), x, sigma, context) for seed in (3, 4)]
+    torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+    unet, t = model.model.diffusion_model, model.get_model_object("model_sampling").timestep(sigma).float()
+    c_in = 1 / (sigma ** 2 + 1).sqrt()
     with torch.no_grad():
-        return model.model.apply_model(x, sigma, c_crossattn=context)
-
-
-def patched_out(patched, x, sigma, context):
-    """One UNet call of a patched MODEL as a sampler makes it: loaded (object patches in place), with its
-    wrappers and transformer options."""
-    comfy.model_management.load_models_gpu([patched])
-    with torch.no_grad():
-        return patched.model.apply_model(x, sigma, c_crossattn=context,
-                                         transformer_options={**patched.model_options["transformer_options"],
-                                                              "wrappers": patched.wrappers})
+        comfy.model_management.load_models_gpu([model])
+        walked = stablesr_reference(unet, flat, x * c_in, t, context, lr_latent(),
+                                    modulate=lambda path, h: flat.net.spade.layer(path).param_free_norm(h))
+    denoised = x - walked * sigma  # eps prediction -> x0, as ComfyUI
+    torch.testing.assert_close(outs[0], denoised, atol=1e-4, rtol=1e-4)  # x0 = x - 7 eps: 7x the UNet's error
+    assert (plain_out(model, x, sigma, context) - outs[0]).abs().max() > 1e-3
 
 
 def test_wrong_models_and_files_fail_clearly(stablesr, tmp_path):

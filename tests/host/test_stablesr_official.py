@@ -38,7 +38,8 @@ import comfy.supported_models  # noqa: E402
 
 from supir_restore.supir.host.stablesr import apply_stablesr, load_stablesr  # noqa: E402
 from supir_restore.supir.host.tiled_aggregation import apply_tiled_aggregation  # noqa: E402
-from supir_restore.supir.stablesr.schedule import respaced_sigmas, respaced_timesteps  # noqa: E402
+from supir_restore.supir.host.stablesr_restore import StableSRSampler, stablesr_sigmas  # noqa: E402
+from supir_restore.supir.stablesr.schedule import respaced_timesteps  # noqa: E402
 from tiny_models import seeded_init_, tiny_sd21  # noqa: E402
 
 LAYOUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "stablesr-layout.json")
@@ -218,19 +219,18 @@ class Pack:
         return x, timesteps, out, denoised
 
     def ddpm(self, z_lr, eps, noises, steps, context, tiles=None):
-        """ComfyUI's ddpm sampler at the respaced σ from x = z_lr + σ_max ε (the sampler adds no noise of its own)
-        with the given per-step noise; ``tiles``: (tile, stride, tile batch) for tiled aggregation. Returns the
-        sampled latent and the timestep of each step's UNet calls."""
+        """The pack's StableSR DDPM (StableSR Sigmas + StableSR Sampler, start lr_latent: x = z_lr + σ_max ε) with
+        the given per-step noise; ``tiles``: (tile, stride, tile batch) for tiled aggregation. Returns the sampled
+        latent and the timestep of each step's UNet calls."""
         model, calls = recording(self.restoring(z_lr))
         if tiles is not None:
             model = apply_tiled_aggregation(model, tiles[0], tiles[1], tile_batch_size=tiles[2], weights="official")
-        sigmas = respaced_sigmas(steps)
+        sigmas = stablesr_sigmas(model, steps)
         queue = iter(noises)
-        sampler = comfy.samplers.KSAMPLER(comfy.k_diffusion.sampling.sample_ddpm,
-                                          extra_options={"noise_sampler": lambda sigma, sigma_next: next(queue)})
-        start = self.latent_format.process_out(z_lr + sigmas[0] * eps)
-        out = comfy.sample.sample_custom(model, torch.zeros_like(start), 1.0, sampler, sigmas, [[context, {}]],
-                                         [[context, {}]], start, disable_pbar=True, seed=0)
+        sampler = StableSRSampler(comfy.k_diffusion.sampling.sample_ddpm, "lr_latent",
+                                  extra_options={"noise_sampler": lambda sigma, sigma_next: next(queue)})
+        out = comfy.sample.sample_custom(model, eps, 1.0, sampler, sigmas, [[context, {}]], [[context, {}]],
+                                         self.latent_format.process_out(z_lr), disable_pbar=True, seed=0)
         timesteps = [int(t[0]) for _, t, _ in calls]
         return self.latent_format.process_in(out), [t for i, t in enumerate(timesteps) if t not in timesteps[:i]]
 

@@ -18,11 +18,14 @@ from PIL import Image  # noqa: E402
 
 from supir_restore.workflows.build import (FRONTEND_ONLY, build_all, input_names, input_specs, is_widget,  # noqa: E402
                                            paths, write_all)
-from supir_restore.workflows.specs import BENCHMARK_FOLDER, NO_LORA, SPECS, TRAINING_FOLDER  # noqa: E402
+from supir_restore.workflows.specs import (BENCHMARK_FOLDER, NO_LORA, SPECS, STABLESR_512, STABLESR_TURBO,  # noqa: E402
+                                           TRAINING_FOLDER)
 from test_lora_host import file_for, modules_for  # noqa: E402
 from tiny_models import tiny_sdxl  # noqa: E402
 
-TINY = {"ckpt_name": "tiny_sdxl.safetensors", "supir_name": "tiny_supir_fp16.safetensors", "image": "example.png"}
+TINY = {"ckpt_name": "tiny_sdxl.safetensors", "supir_name": "tiny_supir_fp16.safetensors", "image": "example.png",
+        "model_name": "tiny_smolvlm", "stablesr_name": "tiny_stablesr.ckpt", "cfw_name": "tiny_cfw.ckpt"}
+TINY_BY_NAME = {STABLESR_512: "tiny_stablesr.ckpt", STABLESR_TURBO: "tiny_stablesr.ckpt"}  # also in Load Checkpoint
 TINY_LORA = "tiny_lora.safetensors"
 EXAMPLE_SIZE = (32, 24)  # width, height; small, so that the x4 upscale runs in minutes on a CPU
 # name: (width, height), cropped to 96x96 and 128x96; Real-ESRGAN's x4 pipeline needs at least 74x74
@@ -79,7 +82,8 @@ def test_workflows_match_their_specs(object_info):
 
 
 def names_a_user_file(name: str) -> bool:
-    """Inputs that name the user's model, LoRA and image files (not in this server's lists)."""
+    """Inputs that name the user's model (and vision-language model), LoRA and image files (not in this server's
+    lists)."""
     return name in TINY or re.fullmatch(r"lora(_[a-z]+)?_\d+", name) is not None
 
 
@@ -134,16 +138,18 @@ def test_workflows_are_listed_as_templates(comfy_server, object_info):
 
 def tiny_run(prompt: dict, seed: int) -> dict:
     """The prompt with the tiny test files in place of the user's (LoRA slots set to None stay empty), 2 restore
-    steps, small tiles and a restore seed of its own (so that ComfyUI's cache does not skip a workflow that,
+    steps, 4-token captions, small tiles and a restore seed of its own (so that ComfyUI's cache does not skip a workflow that,
     substituted, equals one run before, as Fidelity equals Quality)."""
     prompt = copy.deepcopy(prompt)
     for node in prompt.values():
         inputs = node["inputs"]
         for key, value in inputs.items():
             if names_a_user_file(key) and isinstance(value, str) and value != NO_LORA:  # a file name, not a link
-                inputs[key] = TINY.get(key, TINY_LORA)
-        if node["class_type"] == "SUPIRRestore":
+                inputs[key] = TINY_BY_NAME.get(value) or TINY.get(key, TINY_LORA)
+        if node["class_type"] in ("SUPIRRestore", "StableSRRestore"):
             inputs.update(TINY_STEPS, seed=seed)
+        if node["class_type"] == "SUPIRCaptionVLM":
+            inputs["max_tokens"] = 4
         if node["class_type"] == "SUPIRTrainingDataset":
             inputs["resolution"] = 64
         if node["class_type"] == "SUPIRTrainLoRA":

@@ -13,6 +13,7 @@ import comfy.sd1_clip
 import comfy.sdxl_clip
 import comfy.supported_models
 import comfy.supported_models_base
+import comfy.text_encoders.sd2_clip
 
 TINY_UNET_CONFIG = {
     "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
@@ -124,20 +125,61 @@ def tiny_sd15(seed: int = 0):
     return tiny_sdxl(seed, SD15_UNET_CONFIG, TinySD15)
 
 
+TINY_CLIP_H = {**_CLIP_COMMON, "hidden_act": "gelu", "hidden_size": 1024, "num_attention_heads": 16,
+               "projection_dim": 1024}
+
+
+class TinySD2ClipHModel(comfy.sd1_clip.SDClipModel):
+    """SD 2.x's OpenCLIP-H text encoder (width 1024, penultimate layer) with 3 layers and a 64-wide MLP."""
+
+    def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
+        super().__init__(device=device, layer="hidden", layer_idx=-2, textmodel_json_config=TINY_CLIP_H, dtype=dtype,
+                         special_tokens={"start": 49406, "end": 49407, "pad": 0}, return_projected_pooled=True,
+                         model_options=model_options)
+
+
+class TinySD2ClipModel(comfy.sd1_clip.SD1ClipModel):
+    def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
+        super().__init__(device=device, dtype=dtype, model_options=model_options, clip_name="h",
+                         clip_model=TinySD2ClipHModel, **kwargs)
+
+
+class TinySD21(comfy.supported_models.SD20):
+    """SD 2.x's model definition with the tiny SD 2.1 UNet shape (eps; a v-prediction variant below)."""
+    unet_config = {"context_dim": 1024, "model_channels": 32, "use_linear_in_transformer": True,
+                   "adm_in_channels": None, "use_temporal_attention": False}
+
+    def __init__(self, unet_config):
+        super().__init__(unet_config)
+        self.unet_config["num_head_channels"] = 32
+
+    def model_type(self, state_dict, prefix=""):
+        return comfy.model_base.ModelType.EPS
+
+    def clip_target(self, state_dict={}):
+        return comfy.supported_models_base.ClipTarget(comfy.text_encoders.sd2_clip.SD2Tokenizer, TinySD2ClipModel)
+
+
+class TinySD21V(TinySD21):
+    def model_type(self, state_dict, prefix=""):
+        return comfy.model_base.ModelType.V_PREDICTION
+
+
 def tiny_sd21(seed: int = 0, v_prediction: bool = False):
     """An SD 2.1-layout UNet (four levels, linear transformers, context 1024) at 32 base channels."""
-    class TinySD21(comfy.supported_models.SD20):
-        def __init__(self, unet_config):
-            super().__init__(unet_config)
-            self.unet_config["num_head_channels"] = 32
-
-        def model_type(self, state_dict, prefix=""):
-            return comfy.model_base.ModelType.V_PREDICTION if v_prediction else comfy.model_base.ModelType.EPS
-    cfg = TinySD21(dict(TINY_SD21_UNET_CONFIG))
+    cfg = (TinySD21V if v_prediction else TinySD21)(dict(TINY_SD21_UNET_CONFIG))
     cfg.set_inference_dtype(torch.float32, None)
     model = cfg.get_model({})
     seeded_init_(model.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(model, mm.get_torch_device(), mm.unet_offload_device())
+
+
+def tiny_sd21_clip(seed: int = 0):
+    """A ComfyUI CLIP object with the real SD 2.x tokenizer and a tiny seeded OpenCLIP-H text encoder."""
+    clip = comfy.sd.CLIP(TinySD21(dict(TINY_SD21_UNET_CONFIG)).clip_target(),
+                         model_options={"dtype": torch.float32})
+    seeded_init_(clip.cond_stage_model, seed)
+    return clip
 
 
 def tiny_vae(seed: int = 0, config=TINY_VAE_CONFIG):

@@ -12,8 +12,9 @@ Conventions (as BasicSR and the MATLAB scripts SR papers report with):
   population (co)variances and only the window positions inside the image ('valid'); RGB SSIM is the mean of the
   three channels' SSIM.
 
-Learned metrics never download anything: their weight files are read from ``<iqa_dir>/<metric>/`` (by default
-``ComfyUI/models/iqa/<metric>/``), and a missing file is reported by name and folder.
+Learned metrics never download anything: their weight files are read from ``<iqa_dir>/<folder>/`` (by default
+``ComfyUI/models/iqa/<metric>/``; CLIP-I reads CLIP-IQA's ``clipiqa/`` folder), and a missing file is reported by
+name and folder.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from .clip_i import CLIPI
 from .clip_iqa import CLIPIQA, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPPreprocess
 from .common import tf_same_pad
 from .dists import DISTS
@@ -32,8 +34,8 @@ from .lpips import LPIPS
 from .maniqa import MANIQA
 from .musiq import MUSIQ, hashed_positions
 
-__all__ = ["BT601_Y", "CLIPIQA", "CLIPPreprocess", "DISTS", "LEARNED_METRICS", "LPIPS", "LearnedMetricSpec", "MANIQA",
-           "MUSIQ", "Metric", "MissingWeightsError", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "WeightFile",
+__all__ = ["BT601_Y", "CLIPI", "CLIPIQA", "CLIPPreprocess", "DISTS", "LEARNED_METRICS", "LPIPS", "LearnedMetricSpec",
+           "MANIQA", "MUSIQ", "Metric", "MissingWeightsError", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "WeightFile",
            "fidelity_metrics", "hashed_positions", "load_learned_metric", "psnr", "rgb_to_y", "ssim", "tf_same_pad"]
 
 
@@ -60,9 +62,10 @@ class WeightFile:
 
 @dataclass(frozen=True)
 class LearnedMetricSpec:
-    """A learned metric: its files in ``<iqa_dir>/<name>/`` and a builder from their paths.
+    """A learned metric: its files in ``<iqa_dir>/<folder>/`` and a builder from their paths.
 
-    A no-reference metric scores the image alone; its metric function ignores the reference.
+    A no-reference metric scores the image alone; its metric function ignores the reference. ``folder`` is the
+    metric's name unless it reads another metric's files.
     """
     name: str
     title: str
@@ -70,10 +73,19 @@ class LearnedMetricSpec:
     lower_is_better: bool
     build: Callable[..., Metric]
     no_reference: bool = False
+    folder: str = ""
+
+    def __post_init__(self):
+        if not self.folder:
+            object.__setattr__(self, "folder", self.name)
 
 
 _CLIP_SOURCE = ("from a transformers CLIP folder such as huggingface.co/openai/clip-vit-base-patch32 (copy its files "
                 "into this folder)")
+_CLIP_MODEL_FILES = (
+    WeightFile("config.json", f"the model config, {_CLIP_SOURCE}"),
+    WeightFile("model.safetensors", f"the CLIP weights, {_CLIP_SOURCE}", alternatives=("pytorch_model.bin",)),
+    WeightFile("preprocessor_config.json", f"the image preprocessing settings, {_CLIP_SOURCE}"))
 
 LEARNED_METRICS: dict[str, LearnedMetricSpec] = {spec.name: spec for spec in (
     LearnedMetricSpec(
@@ -92,9 +104,7 @@ LEARNED_METRICS: dict[str, LearnedMetricSpec] = {spec.name: spec for spec in (
         lower_is_better=True, build=DISTS.from_files),
     LearnedMetricSpec(
         "clipiqa", "CLIP-IQA",
-        (WeightFile("config.json", f"the model config, {_CLIP_SOURCE}"),
-         WeightFile("model.safetensors", f"the CLIP weights, {_CLIP_SOURCE}", alternatives=("pytorch_model.bin",)),
-         WeightFile("preprocessor_config.json", f"the image preprocessing settings, {_CLIP_SOURCE}"),
+        (*_CLIP_MODEL_FILES,
          WeightFile("vocab.json", f"the tokenizer vocabulary, {_CLIP_SOURCE}"),
          WeightFile("merges.txt", f"the tokenizer merges, {_CLIP_SOURCE}")),
         lower_is_better=False, build=CLIPIQA.from_files, no_reference=True),
@@ -111,12 +121,16 @@ LEARNED_METRICS: dict[str, LearnedMetricSpec] = {spec.name: spec for spec in (
                     "the MANIQA KonIQ-10k checkpoint (it includes the ViT-B/8 backbone), from the 'Koniq10k' release "
                     "of IIGROUP/MANIQA or the Hugging Face repository chaofengc/IQA-PyTorch-Weights"),),
         lower_is_better=False, build=MANIQA.from_file, no_reference=True),
+    LearnedMetricSpec(
+        "clipi", "CLIP-I (CLIP image-embedding similarity)", _CLIP_MODEL_FILES,
+        lower_is_better=False, build=CLIPI.from_files, folder="clipiqa"),
 )}
 
 
 def load_learned_metric(name: str, iqa_dir: str | None = None) -> Metric:
-    """Builds a learned metric from ``<iqa_dir>/<name>/``; the result maps (image, reference) IMAGE pairs to
-    :math:`(B,)` float64 scores on the CPU (no-reference metrics ignore the reference).
+    """Builds a learned metric from ``<iqa_dir>/<folder>/`` (its name, or the folder whose files it shares); the result
+    maps (image, reference) IMAGE pairs to :math:`(B,)` float64 scores on the CPU (no-reference metrics ignore the
+    reference).
 
     Raises:
         ValueError: unknown metric, or a file of the wrong kind.
@@ -128,7 +142,7 @@ def load_learned_metric(name: str, iqa_dir: str | None = None) -> Metric:
         raise ValueError("the folder of learned-metric weights must be given (iqa_dir=..., or --iqa-dir on the "
                          "command line), e.g. ComfyUI/models/iqa.")
     spec = LEARNED_METRICS[name]
-    folder = os.path.join(iqa_dir, name)
+    folder = os.path.join(iqa_dir, spec.folder)
     paths = []
     for f in spec.files:
         path = f.find(folder)

@@ -1,4 +1,4 @@
-"""CLIP-IQA on a transformers CLIP model."""
+"""CLIP-IQA on a transformers CLIP model, and the CLIP folder loading and image embedding that CLIP-I shares."""
 from __future__ import annotations
 
 import json
@@ -82,7 +82,7 @@ class CLIPPreprocess:
         if self.crop is not None:
             (h, w), (ch, cw) = x.shape[1:], self.crop
             if ch > h or cw > w:
-                raise ValueError(f"CLIP-IQA: the resized {h}x{w} image is smaller than the {ch}x{cw} crop of the "
+                raise ValueError(f"CLIP: the resized {h}x{w} image is smaller than the {ch}x{cw} crop of the "
                                  "preprocessor config; use the folder's own preprocessor_config.json.")
             top, left = (h - ch) // 2, (w - cw) // 2
             x = x[:, top:top + ch, left:left + cw]
@@ -92,6 +92,39 @@ class CLIPPreprocess:
         """IMAGE :math:`(B, H, W, 3)` in [0, 1] -> pixel values :math:`(B, 3, h, w)` float32 on the CPU."""
         check_image(image)
         return torch.stack([self.one(img) for img in image.cpu()])
+
+
+def load_clip(config_path: str, preprocessor_path: str, metric: str) -> tuple[nn.Module, CLIPPreprocess]:
+    """A transformers ``CLIPModel`` (eval mode, local files only, a ``.bin`` read with ``weights_only``) from the
+    folder of ``config_path``, and the image preprocessing of its ``preprocessor_config.json``, checked to give the
+    vision tower's input size. ``metric`` names the metric in errors."""
+    with open(config_path) as f:
+        model_type = json.load(f).get("model_type")
+    if model_type != "clip":
+        raise ValueError(f"{config_path}: {metric} needs a transformers CLIPModel folder (model_type 'clip'); this "
+                         f"one is {model_type!r}. Use e.g. openai/clip-vit-base-patch32; the RN50 CLIP of the "
+                         "CLIP-IQA paper has no transformers port.")
+    try:
+        from transformers import CLIPModel
+    except ImportError as e:
+        raise ImportError(f"{metric} needs the 'transformers' package (ComfyUI installs it): "
+                          "pip install transformers.") from e
+    model = CLIPModel.from_pretrained(os.path.dirname(config_path), local_files_only=True, weights_only=True).eval()
+    preprocess = CLIPPreprocess.from_config(preprocessor_path)
+    image_size = model.config.vision_config.image_size
+    if preprocess.crop != (image_size, image_size):
+        raise ValueError(f"{preprocessor_path}: crop {preprocess.crop} does not give the {image_size}x{image_size} "
+                         "input this CLIP's vision tower takes; use the folder's own preprocessor_config.json.")
+    return model, preprocess
+
+
+@torch.no_grad()
+def clip_image_embeds(clip: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Preprocessed pixels :math:`(B, 3, S, S)` -> unit-length projected image embeddings :math:`(B, D)` of a
+    ``CLIPModel`` (its ``get_image_features``, normalised)."""
+    projection = clip.visual_projection
+    vision = clip.vision_model(pixel_values=pixel_values.to(projection.weight))
+    return F.normalize(projection(vision.pooler_output), dim=-1)
 
 
 class CLIPIQA(nn.Module):
@@ -120,25 +153,9 @@ class CLIPIQA(nn.Module):
                    *_tokenizer_paths: str) -> "CLIPIQA":
         """Loads the ``CLIPModel``, its tokenizer and its preprocessing from the folder of these files (transformers
         finds the weights and tokenizer files there itself; local files only)."""
-        try:
-            from transformers import CLIPModel, CLIPTokenizer
-        except ImportError as e:
-            raise ImportError("CLIP-IQA needs the 'transformers' package (ComfyUI installs it): "
-                              "pip install transformers.") from e
-        folder = os.path.dirname(config_path)
-        with open(config_path) as f:
-            model_type = json.load(f).get("model_type")
-        if model_type != "clip":
-            raise ValueError(f"{config_path}: CLIP-IQA needs a transformers CLIPModel folder (model_type 'clip'); this "
-                             f"one is {model_type!r}. Use e.g. openai/clip-vit-base-patch32; the RN50 CLIP of the "
-                             "paper has no transformers port.")
-        model = CLIPModel.from_pretrained(folder, local_files_only=True, weights_only=True).eval()
-        preprocess = CLIPPreprocess.from_config(preprocessor_path)
-        image_size = model.config.vision_config.image_size
-        if preprocess.crop != (image_size, image_size):
-            raise ValueError(f"{preprocessor_path}: crop {preprocess.crop} does not give the {image_size}x{image_size} "
-                             "input this CLIP's vision tower takes; use the folder's own preprocessor_config.json.")
-        tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+        model, preprocess = load_clip(config_path, preprocessor_path, "CLIP-IQA")
+        from transformers import CLIPTokenizer
+        tokenizer = CLIPTokenizer.from_pretrained(os.path.dirname(config_path), local_files_only=True)
         tokens = tokenizer(list(cls.PROMPTS), padding=True, return_tensors="pt")
         with torch.no_grad():
             text = model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
@@ -146,14 +163,8 @@ class CLIPIQA(nn.Module):
         return cls(model, text_embeds, preprocess)
 
     @torch.no_grad()
-    def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Preprocessed pixels :math:`(B, 3, S, S)` -> unit-length image embeddings :math:`(B, D)`."""
-        vision = self.clip.vision_model(pixel_values=pixel_values.to(self.text_embeds))
-        return F.normalize(self.clip.visual_projection(vision.pooler_output), dim=-1)
-
-    @torch.no_grad()
     def forward(self, image: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         """IMAGE :math:`(B, H, W, 3)` in [0, 1] -> probability of "Good photo." :math:`(B,)` float64; the reference
         is ignored (no-reference metric)."""
-        cosine = self.image_embeds(self.preprocess(image)) @ self.text_embeds.T
+        cosine = clip_image_embeds(self.clip, self.preprocess(image)) @ self.text_embeds.T
         return (self.LOGIT_SCALE * cosine.double()).softmax(dim=-1)[:, 0].cpu()

@@ -1,15 +1,16 @@
 """Test-only ComfyUI pack, loaded only by the test server: lets the stock checkpoint loader detect the tiny
-SDXL layout, and provides SDXL conditioning without a text encoder (tiny checkpoints carry no CLIP)."""
+SDXL and SD 2.1 layouts, and provides SDXL conditioning without a text encoder (tiny checkpoints carry no CLIP)."""
 import os
 import sys
 
 import comfy.supported_models
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-from tiny_models import TinySDXL, fake_conditioning  # noqa: E402
+from tiny_models import TinySD21, TinySDXL, fake_conditioning  # noqa: E402
 
-if TinySDXL not in comfy.supported_models.models:
-    comfy.supported_models.models.insert(0, TinySDXL)
+for tiny in (TinySDXL, TinySD21):
+    if tiny not in comfy.supported_models.models:
+        comfy.supported_models.models.insert(0, tiny)
 
 
 class SUPIRTestConditioning:

@@ -1,5 +1,6 @@
 """Test-only stand-in for torchvision, which has no CPU wheel matching the local torch here. ComfyUI imports it
-at start-up for Stable Cascade / Cosmos / ACE nodes only; any use raises."""
+at start-up for Stable Cascade / Cosmos / ACE nodes only; any use raises. transformers is told there is no
+torchvision (see ../sitecustomize.py)."""
 from . import models, transforms  # noqa: F401
 
 
