@@ -146,6 +146,8 @@ def test_respaced_timesteps_are_the_official_ones():
     t200 = respaced_timesteps(200)
     assert t200[:4] == [0, 5, 10, 15] and t200[-3:] == [989, 994, 999] and len(set(t200)) == 200
     assert respaced_timesteps(1000) == list(range(1000))
+    # the official space_timesteps adds up the stride 49.95 in floating point: 10 strides give 499.4999..., not 499.5
+    assert respaced_timesteps(21)[9:12] == [450, 499, 549]
     with pytest.raises(ValueError, match="steps must be between 2 and 1000"):
         respaced_timesteps(1)
 

@@ -1,5 +1,5 @@
 """StableSR's sampling schedules on SD's 1000-step training table (σ_t = √((1 − ᾱ_t) / ᾱ_t), ascending in t):
-the respaced DDPM timesteps ``round(k (T−1) / (N−1))`` (the official ``space_timesteps``), and the DDIM spacing of
+the respaced DDPM timesteps (the official ``space_timesteps``: every (T−1)/(N−1), by a running float sum), and the DDIM spacing of
 the negative-prompt script, whose ᾱ come from ``range(0, T, T // N)`` while the model is given the respaced
 timesteps."""
 from __future__ import annotations
@@ -11,10 +11,15 @@ TIMESTEPS = 1000
 
 def respaced_timesteps(steps: int, timesteps: int = TIMESTEPS) -> list[int]:
     """The N original-scale timesteps StableSR samples at, ascending: round(k (T-1) / (N-1)) for k = 0 .. N-1
-    (N = 200: 0, 5, 10, ..., 994, 999; N = 4: 0, 333, 666, 999)."""
+    (N = 200: 0, 5, 10, ..., 994, 999; N = 4: 0, 333, 666, 999). As the official ``space_timesteps``, the
+    position is a running float sum of the stride, which rounds some halves down (N = 21: 499, not 500)."""
     if not 1 < steps <= timesteps:
         raise ValueError(f"steps must be between 2 and {timesteps}, got {steps}")
-    return [round(k * (timesteps - 1) / (steps - 1)) for k in range(steps)]
+    stride, position, taken = (timesteps - 1) / (steps - 1), 0.0, []
+    for _ in range(steps):
+        taken.append(round(position))
+        position += stride
+    return taken
 
 
 def ddim_alpha_timesteps(steps: int, timesteps: int = TIMESTEPS) -> list[int]:

@@ -38,11 +38,13 @@ SD15_UNET_CONFIG = {
 }
 
 
+# as comfy.model_detection's SD21: transformer_depth_output is read from its end, so the trailing zeros are output
+# blocks 0-2 (1/8 resolution, no attention)
 TINY_SD21_UNET_CONFIG = {
     "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
     "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [2, 2, 2, 2],
     "channel_mult": [1, 2, 4, 4], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], "transformer_depth_middle": 1,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1,
     "use_linear_in_transformer": True, "context_dim": 1024, "use_temporal_attention": False,
     "use_temporal_resblock": False,
 }
