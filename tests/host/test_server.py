@@ -45,7 +45,8 @@ def pack_nodes(info: dict) -> dict:
 
 
 def test_the_pack_creates_its_model_folders(server):
-    assert os.path.isdir(os.path.join(server.models_base, "models", "iqa"))  # the fixture makes models/supir only
+    for folder in ("iqa", "stablesr"):  # the fixture makes models/supir only
+        assert os.path.isdir(os.path.join(server.models_base, "models", folder))
 
 
 def test_nodes_are_registered_with_descriptions_and_tooltips(server):
@@ -59,7 +60,8 @@ def test_nodes_are_registered_with_descriptions_and_tooltips(server):
     for node, schema in pack.items():
         assert schema["description"].strip(), f"{node} has no description"
         assert schema["category"].split("/")[0] == "supir", f"{node} is in category {schema['category']!r}"
-        assert schema["display_name"].startswith("SUPIR "), f"{node} is displayed as {schema['display_name']!r}"
+        assert schema["display_name"].startswith(("SUPIR ", "StableSR ")), \
+            f"{node} is displayed as {schema['display_name']!r}"
         for name, spec in {**schema["input"]["required"], **schema["input"].get("optional", {})}.items():
             if not (len(spec) > 1 and str(spec[1].get("tooltip") or "").strip()):
                 missing.append(f"{node} input {name}")
