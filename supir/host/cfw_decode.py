@@ -15,6 +15,7 @@ weights; memory is bounded by the tile.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from dataclasses import dataclass
 
@@ -36,7 +37,8 @@ from ..weights import check_layout, names, read_state_dict
 from .supir_loader import STORAGE_DTYPES, managed_network
 
 VAE_WEIGHTS = ("cfw_file", "vae")
-MIN_TILE = 64  # pixels: 8 latent pixels, and whole pixels at the encoder's levels 1 and 2
+SCALE = 8  # image pixels per latent pixel of the SD VAE
+MIN_TILE = 64  # pixels: 8 latent pixels
 
 
 class CFWMismatchError(ValueError):
@@ -167,7 +169,7 @@ def decode_mix(model: nn.Module, layers: CFWLayers, z: torch.Tensor, features: d
 def check_sizes(samples: torch.Tensor, pixels: torch.Tensor) -> None:
     """The LR image (cropped to multiples of 8 as VAE Encode does) is the latent's size times 8, and its batch is
     the latent's or 1."""
-    latent_size, image_size = tuple(8 * n for n in samples.shape[-2:]), tuple(pixels.shape[1:3])
+    latent_size, image_size = tuple(SCALE * n for n in samples.shape[-2:]), tuple(pixels.shape[1:3])
     if image_size != latent_size:
         raise CFWMismatchError(
             f"lr_image is {image_size[1]}x{image_size[0]} px but the latent decodes to {latent_size[1]}x"
@@ -192,17 +194,20 @@ def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor
     check_sizes(samples, pixels)
     model, layers = vae.first_stage_model, cfw.layers
     height, width = samples.shape[-2:]
-    tile = tile_size // 8 if tile_size else max(height, width)
+    tile = tile_size // SCALE if tile_size else max(height, width)
     tiles = tile_grid(height, width, tile, tile - tile // 4)
     shape = (1, samples.shape[1], min(tile, height), min(tile, width))
     memory = vae.memory_used_decode(shape, vae.vae_dtype) + vae.memory_used_encode(
-        (1, 3, 8 * shape[2], 8 * shape[3]), vae.vae_dtype)
+        (1, 3, SCALE * shape[2], SCALE * shape[3]), vae.vae_dtype)
     mm.load_models_gpu([vae.patcher, cfw.patcher], memory_required=memory, force_full_load=vae.disable_offload)
     bar = comfy.utils.ProgressBar(samples.shape[0] * len(tiles))
 
-    def decode(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def decode(x: torch.Tensor, z: torch.Tensor, group: list) -> torch.Tensor:
+        """One latent tile z and its crop of the LR image x ([1,3,H,W] in [-1,1]) -> IMAGE tile [1,3,8h,8w]."""
+        ((top, bottom, left, right),) = group
         mm.throw_exception_if_processing_interrupted()
-        features = encoder_features(model.encoder, x.to(vae.device, vae.vae_dtype), layers.levels)
+        crop = x[:, :, SCALE * top:SCALE * bottom, SCALE * left:SCALE * right].to(vae.device, vae.vae_dtype)
+        features = encoder_features(model.encoder, crop, layers.levels)
         out = decode_mix(model, layers, z.to(vae.device, vae.vae_dtype), features, w, cfw.compute_dtype)
         bar.update(1)
         return vae.process_output(out.to(vae.output_device).float())
@@ -211,7 +216,6 @@ def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor
     with torch.inference_mode():
         for i in range(samples.shape[0]):
             x = vae.process_input(pixels[min(i, pixels.shape[0] - 1)][None].movedim(-1, 1))
-            out.append(blend_tiles(lambda z, group: decode(z, x[:, :, 8 * group[0][0]:8 * group[0][1],
-                                                               8 * group[0][2]:8 * group[0][3]]),
-                                   samples[i:i + 1].float(), tiles, weights="symmetric", scale=8))
+            out.append(blend_tiles(functools.partial(decode, x), samples[i:i + 1].float(), tiles,
+                                   weights="symmetric", scale=SCALE))
     return torch.cat(out).movedim(1, -1)
