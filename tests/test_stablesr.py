@@ -216,9 +216,12 @@ def test_official_cfw_file_gives_the_official_vae_config_and_fusion_layers_that_
         k: v for k, v in official.items() if k != "resolution"}
     layers = fusion_layout(fusion, "vqgan_cfw_00011.ckpt")
     check_fusion_fits(layers, {i: config["ch"] * m for i, m in enumerate(config["ch_mult"])}, "its VAE", "f")
-    with pytest.raises(StableSRCheckpointError, match="f: fusion_layer_2 is 512 channels wide but level 2 of the "
-                                                      "SDXL VAE has 256; .*SD 2.1 VAE layout"):
-        check_fusion_fits(layers, {1: 256, 2: 256}, "the SDXL VAE", "f")
+    with pytest.raises(StableSRCheckpointError, match="f: fusion_layer_2 is 512 channels wide but the other VAE has "
+                                                      "256 channels at level 2; .*SD 2.1 VAE layout"):
+        check_fusion_fits(layers, {1: 256, 2: 256}, "the other VAE", "f")
+    with pytest.raises(StableSRCheckpointError, match="fusion_layer_2 is 512 channels wide but the other VAE has "
+                                                      "no level 2"):
+        check_fusion_fits(layers, {0: 128, 1: 256}, "the other VAE", "f")
     with pytest.raises(StableSRCheckpointError, match="f: the VAE part is incomplete .*encoder.conv_in.weight"):
         vae_config({k: v for k, v in vae.items() if k != "encoder.conv_in.weight"}, "f")
 

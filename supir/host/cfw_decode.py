@@ -15,6 +15,7 @@ weights; memory is bounded by the tile.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ from ..weights import check_layout, names, read_state_dict
 from .supir_loader import STORAGE_DTYPES, managed_network
 
 VAE_WEIGHTS = ("cfw_file", "vae")
-MIN_TILE = 64  # pixels: 8 latent pixels, and whole pixels at the encoder's levels 1 and 2
+MIN_TILE = 64  # pixels: 8 latent pixels
 
 
 class CFWMismatchError(ValueError):
@@ -201,9 +202,13 @@ def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor
     mm.load_models_gpu([vae.patcher, cfw.patcher], memory_required=memory, force_full_load=vae.disable_offload)
     bar = comfy.utils.ProgressBar(samples.shape[0] * len(tiles))
 
-    def decode(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def decode(x: torch.Tensor, z: torch.Tensor, group: list) -> torch.Tensor:
+        """One latent tile z and its crop of the LR image x ([1,3,H,W] in [-1,1]) -> IMAGE tile [1,3,8h,8w]
+        (``ratio`` = 8 for SD's VAE)."""
+        ((top, bottom, left, right),) = group
         mm.throw_exception_if_processing_interrupted()
-        features = encoder_features(model.encoder, x.to(vae.device, vae.vae_dtype), layers.levels)
+        crop = x[:, :, ratio * top:ratio * bottom, ratio * left:ratio * right].to(vae.device, vae.vae_dtype)
+        features = encoder_features(model.encoder, crop, layers.levels)
         out = decode_mix(model, layers, z.to(vae.device, vae.vae_dtype), features, w, cfw.compute_dtype)
         bar.update(1)
         return vae.process_output(out.to(vae.output_device).float())
@@ -212,7 +217,6 @@ def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor
     with torch.inference_mode():
         for i in range(samples.shape[0]):
             x = vae.process_input(pixels[min(i, pixels.shape[0] - 1)][None].movedim(-1, 1))
-            out.append(blend_tiles(lambda z, group: decode(z, x[:, :, ratio * group[0][0]:ratio * group[0][1],
-                                                               ratio * group[0][2]:ratio * group[0][3]]),
-                                   samples[i:i + 1].float(), tiles, weights="symmetric", scale=ratio))
+            out.append(blend_tiles(functools.partial(decode, x), samples[i:i + 1].float(), tiles,
+                                   weights="symmetric", scale=ratio))
     return torch.cat(out).movedim(1, -1)

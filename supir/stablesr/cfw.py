@@ -172,6 +172,6 @@ def check_fusion_fits(layers: CFWLayers, widths: dict[int, int], what: str, name
     for level in layers.levels:
         expected = layers.layer(level).encode_enc_3.conv2.out_channels
         if widths.get(level) != expected:
-            raise StableSRCheckpointError(
-                f"{name}: fusion_layer_{level} is {expected} channels wide but level {level} of {what} has "
-                f"{widths.get(level, 'no such level')}; StableSR's CFW needs the SD 2.1 VAE layout (SD 1.x/2.x VAE).")
+            found = f"{widths[level]} channels at level {level}" if level in widths else f"no level {level}"
+            raise StableSRCheckpointError(f"{name}: fusion_layer_{level} is {expected} channels wide but {what} has "
+                                          f"{found}; StableSR's CFW needs the SD 2.1 VAE layout (SD 1.x/2.x VAE).")

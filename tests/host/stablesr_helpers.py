@@ -83,16 +83,14 @@ def patched_out(patched, x, sigma, context):
                                                               "wrappers": patched.wrappers})
 
 
-def cfw_state_dict(vae, seed=7, fusion=True, vae_part=True) -> dict:
+def cfw_state_dict(vae, seed=7, vae_part=True) -> dict:
     """A CFW file's tensors in the official layout for ``vae``'s levels: fusion layers at decoder levels 1 and 2
     (``decoder.fusion_layer_*``), the VAE's tensors moved off ``vae``'s own (so the file's VAE differs), and a
     training-loss tensor the loader ignores."""
     model = vae.first_stage_model
     widths = {level: model.decoder.up[level].block[-1].out_channels for level in (1, 2)}
-    sd = {"loss.logvar": torch.zeros(())}
-    if fusion:
-        layers = seeded_init_(CFWLayers(widths, growth=8), seed)  # two RRDBs as the official; growth 8, not 32
-        sd.update({f"decoder.{k}": v for k, v in layers.state_dict().items()})
+    layers = seeded_init_(CFWLayers(widths, growth=8), seed)  # two RRDBs as the official; growth 8, not 32
+    sd = {"loss.logvar": torch.zeros(()), **{f"decoder.{k}": v for k, v in layers.state_dict().items()}}
     if vae_part:
         g = torch.Generator().manual_seed(seed)
         sd.update({k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()})

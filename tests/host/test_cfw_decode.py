@@ -194,7 +194,7 @@ def truncated_zip(path) -> str:
     ("vae_shape", WeightsFileError, r"SD VAE .*wrong shape 1: decoder.norm_out.weight \[31\]"),
 ])
 def test_wrong_files_fail_clearly(tmp_path, tiny_vae, tiny_supir_file, kind, error, match):
-    sd = cfw_state_dict(tiny_vae)
+    sd, path = cfw_state_dict(tiny_vae), None
     if kind == "stablesr":
         sd = {"structcond_stage_model.input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3),
               "model.diffusion_model.input_blocks.1.0.spade.mlp_beta.weight": torch.zeros(32, 32, 3, 3),
@@ -207,18 +207,22 @@ def test_wrong_files_fail_clearly(tmp_path, tiny_vae, tiny_supir_file, kind, err
         del sd["decoder.fusion_layer_1.encode_enc_2.1.rdb3.conv5.bias"]
     elif kind == "vae_shape":
         sd["decoder.norm_out.weight"] = torch.ones(31)
-    path = {"supir": lambda: tiny_supir_file, "code": lambda: pickle_with_code(tmp_path / "bad.ckpt"),
-            "corrupt": lambda: truncated_zip(tmp_path / "cut.ckpt")}.get(kind, lambda: save(tmp_path / "cfw.ckpt", sd))()
+    elif kind == "supir":
+        path = tiny_supir_file
+    elif kind == "code":
+        path = pickle_with_code(tmp_path / "bad.ckpt")
+    elif kind == "corrupt":
+        path = truncated_zip(tmp_path / "cut.ckpt")
     with pytest.raises(error, match=match):
-        load_cfw(path)
+        load_cfw(path or save(tmp_path / "cfw.ckpt", sd))
 
 
 def test_mismatched_vae_and_inputs_fail_clearly(cfw, tiny_vae, tmp_path):
     z, lr = latent_and_lr(size=(8, 8))
     wide = build_tiny_vae(config={"params": {**TINY_VAE_CONFIG["params"], "ddconfig": {
         **TINY_VAE_CONFIG["params"]["ddconfig"], "ch_mult": [1, 2, 2, 2]}}})
-    with pytest.raises(StableSRCheckpointError, match="fusion_layer_1 is 32 channels wide but level 1 of this "
-                                                      "VAE's encoder has 64; .*SD 2.1 VAE layout"):
+    with pytest.raises(StableSRCheckpointError, match="fusion_layer_1 is 32 channels wide but this VAE's encoder "
+                                                      "has 64 channels at level 1; .*SD 2.1 VAE layout"):
         cfw_decode(cfw, wide, z, lr)
     with pytest.raises(CFWMismatchError, match="lr_image is 72x64 px but the latent decodes to 64x64 px"):
         cfw_decode(cfw, tiny_vae, z, smooth_photo(64, 72, 0))

@@ -45,7 +45,8 @@ def pack_nodes(info: dict) -> dict:
 
 
 def test_the_pack_creates_its_model_folders(server):
-    assert os.path.isdir(os.path.join(server.models_base, "models", "iqa"))  # the fixture makes models/supir only
+    for folder in ("iqa", "stablesr"):  # the fixture makes models/supir only
+        assert os.path.isdir(os.path.join(server.models_base, "models", folder))
 
 
 def test_nodes_are_registered_with_descriptions_and_tooltips(server):
