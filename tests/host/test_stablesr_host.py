@@ -1,6 +1,9 @@
 """Tier 2: StableSR on ComfyUI's own SD 2.x UNet (tiny SD 2.1 layout, seeded weights): the patched UNet equals a
 walk of the same modules in StableSR's order, the encoder sees the LR latent and the call's timestep, and wrong
 files and models fail clearly."""
+import os
+import pickle
+
 import pytest
 
 pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
@@ -13,7 +16,8 @@ import comfy.patcher_extension  # noqa: E402
 from stablesr_helpers import lr_latent, patched_out, plain_out, stablesr_file, stablesr_reference  # noqa: E402
 from supir_restore.supir.host.stablesr import StableSRMismatchError, apply_stablesr, load_stablesr  # noqa: E402
 from supir_restore.supir.stablesr.checkpoint import StableSRCheckpointError  # noqa: E402
-from tiny_models import tiny_sd21, tiny_sdxl  # noqa: E402
+from supir_restore.supir.weights import CorruptWeightsError, UnsafeWeightsError  # noqa: E402
+from tiny_models import tiny_sd15, tiny_sd21, tiny_sdxl  # noqa: E402
 
 
 def test_patched_unet_equals_stablesr_reference(stablesr):
@@ -79,3 +83,22 @@ def test_wrong_models_and_files_fail_clearly(stablesr, tmp_path):
                                tiny_sd21(seed=0).model.diffusion_model.state_dict().items()}}, plain)
     with pytest.raises(StableSRCheckpointError, match="sd21.ckpt: this is a Stable Diffusion checkpoint without"):
         load_stablesr(str(plain))
+    with pytest.raises(StableSRMismatchError, match="context is 768 \\(SD 1.x"):
+        apply_stablesr(tiny_sd15(seed=0), stablesr, lr_latent())
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo never run",))
+
+
+def test_damaged_and_malicious_files_are_refused_by_name(tmp_path):
+    with open(tmp_path / "stablesr_evil.ckpt", "wb") as f:
+        pickle.dump({"state_dict": {"structcond_stage_model.x": Exploit()}}, f)
+    with pytest.raises(UnsafeWeightsError, match="stablesr_evil.ckpt"):
+        load_stablesr(str(tmp_path / "stablesr_evil.ckpt"))
+    good = open(stablesr_file(tmp_path / "stablesr_000117.ckpt"), "rb").read()
+    with open(tmp_path / "stablesr_cut.ckpt", "wb") as f:
+        f.write(good[:len(good) // 2])
+    with pytest.raises(CorruptWeightsError, match="stablesr_cut.ckpt"):
+        load_stablesr(str(tmp_path / "stablesr_cut.ckpt"))
