@@ -26,11 +26,8 @@ from supir.caption.model import caption_image, load_vlm
 def smolvlm_256m_shaped(folder: str) -> str:
     """A random model of SmolVLM-256M-Instruct's dimensions with its processor settings, saved in ``folder``."""
     import transformers
-    from tests.caption_models import TEMPLATE, tiny_tokenizer
-    special = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
-               "end_of_utterance_token": "<end_of_utterance>", "global_image_token": "<global-img>"}
-    rows = tuple(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7))
-    tokenizer = tiny_tokenizer(special, extra=rows, chat_template=TEMPLATE.replace("IMAGE", "<image>"))
+    from tests.caption_models import idefics3_tokenizer
+    tokenizer = idefics3_tokenizer()
     config = transformers.Idefics3Config(
         vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                            image_size=512, patch_size=16),

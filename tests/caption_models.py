@@ -113,12 +113,17 @@ def qwen3_vl():
                      deepstack_visual_indexes=[1], in_channels=3), 16, head_dim=16, rope={"mrope_interleaved": True})
 
 
-def idefics3():
-    """Idefics3, the class of SmolVLM (256M, 500M, 2B): 28 px images of 2 x 2 patches, pixel-shuffled to 1 token."""
+def idefics3_tokenizer():
+    """A tokenizer with Idefics3's (SmolVLM's) image, row/column and end-of-utterance tokens."""
     special = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
                "end_of_utterance_token": "<end_of_utterance>", "global_image_token": "<global-img>"}
     rows = tuple(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7))
-    tokenizer = tiny_tokenizer(special, extra=rows, chat_template=TEMPLATE.replace("IMAGE", "<image>"))
+    return tiny_tokenizer(special, extra=rows, chat_template=TEMPLATE.replace("IMAGE", "<image>"))
+
+
+def idefics3():
+    """Idefics3, the class of SmolVLM (256M, 500M, 2B): 28 px images of 2 x 2 patches, pixel-shuffled to 1 token."""
+    tokenizer = idefics3_tokenizer()
     config = transformers.Idefics3Config(
         vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                            image_size=28, patch_size=14),
