@@ -107,9 +107,16 @@ def restore_latent(model, positive, negative, hint: torch.Tensor, seed: int, set
         raise ValueError(f"sampler '{settings.sampler}' is not one of {EDM}, {DPM}")
     sigmas = supir_sigmas(model, settings.steps, schedule, start.denoise if start.name == "img2img" else 1.0)
     latent = torch.zeros_like(hint) if start.name == "noise" else hint
+    return sample(guided, latent, seed, settings.cfg_start, sampler, sigmas, positive, negative, disable_pbar)
+
+
+def sample(model, latent: torch.Tensor, seed: int, cfg: float, sampler, sigmas: torch.Tensor, positive, negative,
+           disable_pbar: bool | None = None) -> torch.Tensor:
+    """ComfyUI's custom sampling of raw LATENT samples with its noise for ``seed``, latent previews and progress
+    bar (shown unless ``disable_pbar``; by default as ComfyUI's setting)."""
     noise = comfy.sample.prepare_noise(latent, seed)
-    callback = latent_preview.prepare_callback(guided, settings.steps)
+    callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
     if disable_pbar is None:
         disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
-    return comfy.sample.sample_custom(guided, noise, settings.cfg_start, sampler, sigmas, positive, negative, latent,
+    return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent,
                                       callback=callback, disable_pbar=disable_pbar, seed=seed)

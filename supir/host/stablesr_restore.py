@@ -5,13 +5,11 @@ from __future__ import annotations
 import torch
 
 import comfy.k_diffusion.sampling
-import comfy.sample
 import comfy.samplers
-import comfy.utils
-import latent_preview
 
 from ..stablesr.sampling import (START_MODES, StableSRSettings, check_settings, sample_stablesr_ddim)
 from ..stablesr.schedule import TIMESTEPS, ddim_alpha_timesteps, respaced_timesteps, schedule_sigmas
+from .restore import sample
 
 
 def _sigma_table(model_sampling) -> torch.Tensor:
@@ -109,9 +107,4 @@ def restore_stablesr(model, positive, negative, lr_latent: torch.Tensor, seed: i
     check_settings(settings)
     sigmas = stablesr_sigmas(model, settings.steps, settings.sampler)
     sampler = stablesr_sampler(settings.sampler, settings.start, settings.eta)
-    noise = comfy.sample.prepare_noise(lr_latent, seed)
-    callback = latent_preview.prepare_callback(model, settings.steps)
-    if disable_pbar is None:
-        disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
-    return comfy.sample.sample_custom(model, noise, settings.cfg, sampler, sigmas, positive, negative, lr_latent,
-                                      callback=callback, disable_pbar=disable_pbar, seed=seed)
+    return sample(model, lr_latent, seed, settings.cfg, sampler, sigmas, positive, negative, disable_pbar)
