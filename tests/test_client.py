@@ -59,6 +59,9 @@ def test_parse_set_reads_json_values_and_keeps_text():
     for bad in ("8.steps", "steps=3", ".steps=3", "8.=3"):
         with pytest.raises(WorkflowError, match="NODE_ID.input=value"):
             parse_set(bad)
+    for not_finite in ("NaN", "Infinity", "-Infinity", "1e999"):
+        with pytest.raises(WorkflowError, match=f"8.cfg={not_finite}': {not_finite} is not a finite number"):
+            parse_set(f"8.cfg={not_finite}")
 
 
 def test_overrides_find_the_nodes_of_the_shipped_workflow():
@@ -89,6 +92,8 @@ def test_set_wins_adds_optional_inputs_and_refuses_links_and_unknown_nodes():
 
 
 def test_an_override_that_matches_nothing_is_an_error():
+    with pytest.raises(WorkflowError, match="--scale nan: give a finite number"):
+        apply_overrides(stock_graph(), Overrides(scale=float("nan")))
     with pytest.raises(WorkflowError, match="--scale: no node.*SUPIRResize.scale_by"):
         apply_overrides(basic(), Overrides(scale=2.0))
     no_seed = {nid: node for nid, node in basic().items() if node["class_type"] != "SUPIRRestore"}

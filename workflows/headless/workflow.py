@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,15 +66,17 @@ def load_workflow(path: Path) -> dict:
 
 def parse_set(text: str) -> tuple[str, str, Any]:
     """``NODE_ID.input=value`` -> (node id, input, value); the value is read as JSON when it parses (8, 1.5,
-    true, "8"), else kept as text."""
+    true, "8"), else kept as text. NaN and infinite numbers are refused (ComfyUI's range checks let them pass)."""
     key, sep, raw = text.partition("=")
     node_id, dot, name = key.rpartition(".")
     if not sep or not dot or not node_id or not name:
         raise WorkflowError(f"--set {text!r}: expected NODE_ID.input=value, e.g. 8.steps=30")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=lambda constant: math.nan)
     except json.JSONDecodeError:
         value = raw
+    if isinstance(value, float) and not math.isfinite(value):
+        raise WorkflowError(f"--set {text!r}: {raw} is not a finite number; give a number such as 7.5")
     return node_id, name, value
 
 
@@ -121,6 +124,8 @@ def apply_overrides(workflow: dict, overrides: Overrides) -> dict:
         set_all(out, targets, overrides.negative, "--negative",
                 "a negative text input, or a CLIPTextEncode wired to a negative input")
     if overrides.scale is not None:
+        if not math.isfinite(overrides.scale):
+            raise WorkflowError(f"--scale {overrides.scale:g}: give a finite number, e.g. 2")
         targets = [(nid, SCALE_INPUTS[node["class_type"]]) for nid, node in out.items()
                    if node["class_type"] in SCALE_INPUTS and not is_link(node["inputs"].get(
                        SCALE_INPUTS[node["class_type"]]))]
@@ -177,7 +182,10 @@ def list_inputs(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise WorkflowError(f"--input {path}: no such file or folder")
-    images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as e:
+        raise WorkflowError(f"--input {path}: cannot list the folder ({e.strerror or e})") from e
     if not images:
         raise WorkflowError(f"--input {path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
     stems = [p.stem for p in images]
