@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .model.checkpoint import check_supir_weights, split_supir_state_dict
-from .stablesr.cfw import FUSION_PREFIX, check_cfw_tensors, split_cfw_state_dict
+from .stablesr.cfw import FUSION_PREFIX, cfw_layout, check_cfw_finite, split_cfw_state_dict
 from .stablesr.checkpoint import ENCODER_PREFIX, check_stablesr_weights, split_stablesr_state_dict
 from .weights import STORAGE_DTYPES, WeightsFileError, read_state_dict, write_new_safetensors
 
@@ -62,7 +62,8 @@ def pack_tensors(sd: dict[str, torch.Tensor], name: str) -> PackTensors:
             **{f"model.diffusion_model.{k}": v for k, v in weights.spade.items()}})
     if any(k.startswith(FUSION_PREFIX) for k in keys):
         vae, fusion = split_cfw_state_dict(sd, name)
-        check_cfw_tensors(vae, fusion, name)
+        check_cfw_finite(vae, fusion, name)
+        cfw_layout(vae, fusion, name)
         return PackTensors("CFW", {**vae, **{f"decoder.{k}": v for k, v in fusion.items()}})
     raise WeightsFileError(f"{name}: not a SUPIR, StableSR or CFW file (no control_model, structcond_stage_model, "
                            f"SPADE or fusion_layer tensors); only those files are converted. SDXL and SD 2.x "

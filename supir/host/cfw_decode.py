@@ -29,7 +29,7 @@ from comfy.ldm.models.autoencoder import AutoencoderKL
 from comfy.ldm.modules.diffusionmodules.model import Decoder, Encoder
 
 from ..image.io import as_rgb
-from ..stablesr.cfw import CFWLayers, check_cfw_tensors, check_fusion_fits, split_cfw_state_dict, vae_config
+from ..stablesr.cfw import CFWLayers, cfw_layout, check_cfw_finite, check_fusion_fits, split_cfw_state_dict, vae_config
 from ..tiling.grid import blend_tiles, tile_grid
 from ..weights import STORAGE_DTYPES, check_layout, read_state_dict
 from .supir_loader import managed_network
@@ -62,6 +62,7 @@ def load_cfw(path: str) -> CFWModel:
     stored in ComfyUI's VAE precision for the device (``--fp32-vae``/``--bf16-vae`` apply)."""
     name = os.path.basename(path)
     vae, fusion = split_cfw_state_dict(read_state_dict(path), name)
+    check_cfw_finite(vae, fusion, name)
     check_cfw_layout(vae, fusion, name)
     shapes = {k: tuple(v.shape) for k, v in fusion.items()}
     dtype = mm.vae_dtype(mm.get_torch_device(), [torch.bfloat16, torch.float32])
@@ -71,9 +72,9 @@ def load_cfw(path: str) -> CFWModel:
 
 
 def check_cfw_layout(vae: dict[str, torch.Tensor], fusion: dict[str, torch.Tensor], name: str) -> CFWLayers:
-    """A CFW file's tensors checked as :func:`check_cfw_tensors` does, and its SD-VAE tensors (if any) tensor by
-    tensor against ComfyUI's VAE of the sizes they give."""
-    layers = check_cfw_tensors(vae, fusion, name)
+    """A CFW file's tensors checked as :func:`cfw_layout` does, and its SD-VAE tensors (if any) tensor by tensor
+    against ComfyUI's VAE of the sizes they give."""
+    layers = cfw_layout(vae, fusion, name)
     if vae:
         config, embed_dim = vae_config(vae, name)
         with torch.device("meta"):

@@ -178,13 +178,17 @@ def check_fusion_fits(layers: CFWLayers, widths: dict[int, int], what: str, name
                                           f"{found}; StableSR's CFW needs the SD 2.1 VAE layout (SD 1.x/2.x VAE).")
 
 
-def check_cfw_tensors(vae: dict[str, torch.Tensor], fusion: dict[str, torch.Tensor], name: str) -> CFWLayers:
-    """Every tensor finite, the fusion layers (on the meta device) checked by name and shape, and the SD-VAE
-    part (if any) complete enough to give its sizes, which must fit the fusion layers. ``host/cfw_decode.py``
-    also checks the VAE part tensor by tensor against ComfyUI's VAE."""
+def check_cfw_finite(vae: dict[str, torch.Tensor], fusion: dict[str, torch.Tensor], name: str) -> None:
+    """Every tensor of a CFW file free of NaN and infinity."""
     if bad := non_finite_tensors({**vae, **{f"decoder.{k}": v for k, v in fusion.items()}}):
         raise StableSRCheckpointError(f"{name}: {len(bad)} tensor(s) hold NaN or infinite values ({names(bad, 4)}); "
                                       f"the file is damaged. Download it again.")
+
+
+def cfw_layout(vae: dict[str, torch.Tensor], fusion: dict[str, torch.Tensor], name: str) -> CFWLayers:
+    """The fusion layers (on the meta device) checked by name and shape, and the SD-VAE part (if any) complete
+    enough to give its sizes, which must fit the fusion layers. ``host/cfw_decode.py`` also checks the VAE part
+    tensor by tensor against ComfyUI's VAE."""
     layers = fusion_layout(fusion, name)
     if vae:
         config, _ = vae_config(vae, name)
