@@ -1,12 +1,12 @@
 """Low-RAM weight files: a SUPIR, StableSR or CFW file rewritten as a new ``.safetensors`` file that holds only the
 tensors the pack reads, in a chosen storage dtype.
 
-The official files are pickles (``.ckpt``): loading one builds every tensor in memory. A safetensors file is
-memory-mapped instead, so its pages are shared with the page cache and read as they are used, and with the
-storage dtype the loader will use (fp16 for most GPUs) nothing is converted at load time either. The rewrite
-also leaves out what the pack never reads: StableSR's checkpoint is a whole SD 2.1 (about 5 GB), of which the
-pack reads the time-aware encoder and the SPADE layers (105.5M parameters); the CFW file's training loss;
-SUPIR's unused ``mask_LQ``. Every tensor is checked by name, shape and finiteness first, as the loaders do.
+The official files hold fp32 tensors: loaded for fp16 or fp8 storage, each tensor is read and converted into a new
+copy in memory (2.7 GB for SUPIR at fp16). A file already in the storage dtype the loader uses is memory-mapped and
+used in place: its pages are shared with the page cache, read as they are used, and never copied. The rewrite also
+leaves out what the pack never reads: StableSR's checkpoint is a whole SD 2.1 (about 5 GB), of which the pack reads
+the time-aware encoder and the SPADE layers (105.5M parameters); the CFW file's training loss; SUPIR's unused
+``mask_LQ``. Every tensor is checked by name, shape and finiteness first, as the loaders check them.
 
 Keys keep the official names, so other SUPIR and StableSR loaders read the new files too::
 
