@@ -5,6 +5,7 @@ from comfy_api.latest import ComfyExtension
 from .benchmark_nodes import NODES as BENCHMARK_NODES
 from .caption_nodes import NODES as CAPTION_NODES
 from .cfw_nodes import NODES as CFW_NODES
+from .convert_nodes import NODES as CONVERT_NODES
 from .degradation_nodes import NODES as DEGRADATION_NODES
 from .folders import register_model_folder
 from .image_nodes import NODES as IMAGE_NODES
@@ -22,7 +23,7 @@ class SUPIRRestoreExtension(ComfyExtension):
     async def get_node_list(self):
         return [*SUPIR_NODES, *PROMPT_NODES, *SAMPLING_NODES, *TILING_NODES, *UPSCALE_NODES, *DEGRADATION_NODES,
                 *BENCHMARK_NODES, *IMAGE_NODES, *LORA_NODES, *TRAINING_NODES, *CAPTION_NODES, *STABLESR_NODES,
-                *CFW_NODES]
+                *CFW_NODES, *CONVERT_NODES]
 
 
 async def comfy_entrypoint() -> ComfyExtension:

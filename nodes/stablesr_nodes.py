@@ -10,10 +10,10 @@ from ..supir.host.stablesr import apply_stablesr, load_stablesr
 from ..supir.host.stablesr_restore import (restore_stablesr, stablesr_conditioning, stablesr_sampler,
                                            stablesr_sigmas)
 from ..supir.host.stablesr_upscale import stablesr_upscale
-from ..supir.host.supir_loader import STORAGE_DTYPES
 from ..supir.host.upscale import COLOUR_FIX_CHOICES
 from ..supir.image.resize import RESIZE_METHODS
 from ..supir.stablesr.sampling import (NEGATIVE_PROMPT, SAMPLERS, STABLESR_PRESETS, START_MODES, StableSRSettings)
+from ..supir.weights import STORAGE_DTYPES
 from .cfw_nodes import CFWType
 
 StableSRModelType = io.Custom("STABLESR_MODEL")

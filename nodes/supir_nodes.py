@@ -6,9 +6,10 @@ from comfy_api.latest import io
 
 from ..supir.checks import check_finite_image, check_finite_latent
 from ..supir.host.lq_encode import TILED_VAES, encode_lq, lq_vae
-from ..supir.host.supir_loader import STORAGE_DTYPES, load_supir
+from ..supir.host.supir_loader import load_supir
 from ..supir.host.unet_patch import apply_supir
 from ..supir.model.checkpoint import looks_like_supir
+from ..supir.weights import STORAGE_DTYPES
 
 SUPIRModelType = io.Custom("SUPIR_MODEL")
 CATEGORY = "supir"

@@ -25,6 +25,10 @@ def check_file_name(name: str, what: str, suffix: str = "") -> None:
                          "the file system refuses or mangles); remove it.")
     if name in (".", ".."):
         raise ValueError(f"{what} {name!r} is not a file name; give a name such as 'my_restoration'.")
+    if "/" in name or "\\" in name:
+        example = re.split(r"[/\\]", name)[-1].strip(".") or "my_restoration"
+        raise ValueError(f"{what} {name!r} holds a folder separator; give a file name without folders, e.g. "
+                         f"{example!r}.")
     size = len((name + suffix).encode("utf-8"))
     if size > NAME_MAX:
         room = NAME_MAX - len(suffix.encode("utf-8"))
@@ -56,6 +60,8 @@ def non_finite_count(tensor: torch.Tensor) -> int:
     """How many values of ``tensor`` are NaN or infinite (0 for integer and boolean tensors)."""
     if not (tensor.is_floating_point() or tensor.is_complex()):
         return 0
+    if tensor.dtype.itemsize == 1:  # fp8: torch has no isfinite for it; fp16 holds every fp8 value, NaN and inf
+        tensor = tensor.to(torch.float16)
     return int((~torch.isfinite(tensor)).sum())
 
 

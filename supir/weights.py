@@ -6,6 +6,7 @@ so code or foreign objects in it are refused, never run. Every error names the f
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -13,6 +14,8 @@ import re
 import torch
 
 SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
+STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                  "fp8_e4m3fn": torch.float8_e4m3fn}
 
 
 class WeightsFileError(ValueError):
@@ -131,3 +134,68 @@ def names(keys: list, most: int = 8) -> str:
     """The first ``most`` of ``keys``, and how many more there are."""
     shown = ", ".join(keys[:most])
     return shown + (f" … (+{len(keys) - most} more)" if len(keys) > most else "")
+
+
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
+                       torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                       torch.bool: "BOOL"}
+
+
+def write_new_safetensors(path: str, tensors: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
+                          metadata: dict[str, str] | None = None) -> int:
+    """Write ``tensors`` to a new safetensors file at ``path``, floating-point ones cast to ``dtype`` (None keeps
+    each tensor's own), one tensor at a time: memory-mapped sources are paged in and written without a second
+    copy of the whole file in memory. The file appears at ``path`` only when complete, and never replaces one that
+    exists. Returns the bytes written.
+
+    Raises:
+        FileExistsError: ``path`` exists (before anything is written, and again if one appeared meanwhile).
+    """
+    if os.path.lexists(path):
+        raise _exists(path)
+
+    def stored(t: torch.Tensor) -> torch.dtype:
+        return dtype if dtype is not None and t.is_floating_point() else t.dtype
+
+    header, offset = {}, 0
+    for key, t in tensors.items():
+        if stored(t) not in _SAFETENSORS_DTYPES:
+            raise WeightsFileError(f"{key}: tensors of type {stored(t)} cannot be stored in a safetensors file.")
+        size = t.numel() * stored(t).itemsize
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[stored(t)], "shape": list(t.shape),
+                       "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = metadata
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+
+    partial = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.partial")
+    try:
+        with open(partial, "xb") as f:
+            f.write(len(encoded).to_bytes(8, "little") + encoded)
+            for key, t in tensors.items():
+                data = t.detach().to("cpu", stored(t)).contiguous().reshape(-1)
+                f.write(memoryview(data.view(torch.uint8).numpy()))
+        _publish(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return len(encoded) + 8 + offset
+
+
+def _publish(partial: str, path: str) -> None:
+    """Give the finished ``partial`` file its name ``path``, failing rather than replacing a file of that name."""
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        raise _exists(path) from None
+    except OSError:  # file systems without hard links (FAT, some network shares): rename, having checked
+        if os.path.lexists(path):
+            raise _exists(path) from None
+        os.rename(partial, path)
+
+
+def _exists(path: str) -> FileExistsError:
+    return FileExistsError(f"{path}: a file of that name exists and is never overwritten; choose another name.")

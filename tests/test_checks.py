@@ -58,5 +58,8 @@ def test_non_finite_images_and_latents_are_errors_naming_the_input(bad):
 
 def test_non_finite_tensors_are_listed_by_name_and_integers_are_ignored():
     tensors = {"a": torch.ones(2), "b": torch.tensor([1.0, math.nan], dtype=torch.float16),
-               "c": torch.arange(3), "d": torch.tensor([math.inf], dtype=torch.bfloat16)}
-    assert non_finite_tensors(tensors) == ["b", "d"]
+               "c": torch.arange(3), "d": torch.tensor([math.inf], dtype=torch.bfloat16),
+               "fp8": torch.tensor([0.5, 448.0], dtype=torch.float8_e4m3fn),
+               "fp8_nan": torch.tensor([0.5, math.nan], dtype=torch.float8_e4m3fn),
+               "fp8_inf": torch.tensor([math.inf], dtype=torch.float8_e5m2)}
+    assert non_finite_tensors(tensors) == ["b", "d", "fp8_nan", "fp8_inf"]

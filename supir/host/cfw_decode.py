@@ -28,13 +28,11 @@ import comfy.utils
 from comfy.ldm.models.autoencoder import AutoencoderKL
 from comfy.ldm.modules.diffusionmodules.model import Decoder, Encoder
 
-from ..checks import non_finite_tensors
 from ..image.io import as_rgb
-from ..stablesr.cfw import (CFWLayers, check_fusion_fits, fusion_layout, split_cfw_state_dict, vae_config)
-from ..stablesr.checkpoint import StableSRCheckpointError
+from ..stablesr.cfw import CFWLayers, cfw_layout, check_cfw_finite, check_fusion_fits, split_cfw_state_dict, vae_config
 from ..tiling.grid import blend_tiles, tile_grid
-from ..weights import check_layout, names, read_state_dict
-from .supir_loader import STORAGE_DTYPES, managed_network
+from ..weights import STORAGE_DTYPES, check_layout, read_state_dict
+from .supir_loader import managed_network
 
 VAE_WEIGHTS = ("cfw_file", "vae")
 MIN_TILE = 64  # pixels: 8 latent pixels
@@ -64,9 +62,7 @@ def load_cfw(path: str) -> CFWModel:
     stored in ComfyUI's VAE precision for the device (``--fp32-vae``/``--bf16-vae`` apply)."""
     name = os.path.basename(path)
     vae, fusion = split_cfw_state_dict(read_state_dict(path), name)
-    if bad := non_finite_tensors({**vae, **{f"decoder.{k}": v for k, v in fusion.items()}}):
-        raise StableSRCheckpointError(f"{name}: {len(bad)} tensor(s) hold NaN or infinite values ({names(bad, 4)}); "
-                                      f"the file is damaged. Download it again.")
+    check_cfw_finite(vae, fusion, name)
     check_cfw_layout(vae, fusion, name)
     shapes = {k: tuple(v.shape) for k, v in fusion.items()}
     dtype = mm.vae_dtype(mm.get_torch_device(), [torch.bfloat16, torch.float32])
@@ -76,16 +72,15 @@ def load_cfw(path: str) -> CFWModel:
 
 
 def check_cfw_layout(vae: dict[str, torch.Tensor], fusion: dict[str, torch.Tensor], name: str) -> CFWLayers:
-    """The fusion layers (on the meta device) of a CFW file's tensors, checked by name and shape; its SD-VAE
-    tensors (if any) against ComfyUI's VAE of the sizes they give, whose levels must fit the fusion layers."""
-    layers = fusion_layout(fusion, name)
+    """A CFW file's tensors checked as :func:`cfw_layout` does, and its SD-VAE tensors (if any) tensor by tensor
+    against ComfyUI's VAE of the sizes they give."""
+    layers = cfw_layout(vae, fusion, name)
     if vae:
         config, embed_dim = vae_config(vae, name)
         with torch.device("meta"):
             reference = AutoencoderKL(ddconfig=config, embed_dim=embed_dim)
         check_layout({k: v.shape for k, v in reference.state_dict().items()}, {k: v.shape for k, v in vae.items()},
                      "SD VAE (ComfyUI's VAE of the sizes these tensors give)", name)
-        check_fusion_fits(layers, {i: config["ch"] * m for i, m in enumerate(config["ch_mult"])}, "its VAE", name)
     return layers
 
 

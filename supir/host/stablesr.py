@@ -21,12 +21,10 @@ from torch import nn
 
 import comfy.patcher_extension
 
-from ..checks import non_finite_tensors
-from ..stablesr.checkpoint import (SPADELayers, StableSRCheckpointError, encoder_layout, spade_layout, spade_widths,
-                                   split_stablesr_state_dict)
+from ..stablesr.checkpoint import SPADELayers, check_stablesr_weights, spade_widths, split_stablesr_state_dict
 from ..stablesr.encoder import TimeAwareEncoder
 from ..stablesr.sampling import TIMESTEP_KEY
-from ..weights import names, read_state_dict
+from ..weights import read_state_dict
 from .supir_loader import managed_network
 from .tiled_aggregation import TILES_KEY, batched_like_call
 
@@ -62,11 +60,7 @@ def load_stablesr(path: str, weight_dtype: str = "auto") -> StableSRModel:
     derived from the shapes); ``weight_dtype`` as for SUPIR files."""
     name = os.path.basename(path)
     weights = split_stablesr_state_dict(read_state_dict(path), name)
-    if bad := non_finite_tensors({**weights.encoder, **weights.spade}):
-        raise StableSRCheckpointError(f"{name}: {len(bad)} tensor(s) hold NaN or infinite values ({names(bad, 4)}); "
-                                      f"the file is damaged and would turn every restoration black. Download it "
-                                      f"again.")
-    encoder, spade = encoder_layout(weights.encoder, name), spade_layout(weights.spade, name)
+    encoder, spade = check_stablesr_weights(weights, name)
     shared = weights.spade[f"{spade.paths[0]}.spade.mlp_shared.0.weight"].shape
 
     def build(**kw) -> StableSRNet:

@@ -15,14 +15,9 @@ import comfy.ldm.modules.attention as comfy_attention
 
 from ..model.checkpoint import load_supir_weights
 from ..model.control import SUPIRControl
+from ..weights import STORAGE_DTYPES
 from .versions import core_model_patcher
 
-STORAGE_DTYPES = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "fp8_e4m3fn": torch.float8_e4m3fn,
-}
 
 
 def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:

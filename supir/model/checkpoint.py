@@ -146,6 +146,11 @@ def load_supir_weights(path: str) -> tuple[SUPIRWeights, SUPIRControl]:
     """Read and fully validate a SUPIR file. Returns its tensors and the (meta-device) network they fit."""
     name = os.path.basename(path)
     weights = split_supir_state_dict(read_state_dict(path), name)
+    return weights, check_supir_weights(weights, name)
+
+
+def check_supir_weights(weights: SUPIRWeights, name: str) -> SUPIRControl:
+    """Every tensor finite and fitting the network its shapes describe; returns that network on the meta device."""
     if bad := non_finite_tensors(weights.control | {f"denoise_encoder.{k}": v
                                                     for k, v in weights.denoise_encoder.items()}):
         raise SUPIRCheckpointError(f"{name}: {len(bad)} tensor(s) hold NaN or infinite values ({names(bad, 4)}); "
@@ -153,4 +158,4 @@ def load_supir_weights(path: str) -> tuple[SUPIRWeights, SUPIRControl]:
     net = control_layout(weights.control, name)
     check_layout(vae_encoder_layout(weights.denoise_encoder),
                  {k: v.shape for k, v in weights.denoise_encoder.items()}, "denoise encoder", name)
-    return weights, net
+    return net

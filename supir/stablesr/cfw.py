@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..weights import check_layout, count_indexed
+from ..checks import non_finite_tensors
+from ..weights import check_layout, count_indexed, names
 from .checkpoint import ENCODER_PREFIX, StableSRCheckpointError
 
 FUSION_PREFIX = "decoder.fusion_layer_"
@@ -175,3 +176,21 @@ def check_fusion_fits(layers: CFWLayers, widths: dict[int, int], what: str, name
             found = f"{widths[level]} channels at level {level}" if level in widths else f"no level {level}"
             raise StableSRCheckpointError(f"{name}: fusion_layer_{level} is {expected} channels wide but {what} has "
                                           f"{found}; StableSR's CFW needs the SD 2.1 VAE layout (SD 1.x/2.x VAE).")
+
+
+def check_cfw_finite(vae: dict[str, torch.Tensor], fusion: dict[str, torch.Tensor], name: str) -> None:
+    """Every tensor of a CFW file free of NaN and infinity."""
+    if bad := non_finite_tensors({**vae, **{f"decoder.{k}": v for k, v in fusion.items()}}):
+        raise StableSRCheckpointError(f"{name}: {len(bad)} tensor(s) hold NaN or infinite values ({names(bad, 4)}); "
+                                      f"the file is damaged. Download it again.")
+
+
+def cfw_layout(vae: dict[str, torch.Tensor], fusion: dict[str, torch.Tensor], name: str) -> CFWLayers:
+    """The fusion layers (on the meta device) checked by name and shape, and the SD-VAE part (if any) complete
+    enough to give its sizes, which must fit the fusion layers. ``host/cfw_decode.py`` also checks the VAE part
+    tensor by tensor against ComfyUI's VAE."""
+    layers = fusion_layout(fusion, name)
+    if vae:
+        config, _ = vae_config(vae, name)
+        check_fusion_fits(layers, {i: config["ch"] * m for i, m in enumerate(config["ch_mult"])}, "its VAE", name)
+    return layers

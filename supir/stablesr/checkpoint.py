@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..weights import check_layout
+from ..checks import non_finite_tensors
+from ..weights import check_layout, names
 from .encoder import EncoderConfig, TimeAwareEncoder
 from .spade import HIDDEN, SPADE
 
@@ -129,3 +130,12 @@ def spade_layout(spade: dict[str, torch.Tensor], name: str = "checkpoint") -> SP
     check_layout({k: v.shape for k, v in layers.state_dict().items()}, {k: v.shape for k, v in spade.items()},
                  "SPADE layers", name)
     return layers
+
+
+def check_stablesr_weights(weights: StableSRWeights, name: str) -> tuple[TimeAwareEncoder, SPADELayers]:
+    """Every SR tensor finite and fitting the encoder and SPADE layers its shapes describe (on the meta device)."""
+    if bad := non_finite_tensors({**weights.encoder, **weights.spade}):
+        raise StableSRCheckpointError(f"{name}: {len(bad)} tensor(s) hold NaN or infinite values ({names(bad, 4)}); "
+                                      f"the file is damaged and would turn every restoration black. Download it "
+                                      f"again.")
+    return encoder_layout(weights.encoder, name), spade_layout(weights.spade, name)

@@ -109,9 +109,11 @@ def seeded_init_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-def tiny_sdxl(seed: int = 0, unet_config=None, model_class=TinySDXL):
+def tiny_sdxl(seed: int = 0, unet_config=None, model_class=TinySDXL, storage=torch.float32):
+    """A tiny SDXL MODEL; ``storage`` other than fp32 stores its weights so and computes in fp32 (ComfyUI's
+    manual cast, as ``weight_dtype`` / ``--fp8_e4m3fn-unet`` set up), from the same seeded fp32 values."""
     cfg = model_class(dict(unet_config or TINY_UNET_CONFIG))
-    cfg.set_inference_dtype(torch.float32, None)
+    cfg.set_inference_dtype(storage, None if storage == torch.float32 else torch.float32)
     model = cfg.get_model({})
     seeded_init_(model.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(model, mm.get_torch_device(), mm.unet_offload_device())
@@ -165,10 +167,11 @@ class TinySD21V(TinySD21):
         return comfy.model_base.ModelType.V_PREDICTION
 
 
-def tiny_sd21(seed: int = 0, v_prediction: bool = False):
-    """An SD 2.1-layout UNet (four levels, linear transformers, context 1024) at 32 base channels."""
+def tiny_sd21(seed: int = 0, v_prediction: bool = False, storage=torch.float32):
+    """An SD 2.1-layout UNet (four levels, linear transformers, context 1024) at 32 base channels; ``storage`` as
+    for :func:`tiny_sdxl`."""
     cfg = (TinySD21V if v_prediction else TinySD21)(dict(TINY_SD21_UNET_CONFIG))
-    cfg.set_inference_dtype(torch.float32, None)
+    cfg.set_inference_dtype(storage, None if storage == torch.float32 else torch.float32)
     model = cfg.get_model({})
     seeded_init_(model.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(model, mm.get_torch_device(), mm.unet_offload_device())
