@@ -10,7 +10,7 @@ from ..supir.image.resize import MAX_SIDE, MULTIPLES, RESIZE_METHODS, resize_ima
 CATEGORY = "supir/image"
 COLOUR_FIX_TOOLTIP = (
     "wavelet: local colour from the reference, detail from the image (SUPIR's default). wavelet_adaptive: wavelet "
-    "without bright halos around contours the reference lost. adain: per-channel RGB mean and spread. lab: the "
+    "with the halos around contours the reference lost kept faint. adain: per-channel RGB mean and spread. lab: the "
     "same in CIELAB (Reinhard). mkl: mean and full colour covariance in CIELAB (Monge-Kantorovich linear). "
     "histogram: each RGB channel's whole distribution.")
 METHOD_TOOLTIP = ("Resampling filter: lanczos (sharpest, for enlarging), bicubic or bilinear (antialiased when "
@@ -27,7 +27,7 @@ class SUPIRColorFix(io.ComfyNode):
             description="Gives the restored image the colours of a reference, normally the stage-1 image from SUPIR "
                         "LQ Encode. wavelet keeps the restored detail and takes the large-scale colour (a low-pass "
                         "of about 13 px) from the reference; wavelet_adaptive does the same but limits how far one "
-                        "pixel can pull its neighbours, so no bright halos form where the reference lost detail; "
+                        "pixel can pull its neighbours, so halos stay faint where the reference lost detail; "
                         "adain, lab, mkl and histogram match global colour statistics (as ComfyUI's Color "
                         "Transfer). The reference is resized to the image first; an RGBA image keeps its alpha.",
             inputs=[
