@@ -8,6 +8,11 @@ from ..supir.image.colour import COLOUR_FIXES, colour_fix
 from ..supir.image.resize import MAX_SIDE, MULTIPLES, RESIZE_METHODS, resize_image, sampling_size, scaled_size
 
 CATEGORY = "supir/image"
+COLOUR_FIX_TOOLTIP = (
+    "wavelet: local colour from the reference, detail from the image (SUPIR's default). wavelet_adaptive: wavelet "
+    "with the halos around contours the reference lost kept faint. adain: per-channel RGB mean and spread. lab: the "
+    "same in CIELAB (Reinhard). mkl: mean and full colour covariance in CIELAB (Monge-Kantorovich linear). "
+    "histogram: each RGB channel's whole distribution.")
 METHOD_TOOLTIP = ("Resampling filter: lanczos (sharpest, for enlarging), bicubic or bilinear (antialiased when "
                   "shrinking), area (box average, for shrinking).")
 
@@ -21,15 +26,16 @@ class SUPIRColorFix(io.ComfyNode):
             category=CATEGORY,
             description="Gives the restored image the colours of a reference, normally the stage-1 image from SUPIR "
                         "LQ Encode. wavelet keeps the restored detail and takes the large-scale colour (a low-pass "
-                        "of about 13 px) from the reference; adain matches each channel's mean and spread. The "
-                        "reference is resized to the image first; an RGBA image keeps its alpha.",
+                        "of about 13 px) from the reference; wavelet_adaptive does the same but limits how far one "
+                        "pixel can pull its neighbours, so halos stay faint where the reference lost detail; "
+                        "adain, lab, mkl and histogram match global colour statistics (as ComfyUI's Color "
+                        "Transfer). The reference is resized to the image first; an RGBA image keeps its alpha.",
             inputs=[
                 io.Image.Input("image", tooltip="The restored image (grey, RGB or RGBA)."),
                 io.Image.Input("reference", tooltip="The image with the right colours (the stage-1 image), one for "
                                                     "the whole batch or one per image; any size."),
                 io.Combo.Input("method", options=list(COLOUR_FIXES), default="wavelet",
-                               tooltip="wavelet: local colour from the reference, detail from the image (SUPIR's "
-                                       "default). adain: global per-channel mean and standard deviation only."),
+                               tooltip=COLOUR_FIX_TOOLTIP),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="1 applies the full correction, 0 none; in between blends linearly."),
             ],

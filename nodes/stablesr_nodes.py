@@ -15,6 +15,7 @@ from ..supir.image.resize import RESIZE_METHODS
 from ..supir.stablesr.sampling import (NEGATIVE_PROMPT, SAMPLERS, STABLESR_PRESETS, START_MODES, StableSRSettings)
 from ..supir.weights import STORAGE_DTYPES
 from .cfw_nodes import CFWType
+from .image_nodes import COLOUR_FIX_TOOLTIP
 
 StableSRModelType = io.Custom("STABLESR_MODEL")
 CATEGORY = "supir/stablesr"
@@ -232,7 +233,8 @@ class StableSRUpscale(io.ComfyNode):
                                      "256 for 512 tiles)."),
                 io.Combo.Input("colour_fix", options=list(COLOUR_FIX_CHOICES), default="adain",
                                tooltip="Colour correction against the upscaled input (adain for 200 steps, wavelet "
-                                       "for Turbo and DDIM, as StableSR's README)."),
+                                       "for Turbo and DDIM, as StableSR's README; none: no correction). "
+                                       + COLOUR_FIX_TOOLTIP),
                 io.Combo.Input("resize_method", options=list(RESIZE_METHODS), default="bicubic",
                                tooltip="Interpolation of the upscale (official: bicubic) and the final resize."),
                 CFWType.Input("cfw", optional=True,

@@ -7,6 +7,7 @@ from ..supir.checks import check_finite_image
 from ..supir.host.upscale import COLOUR_FIX_CHOICES, upscale_and_restore
 from ..supir.image.resize import MULTIPLES, RESIZE_METHODS
 from ..supir.sampling.samplers import RESTORE_PRESETS
+from .image_nodes import COLOUR_FIX_TOOLTIP
 from .supir_nodes import SUPIRModelType
 
 
@@ -40,7 +41,8 @@ class SUPIRUpscaleRestore(io.ComfyNode):
                 io.Int.Input("tile_stride", default=512, min=64, max=8192, step=64,
                              tooltip="Distance between tiles in pixels; at most tile_size."),
                 io.Combo.Input("colour_fix", options=list(COLOUR_FIX_CHOICES), default="wavelet",
-                               tooltip="Colour correction against the stage-1 image (official: wavelet)."),
+                               tooltip="Colour correction against the stage-1 image (official: wavelet; none: "
+                                       "no correction). " + COLOUR_FIX_TOOLTIP),
                 io.Combo.Input("multiple", options=[str(m) for m in MULTIPLES], default="64",
                                tooltip="Sampling sizes are rounded to this multiple (64 as the official scripts)."),
                 io.Combo.Input("resize_method", options=list(RESIZE_METHODS), default="lanczos",

@@ -17,7 +17,8 @@ from .supir_loader import SUPIRModel
 from .tiled_aggregation import apply_tiled_aggregation
 from .unet_patch import apply_supir
 
-COLOUR_FIX_CHOICES = (*COLOUR_FIXES, "none")
+# the choices saved workflows hold first, in their order; methods added later are appended
+COLOUR_FIX_CHOICES = ("wavelet", "adain", "none", *(m for m in COLOUR_FIXES if m not in ("wavelet", "adain")))
 
 
 def upscale_and_restore(model, clip, vae, supir: SUPIRModel, image: torch.Tensor, scale: float = 2.0,

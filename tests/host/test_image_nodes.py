@@ -35,7 +35,7 @@ def test_resize_node_outputs_the_sampling_image_and_the_exact_target_size():
         run_node(SUPIRResize, image=image, scale_by=0.005, multiple="64", method="area")
 
 
-@pytest.mark.parametrize("method", ["wavelet", "adain"])
+@pytest.mark.parametrize("method", list(colour.COLOUR_FIXES))
 def test_resize_colour_fix_and_resize_back_gives_the_exact_target_size(method):
     lq = torch.cat([photo(1, 61, 83), photo(2, 61, 83)])
     resized, width, height = run_node(SUPIRResize, image=lq, scale_by=1.5, multiple="32", method="lanczos").result
@@ -46,6 +46,19 @@ def test_resize_colour_fix_and_resize_back_gives_the_exact_target_size(method):
     assert (fixed - resized).abs().mean() < 0.5 * (restored - resized).abs().mean()
     final = run_node(SUPIRResizeTo, image=fixed, width=width, height=height, method="lanczos").result[0]
     assert final.shape == (2, 92, 125, 3) and (width, height) == (125, 92)
+
+
+def test_colour_choices_keep_the_saved_ones_first_and_their_defaults():
+    """Saved workflows hold a colour fix by name: the old names stay, in their order, with the old defaults, and the
+    methods added since come after them."""
+    from supir_restore.nodes.stablesr_nodes import StableSRUpscale
+    from supir_restore.nodes.upscale_nodes import SUPIRUpscaleRestore
+    added = ["lab", "mkl", "histogram", "wavelet_adaptive"]
+    for node, name, saved, default in ((SUPIRColorFix, "method", ["wavelet", "adain"], "wavelet"),
+                                       (SUPIRUpscaleRestore, "colour_fix", ["wavelet", "adain", "none"], "wavelet"),
+                                       (StableSRUpscale, "colour_fix", ["wavelet", "adain", "none"], "adain")):
+        kind, settings = node.GET_NODE_INFO_V1()["input"]["required"][name]
+        assert kind == "COMBO" and settings["options"] == saved + added and settings["default"] == default, node
 
 
 def test_colour_fix_node_keeps_alpha_and_blends_by_strength():

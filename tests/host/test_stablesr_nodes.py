@@ -49,6 +49,19 @@ def test_upscale_gives_the_exact_size_and_equals_the_separate_nodes(sd21, stable
     torch.testing.assert_close(out, decoded, atol=2e-3, rtol=0)  # the preset, not the Custom values, was used
 
 
+@pytest.mark.parametrize("method", ["mkl", "wavelet_adaptive"])
+def test_upscale_takes_the_added_colour_fixes(sd21, stablesr, method):
+    model, clip, vae = sd21
+    image = smooth_photo(24, 40, seed=1)
+    runs = {fix: run_node(StableSRUpscale, model=model, clip=clip, vae=vae, stablesr=stablesr, image=image,
+                          scale=2.0, preset=TURBO, seed=3, tile_size=64, tile_stride=32, colour_fix=fix,
+                          resize_method="bicubic").result[0] for fix in (method, "none")}
+    assert runs[method].shape == (1, 48, 80, 3) and torch.isfinite(runs[method]).all()
+    # the tiny random models drift far from the input's colours; the fix pulls the mean colour back
+    target = image.mean((1, 2))
+    assert (runs[method].mean((1, 2)) - target).abs().max() < (runs["none"].mean((1, 2)) - target).abs().max()
+
+
 def test_prompts_are_passed_literally_unless_asked(sd21):
     clip = sd21[1]
     assert escape_prompt("(worst quality:2)") == "\\(worst quality:2\\)"

@@ -6,6 +6,7 @@ pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFY
 import torch  # noqa: E402
 
 from supir_restore.nodes.upscale_nodes import SUPIRUpscaleRestore  # noqa: E402
+from supir_restore.supir.image.colour import colour_fix  # noqa: E402
 
 
 def run(tiny_model, tiny_clip, tiny_vae, tiny_supir, image, scale, seed=0, tile=1024, colour="wavelet"):
@@ -30,6 +31,16 @@ def test_colour_fix_pulls_toward_the_stage1_colours(tiny_model, tiny_clip, tiny_
     raw, _ = run(tiny_model, tiny_clip, tiny_vae, tiny_supir, image, 2.0, colour="none")
     target = stage1.mean(dim=(1, 2))
     assert (fixed.mean(dim=(1, 2)) - target).abs().max() < (raw.mean(dim=(1, 2)) - target).abs().max()
+
+
+@pytest.mark.parametrize("method", ["lab", "mkl", "histogram", "wavelet_adaptive"])
+def test_every_colour_fix_is_the_fix_of_the_uncorrected_result(tiny_model, tiny_clip, tiny_vae, tiny_supir, method):
+    image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(1))
+    fixed, stage1 = run(tiny_model, tiny_clip, tiny_vae, tiny_supir, image, 2.0, colour=method)
+    raw, _ = run(tiny_model, tiny_clip, tiny_vae, tiny_supir, image, 2.0, colour="none")
+    # 32 px x2 samples at exactly 64 px: the final resize keeps the size, so the fix is all that differs
+    torch.testing.assert_close(fixed, colour_fix(raw, stage1, method), rtol=0, atol=1e-5)
+    assert (fixed - raw).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("tile, stride, problem", [(512, 1024, r"tile_stride \(1024 px\) must be between 8 px and "
