@@ -32,12 +32,11 @@ from ..checks import non_finite_tensors
 from ..image.io import as_rgb
 from ..stablesr.cfw import (CFWLayers, check_fusion_fits, fusion_layout, split_cfw_state_dict, vae_config)
 from ..stablesr.checkpoint import StableSRCheckpointError
-from ..tiling.grid import blend_tiles, tile_grid
+from ..tiling.grid import blend_tiles, check_vae_tile, tile_grid
 from ..weights import check_layout, names, read_state_dict
 from .supir_loader import STORAGE_DTYPES, managed_network
 
 VAE_WEIGHTS = ("cfw_file", "vae")
-MIN_TILE = 64  # pixels: 8 latent pixels
 
 
 class CFWMismatchError(ValueError):
@@ -185,9 +184,7 @@ def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor
     [0,1], the upscaled LR image StableSR restored; 8 is the SD VAE's scale) at fidelity weight ``w`` (0: the
     plain VAE decode). ``tile_size`` (pixels): 0 decodes the whole image at once; from 64 up, overlapping tiles of
     that size. Returns IMAGE [B,8h,8w,3] in [0,1]."""
-    if tile_size != 0 and tile_size < MIN_TILE:
-        raise ValueError(f"tile_size ({tile_size} px) must be 0 (whole image) or at least {MIN_TILE} px; 512 px "
-                         f"is a good start")
+    check_vae_tile(tile_size)
     vae = cfw_vae(cfw, vae, vae_weights)
     pixels = vae.vae_encode_crop_pixels(as_rgb(lr_image))
     ratio = vae.upscale_ratio
