@@ -1,0 +1,54 @@
+"""Tier 2: inputs every node of the pack checks alike, run in-process on every registered node, so a node added later
+is covered too."""
+import asyncio
+
+import pytest
+
+pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
+
+import torch  # noqa: E402
+
+from supir_restore.nodes import comfy_entrypoint  # noqa: E402
+from host_helpers import run_node  # noqa: E402
+
+NODES = asyncio.run(asyncio.run(comfy_entrypoint()).get_node_list())
+
+
+def inputs_of(cls) -> dict[str, tuple]:
+    """Every input of the node: name -> (type, options)."""
+    info = cls.GET_NODE_INFO_V1()["input"]
+    return {name: (spec[0], spec[1] if len(spec) > 1 else {})
+            for group in ("required", "optional") for name, spec in info.get(group, {}).items()}
+
+
+def stand_in(kind, options):
+    """A widget's default (the first choice of a list), a small valid image or latent, or None for a model or other
+    object: a node that reaches its work with a None model fails with another error than the one asserted."""
+    if kind == "IMAGE":
+        return torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    if kind == "LATENT":
+        return {"samples": torch.zeros(1, 4, 8, 8)}
+    if "default" in options:
+        return options["default"]
+    if kind == "COMBO":
+        return (options.get("options") or [None])[0]
+    return None
+
+
+def stand_in_inputs(cls, **given) -> dict:
+    inputs = {n: stand_in(kind, options) for n, (kind, options) in inputs_of(cls).items()} | given
+    return {n: [v] for n, v in inputs.items()} if cls.INPUT_IS_LIST else inputs
+
+
+IMAGE_INPUTS = [(cls, name) for cls in NODES for name, (kind, _) in inputs_of(cls).items() if kind == "IMAGE"]
+
+
+@pytest.mark.parametrize("cls, name", IMAGE_INPUTS, ids=[f"{c.__name__}.{n}" for c, n in IMAGE_INPUTS])
+def test_every_image_input_refuses_nan_and_infinity_naming_the_input(comfy_dirs, cls, name):
+    """NaN or infinite pixels (a VAE decode overflowing in fp16) are refused before any work, naming the input;
+    they used to pass through the resize nodes silently and be captioned "a"."""
+    inputs = stand_in_inputs(cls, **{name: torch.full((1, 64, 64, 3), float("nan"))})
+    with pytest.raises(ValueError, match="NaN or infinite") as error:
+        run_node(cls, **inputs)
+    shown = {"hq_images": "HQ image", "lq_images": "LQ image", "restored_images": "restored image"}.get(name, name)
+    assert shown in str(error.value)
