@@ -12,8 +12,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_file_name(name: str, what: str, suffix: str = "") -> None:
-    """``name`` is one file or folder name (no folders) that the file system takes once ``suffix`` (what the pack
-    appends, e.g. ``.safetensors``) is added: not empty, no NUL, control characters or newlines, not too long.
+    """``name`` is one file or folder name that the file system takes once ``suffix`` (what the pack appends, e.g.
+    ``.safetensors``) is added: not empty, no NUL, control characters or newlines, no folder separators, not too
+    long.
 
     Raises:
         ValueError: naming ``what`` (e.g. "lora_name"), the problem and the fix.
@@ -25,6 +26,8 @@ def check_file_name(name: str, what: str, suffix: str = "") -> None:
                          "the file system refuses or mangles); remove it.")
     if name in (".", ".."):
         raise ValueError(f"{what} {name!r} is not a file name; give a name such as 'my_restoration'.")
+    if "/" in name or "\\" in name:
+        raise ValueError(f"{what} {name[:60]!r} is one name, without folders: remove the '/' and '\\'.")
     size = len((name + suffix).encode("utf-8"))
     if size > NAME_MAX:
         room = NAME_MAX - len(suffix.encode("utf-8"))

@@ -11,7 +11,8 @@ from supir_restore.supir.checks import (check_file_name, check_filename_prefix, 
 @pytest.mark.parametrize("name, problem", [
     ("", "empty"), ("   ", "empty"), ("a\x00b", "control character"), ("two\nlines", "control character"),
     ("tab\there", "control character"), ("bell\x07", "control character"), ("..", "not a file name"),
-    ("x" * 250, "too long"), ("é" * 120, "too long"),
+    ("x" * 250, "too long"), ("é" * 120, "too long"), ("sub/name", "one name, without folders"),
+    ("..\\up", "one name, without folders"),
 ])
 def test_file_names_the_file_system_refuses_are_named_with_the_input(name, problem):
     with pytest.raises(ValueError, match=problem) as e:

@@ -71,6 +71,8 @@ def save_image(image: torch.Tensor, path: str) -> None:
 
 def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     """Crops :math:`(B, H, W, C)` at the bottom and right to sides that are multiples of ``multiple``."""
+    if multiple < 1:
+        raise ValueError(f"multiple ({multiple}) must be at least 1 (1 keeps the whole image).")
     h, w = image.shape[1] // multiple * multiple, image.shape[2] // multiple * multiple
     if h == 0 or w == 0:
         raise ValueError(f"a {image.shape[1]}x{image.shape[2]} image has no {multiple}x{multiple} part; use a smaller "
