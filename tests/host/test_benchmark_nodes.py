@@ -168,7 +168,7 @@ def test_report_node_reports_perfect_restorations_and_leaves_nothing_when_it_fai
     g = torch.Generator().manual_seed(2)
     hq = [degradation.quantize(torch.rand(1, 32, 32, 3, generator=g)) for _ in range(2)]
     summary = run_node(BenchmarkReport, **report_inputs(hq, hq, hq, ["a.png", "b.png"], 0, "perfect/r")).result[0]
-    assert "| psnr_y | inf ± 0.0000 | higher |" in summary
+    assert "| psnr_y | inf (all 2 identical to the HQ image) | higher |" in summary
     assert read_csv(comfy_dirs / "output" / "perfect" / "r_00001_" / "metrics.csv")[1]["psnr_rgb"] == "inf"
 
     with pytest.raises(ValueError, match="b.png: the restored image is 16x16"):
