@@ -133,6 +133,8 @@ def test_unreadable_images_and_small_crops_are_named(tmp_path):
     assert b.crop_to_multiple(torch.zeros(1, 70, 45, 3), 32).shape == (1, 64, 32, 3)
     with pytest.raises(ValueError, match="a 70x45 image has no 64x64 part"):
         b.crop_to_multiple(torch.zeros(1, 70, 45, 3), 64)
+    with pytest.raises(ValueError, match=r"^multiple \(0\) must be at least 1"):  # a linked INT below the schema's min
+        b.crop_to_multiple(torch.zeros(1, 70, 45, 3), 0)
 
 
 def test_perfect_restorations_report_inf_psnr(tmp_path):

@@ -36,7 +36,10 @@ def stand_in(kind, options):
 
 
 def stand_in_inputs(cls, **given) -> dict:
-    inputs = {n: stand_in(kind, options) for n, (kind, options) in inputs_of(cls).items()} | given
+    """Stand-ins for every input but the optional ones without one (an unconnected ``names``), then ``given``."""
+    optional = cls.GET_NODE_INFO_V1()["input"].get("optional", {})
+    inputs = {n: value for n, (kind, options) in inputs_of(cls).items()
+              if (value := stand_in(kind, options)) is not None or n not in optional} | given
     return {n: [v] for n, v in inputs.items()} if cls.INPUT_IS_LIST else inputs
 
 
@@ -52,3 +55,21 @@ def test_every_image_input_refuses_nan_and_infinity_naming_the_input(comfy_dirs,
         run_node(cls, **inputs)
     shown = {"hq_images": "HQ image", "lq_images": "LQ image", "restored_images": "restored image"}.get(name, name)
     assert shown in str(error.value)
+
+
+SIZES = ("tile_size", "tile_stride", "vae_tile_size", "width", "height", "resolution")
+SIZE_INPUTS = [(cls, name) for cls in NODES for name, (kind, _) in inputs_of(cls).items()
+               if kind == "INT" and name in SIZES]
+
+
+@pytest.mark.parametrize("cls, name", SIZE_INPUTS, ids=[f"{c.__name__}.{n}" for c, n in SIZE_INPUTS])
+def test_every_tile_and_size_input_refuses_a_size_below_its_least_naming_the_input(comfy_dirs, cls, name):
+    """Widget values are held to the schema's min by the server, but not its step, nor a linked INT, nor an
+    in-process call: 1 px tiles used to raise a ZeroDivisionError, 2 px a kernel-size error, and 8 to 32 px ran for
+    minutes. Every such input is checked in pixels before any work (the models here are None)."""
+    given = {name: 0 if name in ("width", "height") else 1}
+    if name == "tile_stride" and not stand_in(*inputs_of(cls)["tile_size"]):
+        given["tile_size"] = 512  # the stride is used with a tile size only
+    with pytest.raises(ValueError) as error:
+        run_node(cls, **stand_in_inputs(cls, **given))
+    assert name in str(error.value), str(error.value)
