@@ -73,3 +73,16 @@ def test_every_tile_and_size_input_refuses_a_size_below_its_least_naming_the_inp
     with pytest.raises(ValueError) as error:
         run_node(cls, **stand_in_inputs(cls, **given))
     assert name in str(error.value), str(error.value)
+
+
+SIZE_ONLY_LATENTS = {("SUPIRConditioning", "hint"), ("SUPIRCaptionVLM", "hint")}  # read for their size only
+LATENT_INPUTS = [(cls, name) for cls in NODES for name, (kind, _) in inputs_of(cls).items()
+                 if kind == "LATENT" and (cls.GET_NODE_INFO_V1()["name"], name) not in SIZE_ONLY_LATENTS]
+
+
+@pytest.mark.parametrize("cls, name", LATENT_INPUTS, ids=[f"{c.__name__}.{n}" for c, n in LATENT_INPUTS])
+def test_every_latent_input_sampled_or_decoded_refuses_nan_naming_the_input(comfy_dirs, cls, name):
+    samples = torch.zeros(1, 4, 8, 8)
+    samples[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=f"^{name} contains 1 NaN or infinite value"):
+        run_node(cls, **stand_in_inputs(cls, **{name: {"samples": samples}}))
