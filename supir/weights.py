@@ -2,7 +2,9 @@
 training checkpoints), and the check that a file's tensors fit the network they are for.
 
 ``.safetensors``/``.sft`` files hold tensors only. Anything else is read as a torch pickle with ``weights_only``,
-so code or foreign objects in it are refused, never run. Every error names the file and says what to do.
+so code or foreign objects in it are refused, never run; a file's content decides over its name (a safetensors file
+named ``.ckpt`` is read as safetensors, a pickle named ``.safetensors`` is refused as a pickle). Every error names
+the file and says what to do.
 """
 from __future__ import annotations
 
@@ -94,6 +96,10 @@ def safetensors_keys(path: str) -> list[str] | None:
 
 def _read_pickle(path: str):
     _check_exists(path)
+    if not _is_pickle(path):  # refused below would read as "holds code": say what the file is instead
+        if safetensors_keys(path) is not None:  # a safetensors file under another name: its content decides
+            return read_safetensors(path)[0]
+        raise _corrupt(path, ValueError("it starts as neither a torch file nor a safetensors file"))
     try:
         if is_safetensors(path):  # torch.load reads a path of that name as safetensors, an open file as a pickle
             with open(path, "rb") as f:

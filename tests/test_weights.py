@@ -107,6 +107,22 @@ def test_a_pickle_of_tensors_renamed_safetensors_is_named_as_such(tmp_path):
         read_state_dict(path)
 
 
+def test_a_safetensors_file_under_a_pickle_name_is_read_by_its_content(tmp_path):
+    path = str(tmp_path / "model.ckpt")
+    safetensors.torch.save_file({"w": torch.arange(3.0)}, path)
+    assert torch.equal(read_state_dict(path)["w"], torch.arange(3.0))
+
+
+def test_a_file_that_is_neither_a_pickle_nor_safetensors_is_damaged_not_code(tmp_path):
+    """Random bytes under a pickle name used to be refused as holding code."""
+    path = str(tmp_path / "model.ckpt")
+    with open(path, "wb") as f:
+        f.write(b"\x11" + os.urandom(2047))
+    with pytest.raises(CorruptWeightsError) as err:
+        read_state_dict(path)
+    assert_damaged(err.value, path)
+
+
 def test_the_safetensors_check_finds_a_truncated_file_without_reading_the_tensors(tmp_path):
     good = str(tmp_path / "good.safetensors")
     safetensors.torch.save_file(official_state_dict(), good)
