@@ -82,7 +82,10 @@ LATENT_FIX = ("the node that made it produced invalid values (often a VAE encode
 
 
 def check_finite_image(image: torch.Tensor, what: str) -> None:
-    """An IMAGE input free of NaN and infinity; ``what`` names the input (e.g. "image")."""
+    """An IMAGE input with pixels, free of NaN and infinity; ``what`` names the input (e.g. "image")."""
+    if image.numel() == 0:
+        raise ValueError(f"{what} is empty (shape {list(image.shape)}: no image, or a side of 0 px); connect a node "
+                         "that gives at least one image of at least 1x1 px.")
     check_finite(image, what, IMAGE_FIX)
 
 

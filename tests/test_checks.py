@@ -1,5 +1,6 @@
 """Tier 1: the checks made before work starts: output names the file system takes, finite tensors."""
 import math
+import re
 
 import pytest
 import torch
@@ -61,3 +62,10 @@ def test_non_finite_tensors_are_listed_by_name_and_integers_are_ignored():
     tensors = {"a": torch.ones(2), "b": torch.tensor([1.0, math.nan], dtype=torch.float16),
                "c": torch.arange(3), "d": torch.tensor([math.inf], dtype=torch.bfloat16)}
     assert non_finite_tensors(tensors) == ["b", "d"]
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 8, 3), (1, 0, 8, 3), (1, 8, 0, 3)])
+def test_an_empty_image_is_an_error_naming_the_input(shape):
+    with pytest.raises(ValueError, match=re.escape(f"lr_image is empty (shape {list(shape)}: no image, or a side of "
+                                                   "0 px)")):
+        check_finite_image(torch.zeros(shape), "lr_image")

@@ -88,7 +88,8 @@ def check_no_remote_code(path: str, files: list[str]) -> None:
         except (OSError, ValueError) as e:
             raise VLMFolderError(f"{os.path.join(path, name)}: cannot be read ({e}); download it again.") from e
         if isinstance(settings, dict) and settings.get("auto_map"):
-            raise VLMFolderError(f"{path}: {name} names the model's own code (auto_map: "
-                                 f"{', '.join(map(str, settings['auto_map']))}), which this pack never runs. Use the model's "
-                                 f"transformers-format version (see README, 'Captions'), or, if the rest of the "
-                                 f"folder is in that format, delete the auto_map entry from {name}.")
+            classes = ", ".join(map(str, settings["auto_map"]))
+            raise VLMFolderError(f"{path}: {name} names the model's own code (auto_map: {classes}), which this pack "
+                                 f"never runs. Use the model's transformers-format version (see README, 'Captions'), "
+                                 f"or, if the rest of the folder is in that format, delete the auto_map entry from "
+                                 f"{name}.")

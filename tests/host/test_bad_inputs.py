@@ -57,6 +57,20 @@ def test_every_image_input_refuses_nan_and_infinity_naming_the_input(comfy_dirs,
     assert shown in str(error.value)
 
 
+# an empty batch in a list input is a count mismatch, told as such
+EMPTY_IMAGES = [(cls, name, shape) for cls, name in IMAGE_INPUTS
+                for shape in ((1, 0, 64, 3), (1, 64, 0, 3), (0, 64, 64, 3)) if not (cls.INPUT_IS_LIST and shape[0] == 0)]
+
+
+@pytest.mark.parametrize("cls, name, shape", EMPTY_IMAGES, ids=[f"{c.__name__}.{n}-{s}" for c, n, s in EMPTY_IMAGES])
+def test_every_image_input_refuses_an_empty_image_naming_the_input(comfy_dirs, cls, name, shape):
+    """A side of 0 px or a batch of none used to reach a division by zero, or torch's size errors."""
+    with pytest.raises(ValueError, match="is empty") as error:
+        run_node(cls, **stand_in_inputs(cls, **{name: torch.rand(*shape)}))
+    shown = {"hq_images": "HQ image", "lq_images": "LQ image", "restored_images": "restored image"}.get(name, name)
+    assert shown in str(error.value)
+
+
 SIZES = ("tile_size", "tile_stride", "vae_tile_size", "width", "height", "resolution")
 SIZE_INPUTS = [(cls, name) for cls in NODES for name, (kind, _) in inputs_of(cls).items()
                if kind == "INT" and name in SIZES]
