@@ -9,7 +9,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..supir.checks import check_filename_prefix
+from ..supir.checks import check_file_name, check_filename_prefix
 from ..supir.image.io import image_names, pil_to_image, read_images
 from ..supir.quality.benchmark import Report, crop_to_multiple
 from ..supir.quality.metrics import LEARNED_METRICS, load_learned_metric
@@ -39,7 +39,8 @@ class LoadImageFolder(io.ComfyNode):
                         "nodes after it run once per image, so images of different sizes keep their own size "
                         "(nothing is resized). Each image is cropped at the bottom and right to a multiple of "
                         "'multiple' so that degrading, restoring and scoring line up. A file that cannot be read, "
-                        "or is too large to decode safely, is skipped and named in the report.",
+                        "is too large to decode safely or smaller than 'multiple' is skipped and named in the "
+                        "report.",
             inputs=[
                 io.String.Input("folder", default="benchmark",
                                 tooltip="Folder inside ComfyUI/input holding the high-quality (ground-truth) images, "
@@ -55,8 +56,8 @@ class LoadImageFolder(io.ComfyNode):
                 io.String.Output(display_name="names", is_output_list=True,
                                  tooltip="The file names, in the same order (for SUPIR Benchmark Report)."),
                 io.String.Output(display_name="report",
-                                 tooltip="How many images were loaded, and each file skipped as unreadable or too "
-                                         "large, with the reason."),
+                                 tooltip="How many images were loaded, and each file skipped (unreadable, too "
+                                         "large, or smaller than 'multiple'), with the reason."),
             ],
         )
 
@@ -77,10 +78,18 @@ class LoadImageFolder(io.ComfyNode):
     def execute(cls, folder, multiple) -> io.NodeOutput:
         path, names = folder_images(folder)
         images, names, skipped = read_images(path, names)
-        if not images:
-            raise ValueError(f"folder {folder!r} ({path}) has no readable images. {skipped_report(skipped)}")
-        report = "\n".join(filter(None, [f"{len(images)} images from {path}", skipped_report(skipped)]))
-        return io.NodeOutput([crop_to_multiple(image[None], multiple) for image in images], names, report)
+        kept = []
+        for image, name in zip(images, names):
+            height, width = image.shape[:2]
+            if min(height, width) < multiple:
+                skipped.append(f"{name}: {width}x{height} px, smaller than multiple ({multiple} px); use a smaller "
+                               "multiple or a larger image")
+            else:
+                kept.append((crop_to_multiple(image[None], multiple), name))
+        if not kept:
+            raise ValueError(f"folder {folder!r} ({path}) has no usable images. {skipped_report(skipped)}")
+        report = "\n".join(filter(None, [f"{len(kept)} images from {path}", skipped_report(skipped)]))
+        return io.NodeOutput([image for image, _ in kept], [name for _, name in kept], report)
 
 
 def flatten(images: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -148,6 +157,8 @@ class BenchmarkReport(io.ComfyNode):
         if len(names) != len(hq):
             raise ValueError(f"got {len(names)} names for {len(hq)} images; connect the names output of the node that "
                              "loaded the HQ images, or leave 'names' unconnected.")
+        for i, name in enumerate(names):
+            check_file_name(name, f"names (image {i + 1})", ".png")  # the PNGs are named after it
         crop, prefix = crop_border[0], filename_prefix[0]
         check_filename_prefix(prefix, "filename_prefix", "_00001_.partial-00000000.")  # counter, staging folder
         chosen = [name for name in LEARNED_METRICS if learned.get(name, [False])[0]]

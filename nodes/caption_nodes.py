@@ -6,6 +6,8 @@ from comfy_api.latest import io
 
 from ..supir.caption.model import DEFAULT_INSTRUCTION, steer
 from ..supir.caption.tiles import LATENT_SCALE, tile_crops
+from ..supir.checks import check_finite_image
+from ..supir.image.io import as_rgb
 from ..supir.host.caption import DTYPES, caption_with_progress, load_managed_vlm
 from ..supir.tiling.grid import GRIDS, check_tile_pixels
 from .folders import vlm_folders
@@ -101,6 +103,8 @@ class SUPIRCaptionVLM(io.ComfyNode):
     @classmethod
     def execute(cls, vlm, image, instruction, max_tokens, decoding, seed, prefix, suffix, tile_size, tile_stride,
                 grid, hint=None) -> io.NodeOutput:
+        check_finite_image(image, "image")
+        image = as_rgb(image)
         if tile_size:
             check_tile_pixels(tile_size, tile_stride)
             if image.shape[0] != 1:

@@ -1,8 +1,11 @@
 """The pack's folders under ComfyUI's models directory, and folders of images under its input directory."""
 import logging
 import os
+import re
 
 import folder_paths
+
+from ..supir.checks import check_file_name
 
 
 def register_model_folder() -> None:
@@ -49,8 +52,13 @@ def input_subfolder(folder: str) -> str:
     path must be relative, as the nodes' inputs say.
 
     Raises:
-        ValueError: an absolute path or one that leaves the input directory, or a folder that does not exist.
+        ValueError: a folder name the file system cannot have (a control character, too long), an absolute path or
+            one that leaves the input directory, or a folder that does not exist.
     """
+    parts = re.split(r"[/\\]", folder.strip())
+    for part in parts:
+        if part not in ("", ".", ".."):
+            check_file_name(part, "folder" if len(parts) == 1 else f"folder {folder[:60]!r}: its part")
     root = os.path.abspath(folder_paths.get_input_directory())
     relative = os.path.normpath(folder.strip() or ".")
     path = os.path.abspath(os.path.join(root, relative))
@@ -67,6 +75,6 @@ def skipped_report(skipped: list[str]) -> str:
     """The report line for image files a folder node skipped ("" when none were), also logged as a warning."""
     if not skipped:
         return ""
-    line = f"skipped {len(skipped)} unreadable or too large: " + "; ".join(skipped)
+    line = f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''}: " + "; ".join(skipped)
     logging.warning("SUPIR: %s", line)
     return line

@@ -77,6 +77,7 @@ class SUPIRResize(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, scale_by, multiple, method) -> io.NodeOutput:
+        check_finite_image(image, "image")
         height, width = image.shape[1:3]
         target_h, target_w = scaled_size(height, width, scale_by)
         sample_h, sample_w = sampling_size(height, width, scale_by, int(multiple))
@@ -105,6 +106,7 @@ class SUPIRResizeTo(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, width, height, method) -> io.NodeOutput:
+        check_finite_image(image, "image")
         return io.NodeOutput(resize_image(image, height, width, method))
 
 

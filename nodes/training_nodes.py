@@ -31,8 +31,9 @@ def safe_name(name: str) -> str:
     """``lora_name`` without its extension, checked to be a file name the LoRA and its checkpoint folder can have."""
     name = name.removesuffix(".safetensors")
     check_file_name(name, "lora_name", LORA_SUFFIX)
-    if name != os.path.basename(name) or name.startswith(".") or "\\" in name:
-        raise ValueError(f"lora_name {name!r} must be a plain file name (no folders), e.g. 'my_restore_lora'")
+    if name.startswith("."):
+        raise ValueError(f"lora_name {name!r} starts with '.', which hides the file and its checkpoint folder (and "
+                         f"LoRA loaders do not list it); remove the leading dot, e.g. {name.lstrip('.') or 'my_lora'!r}")
     return name
 
 

@@ -12,8 +12,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_file_name(name: str, what: str, suffix: str = "") -> None:
-    """``name`` is one file or folder name (no folders) that the file system takes once ``suffix`` (what the pack
-    appends, e.g. ``.safetensors``) is added: not empty, no NUL, control characters or newlines, not too long.
+    """``name`` is one file or folder name that the file system takes once ``suffix`` (what the pack appends, e.g.
+    ``.safetensors``) is added: not empty, no NUL, control characters or newlines, no folder separators, not too
+    long.
 
     Raises:
         ValueError: naming ``what`` (e.g. "lora_name"), the problem and the fix.
@@ -26,9 +27,7 @@ def check_file_name(name: str, what: str, suffix: str = "") -> None:
     if name in (".", ".."):
         raise ValueError(f"{what} {name!r} is not a file name; give a name such as 'my_restoration'.")
     if "/" in name or "\\" in name:
-        example = re.split(r"[/\\]", name)[-1].strip(".") or "my_restoration"
-        raise ValueError(f"{what} {name!r} holds a folder separator; give a file name without folders, e.g. "
-                         f"{example!r}.")
+        raise ValueError(f"{what} {name[:60]!r} is one name, without folders: remove the '/' and '\\'.")
     size = len((name + suffix).encode("utf-8"))
     if size > NAME_MAX:
         room = NAME_MAX - len(suffix.encode("utf-8"))
@@ -85,7 +84,10 @@ LATENT_FIX = ("the node that made it produced invalid values (often a VAE encode
 
 
 def check_finite_image(image: torch.Tensor, what: str) -> None:
-    """An IMAGE input free of NaN and infinity; ``what`` names the input (e.g. "image")."""
+    """An IMAGE input with pixels, free of NaN and infinity; ``what`` names the input (e.g. "image")."""
+    if image.numel() == 0:
+        raise ValueError(f"{what} is empty (shape {list(image.shape)}: no image, or a side of 0 px); connect a node "
+                         "that gives at least one image of at least 1x1 px.")
     check_finite(image, what, IMAGE_FIX)
 
 

@@ -2,7 +2,9 @@
 training checkpoints), and the check that a file's tensors fit the network they are for.
 
 ``.safetensors``/``.sft`` files hold tensors only. Anything else is read as a torch pickle with ``weights_only``,
-so code or foreign objects in it are refused, never run. Every error names the file and says what to do.
+so code or foreign objects in it are refused, never run; a file's content decides over its name (a safetensors file
+named ``.ckpt`` is read as safetensors, a pickle named ``.safetensors`` is refused as a pickle). Every error names
+the file and says what to do.
 """
 from __future__ import annotations
 
@@ -56,7 +58,33 @@ def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]
         with safetensors.safe_open(path, framework="pt", device="cpu") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for damaged headers and short files
-        raise _corrupt(path, e) from e
+        raise _unreadable_safetensors(path, e) from None
+
+
+def check_safetensors(path: str) -> None:
+    """A safetensors file whose header is whole and whose size is the header's, checked without reading the tensors
+    (for files another library loads, e.g. transformers)."""
+    import safetensors
+    _check_exists(path)
+    try:
+        with safetensors.safe_open(path, framework="pt", device="cpu"):
+            pass
+    except Exception as e:  # a short file fails here: safetensors checks the data covers the header's offsets
+        raise _unreadable_safetensors(path, e) from None
+
+
+def _unreadable_safetensors(path: str, error: Exception) -> WeightsFileError:
+    """A safetensors file that does not open: a torch pickle under a safetensors name is read weights-only, so that
+    one holding code is refused as such; anything else is damaged."""
+    if not _is_pickle(path):
+        return _corrupt(path, error)
+    try:
+        _read_pickle(path)
+    except WeightsFileError as refused:
+        return refused
+    return WeightsFileError(f"{path}: a torch pickle renamed to .safetensors, not a safetensors file. Use the "
+                            "model's real .safetensors file, or give this one its own extension (.ckpt or .pt) "
+                            "where the loader takes pickles.")
 
 
 def safetensors_keys(path: str) -> list[str] | None:
@@ -71,7 +99,14 @@ def safetensors_keys(path: str) -> list[str] | None:
 
 def _read_pickle(path: str):
     _check_exists(path)
+    if not _is_pickle(path):  # refused below would read as "holds code": say what the file is instead
+        if safetensors_keys(path) is not None:  # a safetensors file under another name: its content decides
+            return read_safetensors(path)[0]
+        raise _corrupt(path, ValueError("it starts as neither a torch file nor a safetensors file"))
     try:
+        if is_safetensors(path):  # torch.load reads a path of that name as safetensors, an open file as a pickle
+            with open(path, "rb") as f:
+                return torch.load(f, map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError as e:  # only torch's weights-only unpickler raises it: it refused something
         raise UnsafeWeightsError(
@@ -103,6 +138,13 @@ def _check_exists(path: str) -> None:
 def _is_zip(path: str) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == b"PK\x03\x04"
+
+
+def _is_pickle(path: str) -> bool:
+    """Starts as torch files do: a zip (torch.save) or a pickle's protocol opcode (legacy torch.save, bare pickles)."""
+    with open(path, "rb") as f:
+        start = f.read(4)
+    return start == b"PK\x03\x04" or start[:1] == pickle.PROTO
 
 
 def count_indexed(keys, pattern: str) -> int:

@@ -47,10 +47,10 @@ def test_benchmark_writes_scores_that_match_the_saved_images(hq_dir, tmp_path):
     summary = open(os.path.join(out, "summary.md")).read()
     for k, values in result.scores.items():
         col = [float(r[k]) for r in rows]
-        mean, std = result.summary()[k]
-        assert mean == pytest.approx(statistics.fmean(col), abs=1e-5)
-        assert std == pytest.approx(statistics.pstdev(col), abs=1e-5)
-        assert f"| {k} | {mean:.4f} ± {std:.4f} | higher |" in summary
+        mean, std = map(float, result.summary()[k].split(" ± "))
+        assert mean == pytest.approx(statistics.fmean(col), abs=1e-4)  # to the summary's 4 decimals
+        assert std == pytest.approx(statistics.pstdev(col), abs=1e-4)
+        assert f"| {k} | {result.summary()[k]} | higher |" in summary
     assert "blur_sr_x4_noise" in summary and "crop border: 4" in summary
     grid = Image.open(os.path.join(out, "grid.png"))
     widths = [sum(round(w * 64 / h) for _ in range(3)) for h, w in ((128, 128), (128, 96), (96, 144))]
@@ -133,6 +133,8 @@ def test_unreadable_images_and_small_crops_are_named(tmp_path):
     assert b.crop_to_multiple(torch.zeros(1, 70, 45, 3), 32).shape == (1, 64, 32, 3)
     with pytest.raises(ValueError, match="a 70x45 image has no 64x64 part"):
         b.crop_to_multiple(torch.zeros(1, 70, 45, 3), 64)
+    with pytest.raises(ValueError, match=r"^multiple \(0\) must be at least 1"):  # a linked INT below the schema's min
+        b.crop_to_multiple(torch.zeros(1, 70, 45, 3), 0)
 
 
 def test_perfect_restorations_report_inf_psnr(tmp_path):
@@ -144,14 +146,19 @@ def test_perfect_restorations_report_inf_psnr(tmp_path):
         result, summary, _ = report.finish("Title", "s")
     rows = read_csv(tmp_path / "perfect" / "metrics.csv")
     assert [r["psnr_y"] for r in rows] == ["inf", "inf"] and rows[0]["ssim_y"] == "1.000000"
-    assert "| psnr_y | inf ± 0.0000 | higher |" in summary
+    assert "| psnr_y | inf (all 2 identical to the HQ image) | higher |" in summary
     assert "PSNR inf: 2 restoration(s) identical to the HQ image (same.png, also_same.png)" in summary
 
     with b.Report(str(tmp_path / "mixed"), 0, grid_height=16) as report:
         report.add("same.png", hq[0], hq[0], hq[0])
         report.add("other.png", hq[1], hq[2], hq[1])
-        _, summary, _ = report.finish("Title", "s")
-    assert "| psnr_y | inf ± inf | higher |" in summary
+        report.add("third.png", hq[2], hq[0], hq[2])
+        mixed, summary, _ = report.finish("Title", "s")
+    # an identical restoration used to make this row "inf ± inf": the others' statistics say more
+    other = [metrics.psnr(degradation.quantize(r), h).item() for r, h in ((hq[2], hq[1]), (hq[0], hq[2]))]
+    assert (f"| psnr_y | {statistics.fmean(other):.4f} ± {statistics.pstdev(other):.4f} over the other 2 "
+            "(1 identical: inf) | higher |") in summary
+    assert "| ssim_y | " in summary and "identical" not in summary.split("| ssim_y |")[1].splitlines()[0]
 
 
 def test_a_report_that_fails_midway_leaves_no_folder(tmp_path):

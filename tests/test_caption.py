@@ -1,8 +1,10 @@
 """Tier 1: the semantic prior's parts that need no model: checking a local vision-language model folder, and the
 image crops of the tiled aggregation's tiles that per-tile captions describe."""
 import json
+import re
 
 import pytest
+import safetensors.torch
 import torch
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
@@ -16,7 +18,10 @@ def model_folder(root, config: dict | None, files=("model.safetensors", "tokeniz
     if config is not None:
         (root / "config.json").write_text(json.dumps(config))
     for name in files:
-        (root / name).write_bytes(b"")
+        if name.endswith(".safetensors"):
+            safetensors.torch.save_file({"w": torch.zeros(4)}, str(root / name))
+        else:
+            (root / name).write_text("{}" if name.endswith(".json") else "")
     return str(root)
 
 
@@ -50,6 +55,28 @@ def test_folders_that_cannot_load_are_named_with_the_fix(tmp_path):
     (tmp_path / "broken" / "config.json").write_text("{not json")
     with pytest.raises(VLMFolderError, match="config.json: cannot be read"):
         inspect_vlm_folder(broken)
+
+
+def test_a_truncated_weights_file_is_named_with_its_folder_before_transformers_reads_it(tmp_path):
+    folder = model_folder(tmp_path / "short", {"model_type": "llava"},
+                          ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                           "tokenizer_config.json"))
+    shard = tmp_path / "short" / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-8])
+    with pytest.raises(VLMFolderError, match=f"^{re.escape(str(shard))}: cannot be read, the file is corrupt or "
+                                             rf"truncated.*Download it again and check its size\. \(in the model "
+                                             rf"folder {re.escape(folder)}\)$"):
+        inspect_vlm_folder(folder)
+
+
+@pytest.mark.parametrize("file", ["processor_config.json", "preprocessor_config.json", "tokenizer_config.json"])
+def test_an_auto_map_in_any_processor_file_is_refused_naming_the_folder_and_the_file(tmp_path, file):
+    folder = model_folder(tmp_path / "remote_processor", {"model_type": "llava"})
+    (tmp_path / "remote_processor" / file).write_text(json.dumps({"auto_map": {"AutoProcessor": "proc.Processor"}}))
+    with pytest.raises(VLMFolderError, match=f"^{re.escape(folder)}: {file} names the model's own code \\(auto_map: "
+                                             "AutoProcessor\\), which this pack never runs. .*delete the auto_map "
+                                             f"entry from {file}"):
+        inspect_vlm_folder(folder)
 
 
 @pytest.mark.parametrize("grid", ["snapped", "even"])

@@ -1,5 +1,6 @@
 """Tier 1: the checks made before work starts: output names the file system takes, finite tensors."""
 import math
+import re
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from supir_restore.supir.checks import (check_file_name, check_filename_prefix, 
 @pytest.mark.parametrize("name, problem", [
     ("", "empty"), ("   ", "empty"), ("a\x00b", "control character"), ("two\nlines", "control character"),
     ("tab\there", "control character"), ("bell\x07", "control character"), ("..", "not a file name"),
-    ("x" * 250, "too long"), ("é" * 120, "too long"),
+    ("x" * 250, "too long"), ("é" * 120, "too long"), ("sub/name", "one name, without folders"),
+    ("..\\up", "one name, without folders"),
 ])
 def test_file_names_the_file_system_refuses_are_named_with_the_input(name, problem):
     with pytest.raises(ValueError, match=problem) as e:
@@ -63,3 +65,10 @@ def test_non_finite_tensors_are_listed_by_name_and_integers_are_ignored():
                "fp8_nan": torch.tensor([0.5, math.nan], dtype=torch.float8_e4m3fn),
                "fp8_inf": torch.tensor([math.inf], dtype=torch.float8_e5m2)}
     assert non_finite_tensors(tensors) == ["b", "d", "fp8_nan", "fp8_inf"]
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 8, 3), (1, 0, 8, 3), (1, 8, 0, 3)])
+def test_an_empty_image_is_an_error_naming_the_input(shape):
+    with pytest.raises(ValueError, match=re.escape(f"lr_image is empty (shape {list(shape)}: no image, or a side of "
+                                                   "0 px)")):
+        check_finite_image(torch.zeros(shape), "lr_image")

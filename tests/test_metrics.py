@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import safetensors.torch
 import skimage.color
 import skimage.data
 import skimage.metrics
@@ -17,8 +18,9 @@ from torch import nn
 
 from supir_restore.supir.image.io import image_to_pil, read_image
 from supir_restore.supir.quality import benchmark, degradation, metrics as m
+from supir_restore.supir.weights import UnsafeWeightsError, WeightsFileError
 
-from helpers import read_csv
+from helpers import malicious_files, read_csv
 
 PHOTOS = ["astronaut", "chelsea", "coffee"]
 
@@ -468,6 +470,39 @@ def test_clipiqa_names_missing_and_foreign_files(clip_dir, tmp_path):
         json.dump(config | {"model_type": "siglip"}, f)
     with pytest.raises(ValueError, match=r"needs a transformers CLIPModel folder \(model_type 'clip'\); this one is "
                                          r"'siglip'.*RN50"):
+        m.load_learned_metric("clipiqa", str(tmp_path))
+
+
+@pytest.mark.parametrize("metric", ["clipiqa", "clipi"])
+def test_clip_weights_holding_code_are_refused_by_the_weights_reader_naming_the_file(clip_dir, tmp_path, metric):
+    """A pytorch_model.bin (or a pickle renamed model.safetensors) holding code: the pack's refusal, naming the file,
+    never torch's advice to load it with weights_only=False."""
+    import shutil
+    folder = folder_made(tmp_path, "clipiqa")
+    for name in os.listdir(os.path.join(clip_dir, "clipiqa")):
+        if name != "model.safetensors":
+            shutil.copy(os.path.join(clip_dir, "clipiqa", name), folder)
+    for name in ("pytorch_model.bin", "model.safetensors"):
+        evil = os.path.join(folder, name)
+        shutil.copy(malicious_files(str(tmp_path), {})["RunsAShellCommand-zip"], evil)
+        with pytest.raises(UnsafeWeightsError) as err:
+            m.load_learned_metric(metric, str(tmp_path))
+        message = str(err.value)
+        assert message.startswith(f"{evil}: refused to load. The file holds code") and "weights_only" not in message
+        assert not os.path.exists(os.path.join(str(tmp_path), "ran"))
+        os.remove(evil)
+
+
+def test_clip_weights_of_another_model_name_the_file_and_the_missing_tensors(clip_dir, tmp_path):
+    import shutil
+    folder = folder_made(tmp_path, "clipiqa")
+    for name in os.listdir(os.path.join(clip_dir, "clipiqa")):
+        shutil.copy(os.path.join(clip_dir, "clipiqa", name), folder)
+    weights = os.path.join(folder, "model.safetensors")
+    tensors = safetensors.torch.load_file(weights)
+    safetensors.torch.save_file({k: v for k, v in tensors.items() if k != "visual_projection.weight"}, weights)
+    with pytest.raises(WeightsFileError, match=rf"^{re.escape(weights)}: the tensors do not fit the CLIP model .* "
+                                               "missing visual_projection.weight"):
         m.load_learned_metric("clipiqa", str(tmp_path))
 
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from supir_restore.supir.tiling.batching import POOLED_WIDTH, batched, tile_conditioning
 from supir_restore.supir.tiling.exact_vae import GroupMoments, tiled_exact, windows
-from supir_restore.supir.tiling.grid import blend_tiles, check_tile_pixels, gaussian_weights, tile_grid, tile_starts
+from supir_restore.supir.tiling.grid import (blend_tiles, check_tile_pixels, check_vae_tile, gaussian_weights, tile_grid,
+                                             tile_starts)
 
 
 @pytest.mark.parametrize("grid", ["snapped", "even"])
@@ -225,10 +226,23 @@ def test_tile_captions_go_to_the_cond_rows_of_their_tiles():
 
 def test_tile_size_and_stride_are_checked_in_the_pixels_users_type():
     check_tile_pixels(1024, 512)
-    check_tile_pixels(8, 8)
+    check_tile_pixels(64, 8)
     with pytest.raises(ValueError, match=r"^tile_stride \(1024 px\) must be between 8 px and tile_size \(512 px\)"):
         check_tile_pixels(512, 1024)
     with pytest.raises(ValueError, match=r"^tile_stride \(4 px\)"):
         check_tile_pixels(512, 4)
-    with pytest.raises(ValueError, match=r"^tile_size \(4 px\) must be at least 8 px"):
-        check_tile_pixels(4, 4)
+    for small in (1, 8, 32, 63):  # a UNet tile of fewer than 8 latent pixels: thousands of tiles, or a shape error
+        with pytest.raises(ValueError, match=rf"^tile_size \({small} px\) must be at least 64 px"):
+            check_tile_pixels(small, 8)
+
+
+@pytest.mark.parametrize("tile_size", [1, 2, 8, 32, 63, -64])
+def test_a_vae_tile_below_64_px_is_refused_naming_the_input(tile_size):
+    with pytest.raises(ValueError, match=rf"^vae_tile_size \({tile_size} px\) must be 0 \(the whole image at once\) "
+                                         "or at least 64 px"):
+        check_vae_tile(tile_size, "vae_tile_size")
+
+
+@pytest.mark.parametrize("tile_size", [0, 64, 100, 512])
+def test_a_vae_tile_of_0_or_at_least_64_px_is_taken(tile_size):
+    check_vae_tile(tile_size)

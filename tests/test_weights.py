@@ -1,6 +1,7 @@
 """Tier 1: the one weights-file reader, through every loader that uses it: malicious pickles are refused and never
 run, damaged files get their own message, and every message names the file."""
 import os
+import re
 
 import pytest
 import safetensors.torch
@@ -8,7 +9,8 @@ import torch
 
 from supir_restore.supir.model.checkpoint import load_supir_weights
 from supir_restore.supir.quality import metrics
-from supir_restore.supir.weights import CorruptWeightsError, UnsafeWeightsError, WeightsFileError, read_state_dict
+from supir_restore.supir.weights import (CorruptWeightsError, UnsafeWeightsError, WeightsFileError, check_safetensors,
+                                         read_state_dict)
 
 from helpers import ForeignObject, damaged_files, malicious_files, official_state_dict
 
@@ -84,6 +86,50 @@ def test_a_truncated_safetensors_file_is_damaged(tmp_path):
     path = damaged_files(str(tmp_path), good)["truncated"]
     with pytest.raises(CorruptWeightsError) as err:
         load_supir_weights(path)
+    assert_damaged(err.value, path)
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "bare"])
+def test_a_pickle_renamed_safetensors_is_refused_as_holding_code_not_as_damaged(tmp_path, kind):
+    evil = str(tmp_path / "model.safetensors")
+    os.rename(malicious_files(str(tmp_path), {})[f"RunsAShellCommand-{kind}"], evil)
+    for load in (read_state_dict, load_supir_weights, check_safetensors):
+        with pytest.raises(WeightsFileError) as err:
+            load(evil)
+        assert_refused(err.value, evil, os.path.join(str(tmp_path), "ran"))
+
+
+def test_a_pickle_of_tensors_renamed_safetensors_is_named_as_such(tmp_path):
+    path = str(tmp_path / "model.safetensors")
+    torch.save({"w": torch.ones(2)}, path)
+    with pytest.raises(WeightsFileError, match=rf"^{re.escape(path)}: a torch pickle renamed to \.safetensors, not a "
+                                               r"safetensors file\. Use the model's real \.safetensors file"):
+        read_state_dict(path)
+
+
+def test_a_safetensors_file_under_a_pickle_name_is_read_by_its_content(tmp_path):
+    path = str(tmp_path / "model.ckpt")
+    safetensors.torch.save_file({"w": torch.arange(3.0)}, path)
+    assert torch.equal(read_state_dict(path)["w"], torch.arange(3.0))
+
+
+def test_a_file_that_is_neither_a_pickle_nor_safetensors_is_damaged_not_code(tmp_path):
+    """Random bytes under a pickle name used to be refused as holding code."""
+    path = str(tmp_path / "model.ckpt")
+    with open(path, "wb") as f:
+        f.write(b"\x11" + os.urandom(2047))
+    with pytest.raises(CorruptWeightsError) as err:
+        read_state_dict(path)
+    assert_damaged(err.value, path)
+
+
+def test_the_safetensors_check_finds_a_truncated_file_without_reading_the_tensors(tmp_path):
+    good = str(tmp_path / "good.safetensors")
+    safetensors.torch.save_file(official_state_dict(), good)
+    check_safetensors(good)
+    path = damaged_files(str(tmp_path), good)["truncated"]
+    with pytest.raises(CorruptWeightsError) as err:
+        check_safetensors(path)
     assert_damaged(err.value, path)
 
 

@@ -6,6 +6,8 @@ import json
 import os
 from dataclasses import dataclass
 
+from ..weights import WeightsFileError, check_safetensors
+
 # model_type in config.json -> transformers' native class; only these families load (no trust_remote_code)
 FAMILIES = {
     "llava": "LlavaForConditionalGeneration",
@@ -55,12 +57,39 @@ def inspect_vlm_folder(path: str) -> VLMFolder:
         raise VLMFolderError(f"{path}: this {model_type} folder is written for the model's own code (auto_map), "
                              f"which this pack never runs. Use the model's transformers-format version (see README, "
                              f"'Captions'), e.g. florence-community/Florence-2-base for Florence-2.")
-    files = os.listdir(path)
-    if not any(f.endswith(".safetensors") for f in files):
+    files = sorted(os.listdir(path))
+    check_no_remote_code(path, files)
+    weights = [f for f in files if f.endswith(".safetensors")]
+    if not weights:
         pickles = [f for f in files if f.endswith((".bin", ".pt", ".pth"))]
         hint = f" (found {', '.join(pickles)}: pickles are not loaded)" if pickles else ""
         raise VLMFolderError(f"{path}: no .safetensors weights{hint}. Download the model's safetensors files.")
+    for name in weights:
+        try:
+            check_safetensors(os.path.join(path, name))
+        except WeightsFileError as e:
+            raise VLMFolderError(f"{e} (in the model folder {path})") from None
     if not any(f in files for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
         raise VLMFolderError(f"{path}: no tokenizer files (tokenizer.json or tokenizer_config.json). Download the "
                              f"whole model repository, tokenizer and processor files included.")
     return VLMFolder(path, model_type, FAMILIES[model_type])
+
+
+def check_no_remote_code(path: str, files: list[str]) -> None:
+    """No JSON file of the folder besides config.json (the processor's, image processor's, tokenizer's) names the
+    model's own code in an ``auto_map``: transformers would ask for ``trust_remote_code`` rather than use its native
+    class."""
+    for name in files:
+        if not name.endswith(".json") or name == "config.json" or name.endswith(".index.json"):
+            continue
+        try:
+            with open(os.path.join(path, name), encoding="utf-8") as f:
+                settings = json.load(f)
+        except (OSError, ValueError) as e:
+            raise VLMFolderError(f"{os.path.join(path, name)}: cannot be read ({e}); download it again.") from e
+        if isinstance(settings, dict) and settings.get("auto_map"):
+            classes = ", ".join(map(str, settings["auto_map"]))
+            raise VLMFolderError(f"{path}: {name} names the model's own code (auto_map: {classes}), which this pack "
+                                 f"never runs. Use the model's transformers-format version (see README, 'Captions'), "
+                                 f"or, if the rest of the folder is in that format, delete the auto_map entry from "
+                                 f"{name}.")

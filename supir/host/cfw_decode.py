@@ -30,12 +30,11 @@ from comfy.ldm.modules.diffusionmodules.model import Decoder, Encoder
 
 from ..image.io import as_rgb
 from ..stablesr.cfw import CFWLayers, cfw_layout, check_cfw_finite, check_fusion_fits, split_cfw_state_dict, vae_config
-from ..tiling.grid import blend_tiles, tile_grid
+from ..tiling.grid import blend_tiles, check_vae_tile, tile_grid
 from ..weights import STORAGE_DTYPES, check_layout, read_state_dict
 from .supir_loader import managed_network
 
 VAE_WEIGHTS = ("cfw_file", "vae")
-MIN_TILE = 64  # pixels: 8 latent pixels
 
 
 class CFWMismatchError(ValueError):
@@ -160,13 +159,17 @@ def decode_mix(model: nn.Module, layers: CFWLayers, z: torch.Tensor, features: d
     return torch.tanh(h) if decoder.tanh_out else h
 
 
-def check_sizes(samples: torch.Tensor, pixels: torch.Tensor, ratio: int = 8) -> None:
-    """The LR image (cropped to multiples of ``ratio`` as VAE Encode does) is the latent's size times the VAE's
-    ``ratio`` (8 for SD's), and its batch is the latent's or 1."""
+def check_sizes(samples: torch.Tensor, pixels: torch.Tensor, ratio: int = 8,
+                given: tuple[int, int] | None = None) -> None:
+    """The LR image (cropped to multiples of ``ratio`` as VAE Encode does, from ``given`` (height, width) when that
+    differs) is the latent's size times the VAE's ``ratio`` (8 for SD's), and its batch is the latent's or 1."""
     latent_size, image_size = tuple(ratio * n for n in samples.shape[-2:]), tuple(pixels.shape[1:3])
     if image_size != latent_size:
+        given = tuple(given or image_size)
+        cropped = (f" ({image_size[1]}x{image_size[0]} px once cropped to multiples of {ratio}, as VAE Encode crops)"
+                   if given != image_size else "")
         raise CFWMismatchError(
-            f"lr_image is {image_size[1]}x{image_size[0]} px but the latent decodes to {latent_size[1]}x"
+            f"lr_image is {given[1]}x{given[0]} px{cropped} but the latent decodes to {latent_size[1]}x"
             f"{latent_size[0]} px; connect the upscaled LR image whose encode StableSR sampled from (the latent's "
             f"size times {ratio}).")
     if pixels.shape[0] not in (1, samples.shape[0]):
@@ -180,13 +183,11 @@ def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor
     [0,1], the upscaled LR image StableSR restored; 8 is the SD VAE's scale) at fidelity weight ``w`` (0: the
     plain VAE decode). ``tile_size`` (pixels): 0 decodes the whole image at once; from 64 up, overlapping tiles of
     that size. Returns IMAGE [B,8h,8w,3] in [0,1]."""
-    if tile_size != 0 and tile_size < MIN_TILE:
-        raise ValueError(f"tile_size ({tile_size} px) must be 0 (whole image) or at least {MIN_TILE} px; 512 px "
-                         f"is a good start")
+    check_vae_tile(tile_size)
     vae = cfw_vae(cfw, vae, vae_weights)
     pixels = vae.vae_encode_crop_pixels(as_rgb(lr_image))
     ratio = vae.upscale_ratio
-    check_sizes(samples, pixels, ratio)
+    check_sizes(samples, pixels, ratio, tuple(lr_image.shape[1:3]))
     model, layers = vae.first_stage_model, cfw.layers
     height, width = samples.shape[-2:]
     tile = tile_size // ratio if tile_size else max(height, width)

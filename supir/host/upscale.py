@@ -10,7 +10,7 @@ from ..image.io import as_rgb
 from ..image.resize import resize_image, sampling_size, scaled_size
 from ..sampling.prompts import supir_conditioning
 from ..sampling.samplers import RESTORE_PRESETS, StartMode
-from ..tiling.grid import check_tile_pixels
+from ..tiling.grid import check_tile_pixels, check_vae_tile
 from .lq_encode import encode_lq
 from .restore import restore_latent
 from .supir_loader import SUPIRModel
@@ -32,6 +32,7 @@ def upscale_and_restore(model, clip, vae, supir: SUPIRModel, image: torch.Tensor
     if colour not in COLOUR_FIX_CHOICES:
         raise ValueError(f"colour fix '{colour}' is not one of {', '.join(COLOUR_FIX_CHOICES)}")
     check_tile_pixels(tile_size, tile_stride)
+    check_vae_tile(vae_tile_size, "vae_tile_size")
     height, width = image.shape[1:3]
     target = scaled_size(height, width, scale)
     lq = resize_image(as_rgb(image), *sampling_size(height, width, scale, multiple), resize_method)
@@ -40,7 +41,7 @@ def upscale_and_restore(model, clip, vae, supir: SUPIRModel, image: torch.Tensor
                                       tile_stride // 8)
     positive, negative = supir_conditioning(clip, caption, batch=image.shape[0])
     latent = restore_latent(patched, positive, negative, hint, seed, RESTORE_PRESETS[preset], StartMode())
-    if vae_tile_size > 0:
+    if vae_tile_size:
         restored = vae.decode_tiled(latent, tile_x=vae_tile_size // 8, tile_y=vae_tile_size // 8,
                                     overlap=max(1, vae_tile_size // 64))
     else:

@@ -30,8 +30,9 @@ RESIZE_METHODS = ("lanczos", "bicubic", "bilinear", "area")
 
 def _check_side(side: int, what: str) -> None:
     if not 1 <= side <= MAX_SIDE:
-        raise ValueError(f"{what} is {side} pixels; sides must be between 1 and {MAX_SIDE} pixels. "
-                         "Lower the scale factor (or tile the image) for larger outputs.")
+        fix = ("Lower the scale factor (or tile the image) for larger outputs." if side > MAX_SIDE else
+               "Give a size of at least 1 pixel.")
+        raise ValueError(f"{what} is {side} pixels; sides must be between 1 and {MAX_SIDE} pixels. {fix}")
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:

@@ -71,6 +71,8 @@ def save_image(image: torch.Tensor, path: str) -> None:
 
 def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     """Crops :math:`(B, H, W, C)` at the bottom and right to sides that are multiples of ``multiple``."""
+    if multiple < 1:
+        raise ValueError(f"multiple ({multiple}) must be at least 1 (1 keeps the whole image).")
     h, w = image.shape[1] // multiple * multiple, image.shape[2] // multiple * multiple
     if h == 0 or w == 0:
         raise ValueError(f"a {image.shape[1]}x{image.shape[2]} image has no {multiple}x{multiple} part; use a smaller "
@@ -83,17 +85,21 @@ class BenchmarkResult:
     names: list[str]
     scores: dict[str, list[float]]  # metric -> one value per image, in ``names`` order
 
-    def summary(self) -> dict[str, tuple[float, float]]:
-        """metric -> (mean, population standard deviation) over the images. An infinite score (the PSNR of a
-        restoration identical to its HQ image) makes the mean infinite and the spread 0 when every score is that
-        one, infinite otherwise."""
-        return {k: _mean_std(v) for k, v in self.scores.items()}
+    def summary(self) -> dict[str, str]:
+        """metric -> its mean ± population standard deviation over the images, as text (:func:`mean_std_text`)."""
+        return {k: mean_std_text(v) for k, v in self.scores.items()}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    if all(map(math.isfinite, values)):
-        return statistics.fmean(values), statistics.pstdev(values)
-    return statistics.fmean(values), 0.0 if len(set(values)) == 1 else math.inf
+def mean_std_text(values: list[float]) -> str:
+    """``mean ± std`` of the scores to 4 decimals. An infinite score is the PSNR of a restoration identical to its HQ
+    image: the statistics are of the other images, with the identical ones counted, since a mean or spread with an
+    infinite term says nothing about the rest."""
+    finite = [v for v in values if math.isfinite(v)]
+    identical = len(values) - len(finite)
+    if not finite:
+        return f"inf (all {identical} identical to the HQ image)"
+    text = f"{statistics.fmean(finite):.4f} ± {statistics.pstdev(finite):.4f}"
+    return f"{text} over the other {len(finite)} ({identical} identical: inf)" if identical else text
 
 
 def lower_is_better(metric: str) -> bool:
@@ -245,8 +251,8 @@ def _write_csv(result: BenchmarkResult, path: str) -> None:
 def summary_table(result: BenchmarkResult, title: str, settings: str) -> str:
     """A Markdown report: the title and settings, then one row per metric with mean ± std and its direction."""
     lines = [f"# {title}", "", settings, "", "| metric | mean ± std | better |", "| --- | --- | --- |"]
-    lines += [f"| {k} | {mean:.4f} ± {std:.4f} | {'lower' if lower_is_better(k) else 'higher'} |"
-              for k, (mean, std) in result.summary().items()]
+    lines += [f"| {k} | {text} | {'lower' if lower_is_better(k) else 'higher'} |"
+              for k, text in result.summary().items()]
     identical = [name for i, name in enumerate(result.names) if math.isinf(result.scores["psnr_y"][i])]
     if identical:
         lines += ["", f"PSNR inf: {len(identical)} restoration(s) identical to the HQ image "
@@ -288,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                                tuple(filter(None, args.learned.split(","))), args.iqa_dir)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
         parser.error(str(e))
-    for k, (mean, std) in result.summary().items():
-        print(f"{k:>10}: {mean:.4f} ± {std:.4f}")
+    for k, text in result.summary().items():
+        print(f"{k:>10}: {text}")
     return 0
 
 

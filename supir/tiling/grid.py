@@ -23,14 +23,25 @@ def check_tiling(tile: int, stride: int, grid: str) -> None:
         raise ValueError(f"grid '{grid}' is not one of {', '.join(GRIDS)}")
 
 
+MIN_TILE_PX = 64  # pixels: 8 latent pixels, the smallest tile of ComfyUI's own tiled VAE nodes
+
+
 def check_tile_pixels(tile_size: int, tile_stride: int) -> None:
     """Tile size and stride as users type them, in image pixels (8 per latent pixel)."""
-    if tile_size < 8:
-        raise ValueError(f"tile_size ({tile_size} px) must be at least 8 px (one latent pixel); 1024 px, SDXL's "
-                         "native size, is a good start")
+    if tile_size < MIN_TILE_PX:
+        raise ValueError(f"tile_size ({tile_size} px) must be at least {MIN_TILE_PX} px (8 latent pixels); 1024 px, "
+                         "SDXL's native size, is a good start")
     if not 8 <= tile_stride <= tile_size:
         raise ValueError(f"tile_stride ({tile_stride} px) must be between 8 px and tile_size ({tile_size} px) so that "
                          f"tiles overlap or touch; e.g. tile_stride {max(8, tile_size // 2)} px")
+
+
+def check_vae_tile(tile_size: int, what: str = "tile_size") -> None:
+    """A tiled VAE's tile size in image pixels, ``what`` naming the input: 0 (the whole image at once) or at least
+    :data:`MIN_TILE_PX`. Smaller tiles fail inside the VAE or take many times the untiled time."""
+    if tile_size != 0 and tile_size < MIN_TILE_PX:
+        raise ValueError(f"{what} ({tile_size} px) must be 0 (the whole image at once) or at least {MIN_TILE_PX} px; "
+                         "512 px is a good start")
 
 
 def tile_starts(size: int, tile: int, stride: int, grid: str = "snapped") -> list[int]:

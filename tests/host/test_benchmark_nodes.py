@@ -64,12 +64,28 @@ def test_load_image_folder_errors_name_the_folder_and_the_fix(comfy_dirs):
     with pytest.raises(ValueError, match=r"folder 'empty' \(.*empty\) has no images \(\.png, \.jpg"):
         run_node(LoadImageFolder, folder="empty", multiple=1)
     (comfy_dirs / "input" / "empty" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"'empty' .* has no readable images.*broken\.png: cannot be read as an "
+    with pytest.raises(ValueError, match=r"'empty' .* has no usable images.*broken\.png: cannot be read as an "
                                          r"image.*remove or replace the file"):
         run_node(LoadImageFolder, folder="empty", multiple=1)
     write_photo(comfy_dirs / "input" / "tiny.png", 20, 20, 3)
-    with pytest.raises(ValueError, match="a 20x20 image has no 32x32 part"):
+    with pytest.raises(ValueError, match=r"^folder '' \(.*input\) has no usable images\. skipped 1 file: tiny\.png: "
+                                         r"20x20 px, smaller than multiple \(32 px\); use a smaller multiple"):
         run_node(LoadImageFolder, folder="", multiple=32)  # "" is the input directory itself
+
+
+def test_load_image_folder_skips_and_names_an_image_smaller_than_the_multiple(comfy_dirs):
+    """One 1x1 file used to fail the whole folder."""
+    folder = comfy_dirs / "input" / "mixed"
+    folder.mkdir()
+    write_photo(folder / "a.png", 64, 70, 0)
+    Image.new("RGB", (1, 1)).save(folder / "dot.png")
+    write_photo(folder / "wide.png", 20, 90, 1)
+    images, names, report = run_node(LoadImageFolder, folder="mixed", multiple=32).result
+    assert names == ["a.png"] and [tuple(t.shape) for t in images] == [(1, 64, 64, 3)]
+    assert report.splitlines() == [f"1 images from {folder}",
+                                   "skipped 2 files: dot.png: 1x1 px, smaller than multiple (32 px); use a smaller "
+                                   "multiple or a larger image; wide.png: 90x20 px, smaller than multiple (32 px); "
+                                   "use a smaller multiple or a larger image"]
 
 
 def test_load_image_folder_fingerprint_follows_the_files(comfy_dirs):
@@ -152,7 +168,7 @@ def test_report_node_reports_perfect_restorations_and_leaves_nothing_when_it_fai
     g = torch.Generator().manual_seed(2)
     hq = [degradation.quantize(torch.rand(1, 32, 32, 3, generator=g)) for _ in range(2)]
     summary = run_node(BenchmarkReport, **report_inputs(hq, hq, hq, ["a.png", "b.png"], 0, "perfect/r")).result[0]
-    assert "| psnr_y | inf ± 0.0000 | higher |" in summary
+    assert "| psnr_y | inf (all 2 identical to the HQ image) | higher |" in summary
     assert read_csv(comfy_dirs / "output" / "perfect" / "r_00001_" / "metrics.csv")[1]["psnr_rgb"] == "inf"
 
     with pytest.raises(ValueError, match="b.png: the restored image is 16x16"):
@@ -167,6 +183,16 @@ def test_report_node_checks_its_prefix_before_scoring(comfy_dirs, prefix, proble
     hq = [torch.rand(1, 32, 32, 3)]
     with pytest.raises(ValueError, match=f"^filename_prefix.*{problem}"):
         run_node(BenchmarkReport, **report_inputs(hq, hq, hq, None, 0, prefix, lpips=True))  # lpips has no files
+    assert os.listdir(comfy_dirs / "output") == []
+
+
+@pytest.mark.parametrize("name, problem", [("a\0b", "contains the control character '\\\\x00'"),
+                                           ("..", "is not a file name"), ("n" * 300, "is too long"),
+                                           ("sub/a.png", "one name, without folders")])
+def test_report_node_names_the_image_name_the_file_system_refuses_before_scoring(comfy_dirs, name, problem):
+    hq = [torch.rand(1, 32, 32, 3)] * 2
+    with pytest.raises(ValueError, match=f"^names \\(image 2\\) .*{problem}"):
+        run_node(BenchmarkReport, **report_inputs(hq, hq, hq, ["fine.png", name], 0, lpips=True))  # no lpips files
     assert os.listdir(comfy_dirs / "output") == []
 
 

@@ -91,26 +91,29 @@ def test_one_caption_line_per_image_with_progress(tiny_llava, monkeypatch):
 
 def test_per_tile_captions_describe_the_aggregation_tiles_in_order(tiny_llava, monkeypatch):
     managed = load_managed_vlm(tiny_llava)
-    image = torch.rand(1, 48, 72, 3, generator=torch.Generator().manual_seed(1))
+    image = torch.rand(1, 96, 144, 3, generator=torch.Generator().manual_seed(1))
     progress = recorded_progress(monkeypatch)
-    text, lines = caption_node(managed, image, tile_size=32, tile_stride=24)
-    crops = tile_crops(image, 4, 3)
+    text, lines = caption_node(managed, image, tile_size=64, tile_stride=48)
+    crops = tile_crops(image, 8, 6)
     assert len(crops) == 6 and progress == [(i, 6) for i in range(1, 7)]
     assert lines == [caption_image(managed.vlm, crop[0], INSTRUCTION, 5) or "." for crop in crops]
     assert text == "\n".join(lines)
-    hinted = caption_node(managed, image, tile_size=32, tile_stride=24, hint={"samples": torch.zeros(1, 4, 12, 18)})[1]
+    hinted = caption_node(managed, image, tile_size=64, tile_stride=48, hint={"samples": torch.zeros(1, 4, 24, 36)})[1]
     assert hinted == [caption_image(managed.vlm, crop[0], INSTRUCTION, 5) or "."
-                      for crop in tile_crops(image, 4, 3, latent_size=(12, 18))]
+                      for crop in tile_crops(image, 8, 6, latent_size=(24, 36))]
 
 
 def test_per_tile_captions_need_one_image_at_the_sampling_size(tiny_llava):
     managed = load_managed_vlm(tiny_llava)
     with pytest.raises(ValueError, match="the tiles of one image; got a batch of 2"):
-        caption_node(managed, torch.rand(2, 64, 64, 3), tile_size=32, tile_stride=16)
+        caption_node(managed, torch.rand(2, 64, 64, 3), tile_size=64, tile_stride=32)
     with pytest.raises(ValueError, match="image \\(64x60 px\\) is not a whole multiple of the latent"):
-        caption_node(managed, torch.rand(1, 60, 64, 3), tile_size=32, tile_stride=16)
+        caption_node(managed, torch.rand(1, 60, 64, 3), tile_size=64, tile_stride=32)
     with pytest.raises(ValueError, match="image \\(64x64 px\\) is not a whole multiple of the latent .* \\(6x8\\)"):
-        caption_node(managed, torch.rand(1, 64, 64, 3), tile_size=32, tile_stride=16,
+        caption_node(managed, torch.rand(1, 64, 64, 3), tile_size=64, tile_stride=32,
                      hint={"samples": torch.zeros(1, 4, 8, 6)})
-    with pytest.raises(ValueError, match="tile_stride \\(40 px\\) must be between 8 px and tile_size"):
-        caption_node(managed, torch.rand(1, 64, 64, 3), tile_size=32, tile_stride=40)
+    with pytest.raises(ValueError, match="tile_stride \\(80 px\\) must be between 8 px and tile_size"):
+        caption_node(managed, torch.rand(1, 64, 64, 3), tile_size=64, tile_stride=80)
+    for small in (1, 8, 32):  # the schema's min binds only widget values; a linked INT reaches execute as it is
+        with pytest.raises(ValueError, match=f"tile_size \\({small} px\\) must be at least 64 px"):
+            caption_node(managed, torch.rand(1, 64, 64, 3), tile_size=small, tile_stride=8)

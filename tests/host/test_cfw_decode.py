@@ -227,9 +227,14 @@ def test_mismatched_vae_and_inputs_fail_clearly(cfw, tiny_vae, tmp_path):
     with pytest.raises(CFWMismatchError, match="lr_image is 72x64 px but the latent decodes to 64x64 px"):
         cfw_decode(cfw, tiny_vae, z, smooth_photo(64, 72, 0))
     cfw_decode(cfw, tiny_vae, z, smooth_photo(66, 71, 0), 0.5)  # cropped to 64 x 64 as VAE Encode crops
+    with pytest.raises(CFWMismatchError, match="^lr_image is 1x1 px \\(0x0 px once cropped to multiples of 8, as VAE "
+                                               "Encode crops\\) but the latent decodes to 64x64 px"):
+        cfw_decode(cfw, tiny_vae, z, smooth_photo(1, 1, 0))
+    with pytest.raises(CFWMismatchError, match="^lr_image is 79x70 px \\(72x64 px once cropped"):
+        cfw_decode(cfw, tiny_vae, z, smooth_photo(70, 79, 0))
     with pytest.raises(CFWMismatchError, match="lr_image has 2 images but the latent 3"):
         cfw_decode(cfw, tiny_vae, z.repeat(3, 1, 1, 1), lr.repeat(2, 1, 1, 1))
-    with pytest.raises(ValueError, match="tile_size \\(32 px\\) must be 0 \\(whole image\\) or at least 64 px"):
+    with pytest.raises(ValueError, match="tile_size \\(32 px\\) must be 0 \\(the whole image at once\\) or at least 64 px"):
         cfw_decode(cfw, tiny_vae, z, lr, tile_size=32)
     with pytest.raises(ValueError, match="vae_weights 'sdxl' is not one of cfw_file, vae"):
         cfw_decode(cfw, tiny_vae, z, lr, vae_weights="sdxl")

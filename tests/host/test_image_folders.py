@@ -39,6 +39,18 @@ def test_folders_outside_the_input_directory_are_refused(comfy_dirs, node):
 
 
 @pytest.mark.parametrize("node", FOLDER_NODES)
+@pytest.mark.parametrize("folder, problem", [
+    ("a\0b", r"^folder 'a\\x00b' contains the control character '\\x00'"),
+    ("set/a\nb", r"^folder 'set/a\\nb': its part 'a\\nb' contains the control character '\\n'"),
+    ("x" * 300, r"^folder 'x{40}'… is too long: .* 300 bytes, the file system takes at most 255; shorten it")])
+def test_folder_names_the_file_system_cannot_have_are_named_not_asked_to_be_created(comfy_dirs, node, folder,
+                                                                                     problem):
+    """These used to say "does not exist: create …/a\x00b"."""
+    with pytest.raises(ValueError, match=problem):
+        FOLDER_NODES[node](folder)
+
+
+@pytest.mark.parametrize("node", FOLDER_NODES)
 def test_inner_dots_and_symbolic_links_inside_the_input_directory_are_followed(comfy_dirs, node):
     """As ComfyUI's Load Image reads a linked file: a link the user put into the input directory is theirs."""
     elsewhere = comfy_dirs / "photos"
@@ -60,5 +72,5 @@ def test_a_bad_or_over_large_image_is_skipped_and_reported(comfy_dirs, monkeypat
     names, report = FOLDER_NODES[node]("set")
     assert names == ["a.png"]
     skipped = report.splitlines()[-1]
-    assert skipped.startswith("skipped 2 unreadable or too large: bomb.png: refused, the image is too large")
+    assert skipped.startswith("skipped 2 files: bomb.png: refused, the image is too large")
     assert "; broken.jpg: cannot be read as an image" in skipped

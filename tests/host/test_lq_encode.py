@@ -88,6 +88,16 @@ def test_tiled_lq_encode(tiny_supir, tiny_vae):
     assert hint.shape == (1, 4, 25, 17) and stage1.shape == (1, 200, 136, 3) and torch.isfinite(hint).all()
 
 
+@pytest.mark.parametrize("tile_size", [1, 2, 8, 32, 63])
+def test_a_tile_below_64_px_is_refused_before_the_vae_runs(tiny_supir, tile_size):
+    """Over the API a tile_size of 1 raised a ZeroDivisionError, 2 a kernel-size error, and 8 to 32 px ran for
+    minutes; the schema's step does not bind API prompts, nor its min a linked INT."""
+    from supir_restore.nodes.supir_nodes import SUPIRLQEncode
+    with pytest.raises(ValueError, match=rf"^tile_size \({tile_size} px\) must be 0 \(the whole image at once\) or "
+                                         "at least 64 px"):
+        SUPIRLQEncode.execute(tiny_supir, None, lq_image(), tile_size)  # no VAE: it must not be reached
+
+
 def test_non_finite_images_and_hints_are_errors_naming_the_input(tiny_supir, tiny_vae, tiny_model):
     from supir_restore.nodes.supir_nodes import ApplySUPIR, SUPIRLQEncode
     image = lq_image()

@@ -37,7 +37,9 @@ def test_a_lora_file_no_run_of_this_name_made_is_never_overwritten(lora_folder):
 
 @pytest.mark.parametrize("name, problem", [("", "empty"), ("two\nlines", "control character"),
                                            ("nul\x00", "control character"), ("x" * 250, "too long"),
-                                           ("sub/name", "plain file name")])
+                                           ("sub/name", "one name, without folders"),
+                                           (".hidden", "starts with '.', which hides the file .*remove the leading "
+                                                       "dot, e.g. 'hidden'")])
 def test_lora_names_the_file_system_refuses_are_errors_before_training(lora_folder, name, problem):
     with pytest.raises(ValueError, match=f"^lora_name.*{problem}"):
         run_node(SUPIRTrainLoRA, **INPUTS, lora_name=name)

@@ -43,12 +43,14 @@ def test_every_colour_fix_is_the_fix_of_the_uncorrected_result(tiny_model, tiny_
     assert (fixed - raw).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("tile, stride, problem", [(512, 1024, r"tile_stride \(1024 px\) must be between 8 px and "
-                                                                r"tile_size \(512 px\).*e.g. tile_stride 256 px"),
-                                                   (512, 0, r"tile_stride \(0 px\)"),
-                                                   (0, 0, r"tile_size \(0 px\) must be at least 8 px")])
-def test_tile_errors_speak_in_pixels_before_any_encoding(tiny_model, tiny_clip, tile, stride, problem):
+@pytest.mark.parametrize("tile, stride, vae_tile, problem", [
+    (512, 1024, 0, r"tile_stride \(1024 px\) must be between 8 px and tile_size \(512 px\).*e.g. tile_stride 256 px"),
+    (512, 0, 0, r"tile_stride \(0 px\)"),
+    (0, 0, 0, r"tile_size \(0 px\) must be at least 64 px"),
+    (32, 16, 0, r"tile_size \(32 px\) must be at least 64 px"),
+    (512, 256, 8, r"vae_tile_size \(8 px\) must be 0 \(the whole image at once\) or at least 64 px")])
+def test_tile_errors_speak_in_pixels_before_any_encoding(tiny_model, tiny_clip, tile, stride, vae_tile, problem):
     image = torch.rand(1, 32, 32, 3)
     with pytest.raises(ValueError, match=problem):  # no VAE and no SUPIR: they must not be reached
         SUPIRUpscaleRestore.execute(tiny_model, tiny_clip, None, None, image, 2.0, "", "Quality", 0, 1.0, tile,
-                                    stride, "wavelet", "64", "bicubic", 0)
+                                    stride, "wavelet", "64", "bicubic", vae_tile)

@@ -25,9 +25,9 @@ class CLIPI(nn.Module):
         self.preprocess = preprocess
 
     @classmethod
-    def from_files(cls, config_path: str, _weights_path: str, preprocessor_path: str) -> "CLIPI":
-        """Loads the ``CLIPModel`` and its preprocessing from the folder of these files (no tokenizer needed)."""
-        return cls(*load_clip(config_path, preprocessor_path, "CLIP-I"))
+    def from_files(cls, config_path: str, weights_path: str, preprocessor_path: str) -> "CLIPI":
+        """Loads the ``CLIPModel`` and its preprocessing from these files (no tokenizer needed)."""
+        return cls(*load_clip(config_path, weights_path, preprocessor_path, "CLIP-I"))
 
     @torch.no_grad()
     def forward(self, image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

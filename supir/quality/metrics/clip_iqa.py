@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from ...image.io import image_to_pil
+from ...weights import WeightsFileError, names, read_state_dict
 from ..degradation import check_image
 
 
@@ -94,10 +95,12 @@ class CLIPPreprocess:
         return torch.stack([self.one(img) for img in image.cpu()])
 
 
-def load_clip(config_path: str, preprocessor_path: str, metric: str) -> tuple[nn.Module, CLIPPreprocess]:
-    """A transformers ``CLIPModel`` (eval mode, local files only, a ``.bin`` read with ``weights_only``) from the
-    folder of ``config_path``, and the image preprocessing of its ``preprocessor_config.json``, checked to give the
-    vision tower's input size. ``metric`` names the metric in errors."""
+def load_clip(config_path: str, weights_path: str, preprocessor_path: str,
+              metric: str) -> tuple[nn.Module, CLIPPreprocess]:
+    """A transformers ``CLIPModel`` (eval mode, local files only) of ``config_path`` with the weights of
+    ``weights_path`` (read by the pack's weights reader: safetensors, or a pickle weights-only), and the image
+    preprocessing of its ``preprocessor_config.json``, checked to give the vision tower's input size. ``metric``
+    names the metric in errors."""
     with open(config_path) as f:
         model_type = json.load(f).get("model_type")
     if model_type != "clip":
@@ -105,11 +108,18 @@ def load_clip(config_path: str, preprocessor_path: str, metric: str) -> tuple[nn
                          f"one is {model_type!r}. Use e.g. openai/clip-vit-base-patch32; the RN50 CLIP of the "
                          "CLIP-IQA paper has no transformers port.")
     try:
-        from transformers import CLIPModel
+        from transformers import CLIPConfig, CLIPModel
     except ImportError as e:
         raise ImportError(f"{metric} needs the 'transformers' package (ComfyUI installs it): "
                           "pip install transformers.") from e
-    model = CLIPModel.from_pretrained(os.path.dirname(config_path), local_files_only=True, weights_only=True).eval()
+    config = CLIPConfig.from_pretrained(os.path.dirname(config_path), local_files_only=True)
+    model, info = CLIPModel.from_pretrained(None, config=config, state_dict=read_state_dict(weights_path),
+                                            output_loading_info=True)
+    if info["missing_keys"]:
+        raise WeightsFileError(f"{weights_path}: the tensors do not fit the CLIP model of {config_path}: missing "
+                               f"{names(sorted(info['missing_keys']))}. Copy the weights and config.json from the "
+                               "same CLIP model folder.")
+    model.eval()
     preprocess = CLIPPreprocess.from_config(preprocessor_path)
     image_size = model.config.vision_config.image_size
     if preprocess.crop != (image_size, image_size):
@@ -149,11 +159,11 @@ class CLIPIQA(nn.Module):
         self.preprocess = preprocess
 
     @classmethod
-    def from_files(cls, config_path: str, _weights_path: str, preprocessor_path: str,
+    def from_files(cls, config_path: str, weights_path: str, preprocessor_path: str,
                    *_tokenizer_paths: str) -> "CLIPIQA":
-        """Loads the ``CLIPModel``, its tokenizer and its preprocessing from the folder of these files (transformers
-        finds the weights and tokenizer files there itself; local files only)."""
-        model, preprocess = load_clip(config_path, preprocessor_path, "CLIP-IQA")
+        """Loads the ``CLIPModel``, its tokenizer and its preprocessing from these files (transformers finds the
+        tokenizer files in their folder itself; local files only)."""
+        model, preprocess = load_clip(config_path, weights_path, preprocessor_path, "CLIP-IQA")
         from transformers import CLIPTokenizer
         tokenizer = CLIPTokenizer.from_pretrained(os.path.dirname(config_path), local_files_only=True)
         tokens = tokenizer(list(cls.PROMPTS), padding=True, return_tensors="pt")
