@@ -5,7 +5,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..supir.checks import check_finite_image, check_finite_latent
-from ..supir.host.cfw_decode import VAE_WEIGHTS, cfw_decode, load_cfw
+from ..supir.host.cfw_decode import TILED_VAES, VAE_WEIGHTS, cfw_decode, load_cfw
 
 CFWType = io.Custom("STABLESR_CFW")
 CATEGORY = "supir/stablesr"
@@ -55,18 +55,23 @@ class StableSRCFWDecode(io.ComfyNode):
                                tooltip="The encoder and decoder weights. cfw_file: the CFW file's own (the SD 2.1 "
                                        "VAE it was trained with); vae: the connected VAE's as loaded."),
                 io.Int.Input("tile_size", default=0, min=0, max=8192, step=64,
-                             tooltip="0 decodes the whole image at once. From 64 up (pixels): overlapping tiles of "
-                                     "this size blended together, for large images (memory bounded by the tile); "
-                                     "each tile is normalised on its own, so very small tiles can show seams."),
+                             tooltip="0 decodes the whole image at once. From 64 up (pixels): tiles of this size, "
+                                     "for large images (memory bounded by the tile)."),
+                io.Combo.Input("tiled_vae", options=list(TILED_VAES), default="blend", optional=True,
+                               tooltip="With tile_size above 0. blend: overlapping tiles blended together, fast; "
+                                       "each tile is normalised on its own, so small tiles can show seams. exact: "
+                                       "whole-image normalisation and attention, equal to the untiled decode; many "
+                                       "times slower, and each tile needs room for its halo."),
             ],
             outputs=[io.Image.Output(tooltip="The decoded image.")],
         )
 
     @classmethod
-    def execute(cls, samples, vae, cfw, lr_image, w, vae_weights, tile_size) -> io.NodeOutput:
+    def execute(cls, samples, vae, cfw, lr_image, w, vae_weights, tile_size, tiled_vae="blend") -> io.NodeOutput:
         check_finite_latent(samples["samples"], "samples")
         check_finite_image(lr_image, "lr_image")
-        return io.NodeOutput(cfw_decode(cfw, vae, samples["samples"], lr_image, w, vae_weights, tile_size))
+        return io.NodeOutput(cfw_decode(cfw, vae, samples["samples"], lr_image, w, vae_weights, tile_size,
+                                        tiled_vae))
 
 
 NODES = [StableSRLoadCFW, StableSRCFWDecode]

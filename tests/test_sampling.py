@@ -8,6 +8,7 @@ from supir_restore.supir.sampling.samplers import (RESTORE_PRESETS, STEP_KEY, ch
                                           nearest_sigma, restoration_guidance, restoration_weight,
                                           restore_dpm_sigmas, sample_restore_dpmpp_2m_sde, sample_restore_edm,
                                           sigma_ramp)
+from supir_restore.supir.stablesr.sampling import sample_stablesr_ddim
 
 TABLE = ddpm_sigmas()
 SIGMA_MAX = float(TABLE[-1])
@@ -149,6 +150,54 @@ def test_same_seed_same_result():
     b = sample_restore_edm(data, start(8), sigmas, {"seed": 5}, s_churn=5.0, disable=True)
     c = sample_restore_edm(data, start(8), sigmas, {"seed": 6}, s_churn=5.0, disable=True)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+class IdentityData:
+    """D(x) = x: the deterministic part of every sampler here then leaves x as it is, so x changes between model
+    calls only by the noise the sampler injects (times the step's scale). Records the x of every call."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, x, sigma, **extra):
+        self.seen.append(x.clone())
+        return x
+
+
+def first_injected_draw(sampler, seed, shape=(1, 4, 128, 128)):
+    """(start noise, the first noise ``sampler`` adds to x for ``seed``, scaled as added). The start noise is
+    ComfyUI's for ``seed`` (comfy.sample.prepare_noise draws it from a CPU generator seeded with the seed)."""
+    start_noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    data, x_start = IdentityData(), start_noise * SIGMA_MAX
+    sampler(data, x_start.clone(), {"seed": seed})
+    xs = [x_start] + data.seen
+    steps = [b - a for a, b in zip(xs, xs[1:])]
+    # 1e-3 of the start: far above the rounding D(x) = x leaves in DPM++'s weights, far below any injection
+    return start_noise, next(d for d in steps if d.abs().max() > 1e-3 * x_start.abs().max())
+
+
+def correlation(a, b):
+    return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+
+NOISY_SAMPLERS = {
+    "RestoreEDM churn": lambda data, x, extra: sample_restore_edm(
+        data, x, discrete_sigmas(6, TABLE), extra, s_churn=5.0, s_noise=1.003, disable=True),
+    "RestoreDPM++ 2M SDE": lambda data, x, extra: sample_restore_dpmpp_2m_sde(
+        data, x, restore_dpm_sigmas(6, TABLE), extra, eta=1.0, s_noise=1.003, disable=True),
+    "StableSR DDIM eta 1": lambda data, x, extra: sample_stablesr_ddim(
+        data, x, discrete_sigmas(6, TABLE), extra, eta=1.0, disable=True),
+}
+
+
+@pytest.mark.parametrize("name", NOISY_SAMPLERS)
+@pytest.mark.parametrize("seed", [0, 1234, 2 ** 64 - 1])
+def test_injected_noise_is_fresh_and_a_function_of_the_seed(name, seed):
+    # Repeating the start noise gave a correlation of 1; independent draws over 4x128x128 values have a
+    # correlation of standard deviation 1/256, so 0.02 is five of them.
+    start_noise, draw = first_injected_draw(NOISY_SAMPLERS[name], seed)
+    assert abs(correlation(draw, start_noise)) < 0.02
+    assert torch.equal(first_injected_draw(NOISY_SAMPLERS[name], seed)[1], draw)
 
 
 def test_presets_are_the_official_defaults():

@@ -8,14 +8,19 @@ VAE (its ``Encoder``/``Decoder`` keep the official module names), with the fusio
 pack's under ComfyUI's model management. The SD-VAE weights are the CFW file's (``set`` weight patches on a clone
 of the VAE's patcher, as SUPIR's LQ VAE) or the VAE's as loaded.
 
-Tiled: overlapping latent tiles (a quarter of the tile overlaps), each decoded with the features of the LR image's
-matching crop, as the official tiled script runs its whole pipeline per tile, blended with the pack's Gaussian
-weights; memory is bounded by the tile.
+Tiled, two ways (``tiled_vae``). ``blend``: overlapping latent tiles (a quarter of the tile overlaps), each decoded
+with the features of the LR image's matching crop, as the official tiled script runs its whole pipeline per tile,
+blended with the pack's Gaussian weights; each tile is normalised on its own, so tiles differ from the whole-image
+decode near their borders; memory is bounded by the tile. ``exact``: the exact tiled VAE (``tiling/exact_vae.py``)
+runs the whole CFW decode (encoder features, decoder, fusion layers) tile by tile, every GroupNorm normalising by
+its input's whole-image statistics and the middle attention attending to the whole image, so tiles equal the
+whole-image decode up to float rounding; memory is bounded by a tile window (the tile plus the convolutions'
+reach on each side), time is many times the blend's. Both take the latent and the LR image as one tensor at
+latent resolution (the image pixel-unshuffled), so each tile carries its own LR crop.
 """
 from __future__ import annotations
 
 import copy
-import functools
 import os
 from dataclasses import dataclass
 
@@ -24,17 +29,21 @@ import torch.nn.functional as F
 from torch import nn
 
 import comfy.model_management as mm
+import comfy.ops
 import comfy.utils
 from comfy.ldm.models.autoencoder import AutoencoderKL
-from comfy.ldm.modules.diffusionmodules.model import Decoder, Encoder
+from comfy.ldm.modules.diffusionmodules.model import AttnBlock, Decoder, Encoder
 
 from ..image.io import as_rgb
 from ..stablesr.cfw import CFWLayers, cfw_layout, check_cfw_finite, check_fusion_fits, split_cfw_state_dict, vae_config
+from ..tiling.exact_vae import tiled_exact
 from ..tiling.grid import blend_tiles, check_vae_tile, tile_grid
 from ..weights import STORAGE_DTYPES, check_layout, read_state_dict
 from .supir_loader import managed_network
+from .tiled_vae import progress_bar
 
 VAE_WEIGHTS = ("cfw_file", "vae")
+TILED_VAES = ("blend", "exact")
 
 
 class CFWMismatchError(ValueError):
@@ -178,41 +187,55 @@ def check_sizes(samples: torch.Tensor, pixels: torch.Tensor, ratio: int = 8,
 
 
 def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor, w: float = 0.5,
-               vae_weights: str = "cfw_file", tile_size: int = 0) -> torch.Tensor:
+               vae_weights: str = "cfw_file", tile_size: int = 0, tiled_vae: str = "blend") -> torch.Tensor:
     """Decode ``samples`` (raw LATENT samples [B,4,h,w]) with CFW toward ``lr_image`` (IMAGE [B or 1,8h,8w,C] in
     [0,1], the upscaled LR image StableSR restored; 8 is the SD VAE's scale) at fidelity weight ``w`` (0: the
-    plain VAE decode). ``tile_size`` (pixels): 0 decodes the whole image at once; from 64 up, overlapping tiles of
-    that size. Returns IMAGE [B,8h,8w,3] in [0,1]."""
+    plain VAE decode). ``tile_size`` (pixels): 0 decodes the whole image at once; from 64 up, tiles of that size,
+    ``tiled_vae`` ``blend`` (overlapping tiles, each normalised on its own) or ``exact`` (whole-image statistics:
+    the untiled result). Returns IMAGE [B,8h,8w,3] in [0,1]."""
     check_vae_tile(tile_size)
+    if tiled_vae not in TILED_VAES:
+        raise ValueError(f"tiled_vae '{tiled_vae}' is not one of {', '.join(TILED_VAES)}")
     vae = cfw_vae(cfw, vae, vae_weights)
     pixels = vae.vae_encode_crop_pixels(as_rgb(lr_image))
     ratio = vae.upscale_ratio
     check_sizes(samples, pixels, ratio, tuple(lr_image.shape[1:3]))
     model, layers = vae.first_stage_model, cfw.layers
-    height, width = samples.shape[-2:]
+    channels, (height, width) = samples.shape[1], samples.shape[-2:]
     tile = tile_size // ratio if tile_size else max(height, width)
-    tiles = tile_grid(height, width, tile, tile - tile // 4)
-    shape = (1, samples.shape[1], min(tile, height), min(tile, width))
-    memory = vae.memory_used_decode(shape, vae.vae_dtype) + vae.memory_used_encode(
-        (1, 3, ratio * shape[2], ratio * shape[3]), vae.vae_dtype)
+    span = 3 * tile if tiled_vae == "exact" else tile  # an exact tile's window has a halo: 3 tiles, as decode_exact
+    window = min(span, height), min(span, width)
+    memory = vae.memory_used_decode((1, channels, *window), vae.vae_dtype) + vae.memory_used_encode(
+        (1, 3, ratio * window[0], ratio * window[1]), vae.vae_dtype)
     mm.load_models_gpu([vae.patcher, cfw.patcher], memory_required=memory, force_full_load=vae.disable_offload)
-    bar = comfy.utils.ProgressBar(samples.shape[0] * len(tiles))
 
-    def decode(x: torch.Tensor, z: torch.Tensor, group: list) -> torch.Tensor:
-        """One latent tile z and its crop of the LR image x ([1,3,H,W] in [-1,1]) -> IMAGE tile [1,3,8h,8w]
-        (``ratio`` = 8 for SD's VAE)."""
-        ((top, bottom, left, right),) = group
+    def decode(packed: torch.Tensor) -> torch.Tensor:
+        """A tile of the latent and its LR crop, packed as [1, c + 3·ratio², h, w] (the crop in [-1,1],
+        pixel-unshuffled) -> IMAGE tile [1,3,ratio·h,ratio·w]."""
         mm.throw_exception_if_processing_interrupted()
-        crop = x[:, :, ratio * top:ratio * bottom, ratio * left:ratio * right].to(vae.device, vae.vae_dtype)
-        features = encoder_features(model.encoder, crop, layers.levels)
+        z, crop = packed[:, :channels], F.pixel_shuffle(packed[:, channels:], ratio)
+        features = encoder_features(model.encoder, crop.to(vae.device, vae.vae_dtype), layers.levels)
         out = decode_mix(model, layers, z.to(vae.device, vae.vae_dtype), features, w, cfw.compute_dtype)
-        bar.update(1)
         return vae.process_output(out.to(vae.output_device).float())
 
+    tiles = tile_grid(height, width, tile, tile - tile // 4)
+    bar = comfy.utils.ProgressBar(samples.shape[0] * len(tiles))
+
+    def blended_tile(packed: torch.Tensor, group: list) -> torch.Tensor:
+        out = decode(packed)
+        bar.update(1)
+        return out
+
+    network = nn.ModuleList([model, layers])  # every GroupNorm, attention and convolution the decode runs
+    probe = torch.zeros(1, channels + 3 * ratio ** 2, 4, 4)
     out = []
     with torch.inference_mode():
         for i in range(samples.shape[0]):
-            x = vae.process_input(pixels[min(i, pixels.shape[0] - 1)][None].movedim(-1, 1))
-            out.append(blend_tiles(functools.partial(decode, x), samples[i:i + 1].float(), tiles,
-                                   weights="symmetric", scale=ratio))
+            x = vae.process_input(pixels[min(i, pixels.shape[0] - 1)][None].movedim(-1, 1)).float()
+            packed = torch.cat([samples[i:i + 1].float(), F.pixel_unshuffle(x, ratio)], dim=1)
+            if tiled_vae == "exact":
+                out.append(tiled_exact(decode, network, packed, tile, 1, probe, (AttnBlock,),
+                                       comfy.ops.scaled_dot_product_attention, progress_bar()))
+            else:
+                out.append(blend_tiles(blended_tile, packed, tiles, weights="symmetric", scale=ratio))
     return torch.cat(out).movedim(1, -1)

@@ -7,6 +7,7 @@ import torch
 import comfy.k_diffusion.sampling
 import comfy.samplers
 
+from ..sampling.samplers import gaussian_noise_sampler
 from ..stablesr.sampling import (START_MODES, StableSRSettings, check_settings, sample_stablesr_ddim)
 from ..stablesr.schedule import TIMESTEPS, ddim_alpha_timesteps, respaced_timesteps, schedule_sigmas
 from .restore import sample
@@ -68,9 +69,14 @@ def _official_ddim_pairing(table: torch.Tensor, sigmas: torch.Tensor):
 def stablesr_sampler(sampler: str = "ddpm", start: str = "lr_latent", eta: float = 0.0) -> StableSRSampler:
     """``ddpm``: the official respaced DDPM (ComfyUI's ddpm step; exact on :func:`stablesr_sigmas`). ``ddim``: the
     official DDIM with ``eta``; on the ddim schedule of :func:`stablesr_sigmas` the model gets the official
-    (respaced) timesteps and the last step ends at t = 0, as the negative-prompt script does."""
+    (respaced) timesteps and the last step ends at t = 0, as the negative-prompt script does. Both draw their step
+    noise with :func:`gaussian_noise_sampler` (on the CPU what ComfyUI's ddpm draws, on a GPU the same as on
+    the CPU)."""
     if sampler == "ddpm":
-        return StableSRSampler(comfy.k_diffusion.sampling.sample_ddpm, start)
+        def ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None):
+            noise = gaussian_noise_sampler(x, (extra_args or {}).get("seed"))
+            return comfy.k_diffusion.sampling.sample_ddpm(model, x, sigmas, extra_args, callback, disable, noise)
+        return StableSRSampler(ddpm, start)
     if sampler != "ddim":
         raise ValueError(f"sampler '{sampler}' is not one of ddpm, ddim")
 

@@ -20,7 +20,7 @@ class UnsupportedVAEError(ValueError):
     """The VAE is not built from ComfyUI's 2-D Encoder/Decoder."""
 
 
-def _progress_bar() -> Callable[[int, int], None]:
+def progress_bar() -> Callable[[int, int], None]:
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -56,7 +56,7 @@ def encode_exact(vae, pixels: torch.Tensor, tile: int) -> torch.Tensor:
         return model.encode(window.to(vae.vae_dtype).to(vae.device)).to(vae.output_device).float()
     with torch.inference_mode():
         return tiled_exact(forward, model.encoder, x, core, ratio, torch.zeros(1, 3, 4 * ratio, 4 * ratio),
-                           (AttnBlock,), comfy.ops.scaled_dot_product_attention, _progress_bar())
+                           (AttnBlock,), comfy.ops.scaled_dot_product_attention, progress_bar())
 
 
 def decode_exact(vae, latent: torch.Tensor, tile: int) -> torch.Tensor:
@@ -71,4 +71,4 @@ def decode_exact(vae, latent: torch.Tensor, tile: int) -> torch.Tensor:
     with torch.inference_mode():
         probe = torch.zeros(1, latent.shape[1], 4, 4)
         return tiled_exact(forward, model.decoder, latent, max(1, tile), 1, probe, (AttnBlock,),
-                           comfy.ops.scaled_dot_product_attention, _progress_bar()).movedim(1, -1)
+                           comfy.ops.scaled_dot_product_attention, progress_bar()).movedim(1, -1)

@@ -114,7 +114,12 @@ def with_step(extra_args: dict, sigma: torch.Tensor, sigma_next: torch.Tensor, s
 
 
 def gaussian_noise_sampler(x: torch.Tensor, seed: int | None) -> NoiseSampler:
-    generator = torch.Generator(device="cpu").manual_seed(seed if seed is not None else 0)
+    """The noise a sampler injects after its start: standard normal draws of ``x``'s shape and dtype from a CPU
+    generator seeded with ``seed`` + 1 (mod 2^64), moved to ``x``'s device, so a seed gives the same image on every
+    device. Not ``seed`` itself: ComfyUI's start noise (``comfy.sample.prepare_noise``) is that generator's first
+    draw, which the first injection would repeat; ComfyUI's own ``default_noise_sampler`` adds 1 on the CPU for
+    the same reason."""
+    generator = torch.Generator(device="cpu").manual_seed(((seed or 0) + 1) % 2 ** 64)
     return lambda sigma, sigma_next: torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
 

@@ -1,7 +1,7 @@
 """Tier 2: StableSR's CFW decode on ComfyUI's VAE (tiny VAE, seeded fusion layers in the official file layout):
 it equals a walk of the same modules in the official Encoder(return_fea) / Decoder_Mix order, w = 0 is the stock
-VAE decode, tiles decode their own crops, wrong files and inputs fail clearly, and the full-size official file's
-layout fits ComfyUI's SD VAE and the fusion layers."""
+VAE decode, blended tiles decode their own crops and exact tiles equal the whole image, wrong files and inputs
+fail clearly, and the full-size official file's layout fits ComfyUI's SD VAE and the fusion layers."""
 import json
 import logging
 import os
@@ -167,6 +167,39 @@ def test_tiled_memory_is_bounded_by_the_tile(cfw, tiny_vae):
     assert largest[16, 0] == (65, 129) and largest[32, 0] == (65, 257)
 
 
+@pytest.mark.parametrize("tile_size", [64, 128])
+def test_exact_tiles_equal_the_whole_image_decode(cfw, tiny_vae, tile_size):
+    z, lr = latent_and_lr(size=(12, 20), seed=2)  # 64 px: cores of 8 latent px at rows 0, 8, columns 0, 8, 16
+    whole = cfw_decode(cfw, tiny_vae, z, lr, 0.5)
+    exact = cfw_decode(cfw, tiny_vae, z, lr, 0.5, tile_size=tile_size, tiled_vae="exact")
+    blend = cfw_decode(cfw, tiny_vae, z, lr, 0.5, tile_size=tile_size)
+    # whole-image GroupNorm statistics and attention in every tile: only float32 rounding is left (measured
+    # 1e-6 at most), where the blended tiles, each normalised on its own, are off by whole percents
+    assert (exact - whole).abs().max() / whole.abs().max() < 1e-5
+    assert (blend - whole).abs().max() / whole.abs().max() > 1e-2
+
+
+def test_exact_tiles_memory_is_bounded_by_the_tile_window(cfw, tiny_vae):
+    """The largest input any convolution (encoder, decoder, fusion layers) of the exact tiled decode sees is a
+    tile window, the tile and the convolutions' reach on each side (42 latent px here), however wide the image."""
+    shapes = []
+    convs = [m for net in (tiny_vae.first_stage_model, cfw.layers) for m in net.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    hooks = [m.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape[-2:]))) for m in convs]
+    largest = {}
+    try:
+        for width in (104, 120):
+            z, lr = latent_and_lr(size=(1, width), seed=4)
+            shapes.clear()
+            cfw_decode(cfw, tiny_vae, z, lr, 0.5, tile_size=64, tiled_vae="exact")
+            largest[width] = max(shapes, key=lambda s: s[0] * s[1])
+    finally:
+        for h in hooks:
+            h.remove()
+    # 8 latent px of tile + 2 x 42 of halo, in image pixels (+ 1 for the encoder downsampling's padding)
+    assert largest[104] == largest[120] == (9, 8 * (8 + 2 * 42) + 1)
+
+
 def pickle_with_code(path) -> str:
     import pickle
 
@@ -236,6 +269,8 @@ def test_mismatched_vae_and_inputs_fail_clearly(cfw, tiny_vae, tmp_path):
         cfw_decode(cfw, tiny_vae, z.repeat(3, 1, 1, 1), lr.repeat(2, 1, 1, 1))
     with pytest.raises(ValueError, match="tile_size \\(32 px\\) must be 0 \\(the whole image at once\\) or at least 64 px"):
         cfw_decode(cfw, tiny_vae, z, lr, tile_size=32)
+    with pytest.raises(ValueError, match="tiled_vae 'fast' is not one of blend, exact"):
+        cfw_decode(cfw, tiny_vae, z, lr, tile_size=64, tiled_vae="fast")
     with pytest.raises(ValueError, match="vae_weights 'sdxl' is not one of cfw_file, vae"):
         cfw_decode(cfw, tiny_vae, z, lr, vae_weights="sdxl")
     fusion_only = load_cfw(save(tmp_path / "fusion_only.ckpt", cfw_state_dict(tiny_vae, vae_part=False)))

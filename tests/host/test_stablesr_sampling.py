@@ -89,7 +89,7 @@ def test_ddpm_restore_equals_the_official_respaced_ddpm(stablesr, v_prediction):
     out = restore_stablesr(patched, positive, positive, lr, SEED, StableSRSettings("ddpm", 4, "lr_latent"),
                            disable_pbar=True)
 
-    generator = torch.Generator().manual_seed(SEED + 1)  # ComfyUI's ddpm noise sampler on the CPU
+    generator = torch.Generator().manual_seed(SEED + 1)  # the step noise: ComfyUI's ddpm noise sampler on the CPU
     noise = comfy.sample.prepare_noise(lr, SEED)
     latent_format = model.get_model_object("latent_format")
     with torch.no_grad():
@@ -110,7 +110,7 @@ def test_ddim_restore_equals_the_official_negative_prompt_ddim(stablesr, v_predi
     settings = StableSRSettings("ddim", 5, "noise", cfg=3.0, eta=1.0)
     out = restore_stablesr(patched, positive, negative, lr, SEED, settings, disable_pbar=True)
 
-    generator = torch.Generator().manual_seed(SEED)  # the pack's DDIM noise sampler
+    generator = torch.Generator().manual_seed(SEED + 1)  # the step noise, fresh from the start noise's
     noise = comfy.sample.prepare_noise(lr, SEED)
     with torch.no_grad():
         x = official_ddim(official_unet(patched, stablesr, lr), noise, 5, positive[0][0], negative[0][0], 3.0, 1.0,
