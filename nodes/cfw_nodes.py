@@ -5,6 +5,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..supir.checks import check_finite_image, check_finite_latent
+from ..supir.host.auto_tiles import TILES_CHOICES, check_tiles
 from ..supir.host.cfw_decode import VAE_WEIGHTS, cfw_decode, load_cfw
 
 CFWType = io.Custom("STABLESR_CFW")
@@ -58,15 +59,21 @@ class StableSRCFWDecode(io.ComfyNode):
                              tooltip="0 decodes the whole image at once. From 64 up (pixels): overlapping tiles of "
                                      "this size blended together, for large images (memory bounded by the tile); "
                                      "each tile is normalised on its own, so very small tiles can show seams."),
+                io.Combo.Input("tiles", options=list(TILES_CHOICES), default="manual", optional=True,
+                               tooltip="auto: the whole image when it fits the device's free memory, else the "
+                                       "largest tile that does (predicted from ComfyUI's VAE estimates; the choice "
+                                       "is logged); tile_size is then unused. manual: tile_size."),
             ],
             outputs=[io.Image.Output(tooltip="The decoded image.")],
         )
 
     @classmethod
-    def execute(cls, samples, vae, cfw, lr_image, w, vae_weights, tile_size) -> io.NodeOutput:
+    def execute(cls, samples, vae, cfw, lr_image, w, vae_weights, tile_size, tiles="manual") -> io.NodeOutput:
         check_finite_latent(samples["samples"], "samples")
         check_finite_image(lr_image, "lr_image")
-        return io.NodeOutput(cfw_decode(cfw, vae, samples["samples"], lr_image, w, vae_weights, tile_size))
+        check_tiles(tiles)
+        return io.NodeOutput(cfw_decode(cfw, vae, samples["samples"], lr_image, w, vae_weights,
+                                        None if tiles == "auto" else tile_size))
 
 
 NODES = [StableSRLoadCFW, StableSRCFWDecode]

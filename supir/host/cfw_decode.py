@@ -34,6 +34,7 @@ from ..stablesr.cfw import (CFWLayers, check_fusion_fits, fusion_layout, split_c
 from ..stablesr.checkpoint import StableSRCheckpointError
 from ..tiling.grid import blend_tiles, tile_grid
 from ..weights import check_layout, names, read_state_dict
+from .auto_tiles import vae_tile
 from .supir_loader import STORAGE_DTYPES, managed_network
 
 VAE_WEIGHTS = ("cfw_file", "vae")
@@ -180,12 +181,13 @@ def check_sizes(samples: torch.Tensor, pixels: torch.Tensor, ratio: int = 8) -> 
 
 
 def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor, w: float = 0.5,
-               vae_weights: str = "cfw_file", tile_size: int = 0) -> torch.Tensor:
+               vae_weights: str = "cfw_file", tile_size: int | None = 0) -> torch.Tensor:
     """Decode ``samples`` (raw LATENT samples [B,4,h,w]) with CFW toward ``lr_image`` (IMAGE [B or 1,8h,8w,C] in
     [0,1], the upscaled LR image StableSR restored; 8 is the SD VAE's scale) at fidelity weight ``w`` (0: the
     plain VAE decode). ``tile_size`` (pixels): 0 decodes the whole image at once; from 64 up, overlapping tiles of
-    that size. Returns IMAGE [B,8h,8w,3] in [0,1]."""
-    if tile_size != 0 and tile_size < MIN_TILE:
+    that size; None: the largest tile that fits the free memory (``auto_tiles.vae_tile``). Returns IMAGE
+    [B,8h,8w,3] in [0,1]."""
+    if tile_size is not None and tile_size != 0 and tile_size < MIN_TILE:
         raise ValueError(f"tile_size ({tile_size} px) must be 0 (whole image) or at least {MIN_TILE} px; 512 px "
                          f"is a good start")
     vae = cfw_vae(cfw, vae, vae_weights)
@@ -194,6 +196,8 @@ def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor
     check_sizes(samples, pixels, ratio)
     model, layers = vae.first_stage_model, cfw.layers
     height, width = samples.shape[-2:]
+    if tile_size is None:
+        tile_size = vae_tile(vae, height, width, encode=True, decode=True, patchers=[cfw.patcher])
     tile = tile_size // ratio if tile_size else max(height, width)
     tiles = tile_grid(height, width, tile, tile - tile // 4)
     shape = (1, samples.shape[1], min(tile, height), min(tile, width))

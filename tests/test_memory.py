@@ -1,0 +1,87 @@
+"""Tier 1: the memory model's arithmetic (ComfyUI's estimates, the control's held features) and the automatic
+tile choice against memory budgets."""
+import pytest
+
+from supir_restore.supir.tiling.memory import (COMFY_MARGIN, MIB, SDXL_LEVELS, STABLESR_SD2, SUPIR_SDXL, TILE_STEP,
+                                               choose_tile, held_channels, sampling_call_bytes, tile_candidates,
+                                               unet_call_bytes, vae_decode_bytes, vae_encode_bytes)
+from supir_restore.supir.tiling.grid import tile_grid
+
+GIB = 1024 ** 3
+
+
+def test_held_channels_count_the_sdxl_encoder_half_block_by_block():
+    # conv_in 320, two ResBlocks 320, Downsample 320 at 1/4, two 640 at 1/4, Downsample 640 at 1/16, two 1280 at 1/16
+    assert held_channels(SDXL_LEVELS) == 320 + 2 * 320 + 320 / 4 + 2 * 640 / 4 + 640 / 16 + 2 * 1280 / 16 == 1560
+    assert SUPIR_SDXL.held_channels == 1560
+    assert STABLESR_SD2.held_channels == pytest.approx(256 * 1.34375)
+
+
+def test_unet_bytes_are_comfyuis_memory_required_formulas():
+    # model_base.BaseModel.memory_required: efficient attention area * dtype_size * 0.01 * factor MiB, else 0.15
+    assert unet_call_bytes(128 * 128, 2, 2, 0.8) == 2 * 128 * 128 * 2 * 0.01 * 0.8 * MIB
+    assert unet_call_bytes(64 * 64, 4, 4, 1.0, efficient_attention=False) == 4 * 64 * 64 * 0.15 * MIB
+
+
+def test_sampling_call_adds_the_held_features_in_the_compute_dtype():
+    unet = unet_call_bytes(96 * 96, 2, 2, SUPIR_SDXL.factor)
+    assert sampling_call_bytes(SUPIR_SDXL, 96 * 96, 2, 2) == pytest.approx(unet + 2 * 96 * 96 * 1560 * 2, rel=1e-12)
+
+
+def test_vae_bytes_are_comfyuis_memory_used_formulas():
+    # sd.py: encode 1767 * H * W * dtype_size (image pixels); decode 2178 * h * w * 64 * dtype_size (latent pixels)
+    assert vae_encode_bytes(1024 * 1024, 2) == 1767 * 1024 * 1024 * 2
+    assert vae_decode_bytes(128 * 128, 4) == 2178 * 128 * 128 * 64 * 4
+
+
+def test_candidates_start_with_the_whole_image_and_step_down_to_the_smallest():
+    candidates = tile_candidates(100, 300, 64)
+    assert candidates[0] == 300 and candidates[-1] == 64
+    assert all(a > b for a, b in zip(candidates, candidates[1:]))
+    assert all(c % TILE_STEP == 0 for c in candidates[1:])
+    assert tile_candidates(40, 40, 64) == [64]
+
+
+def supir_peak(call_batch: int, dtype_bytes: int = 2):
+    return lambda pixels, k: sampling_call_bytes(SUPIR_SDXL, pixels, k * call_batch, dtype_bytes)
+
+
+@pytest.mark.parametrize("budget_gib", [2, 4, 8])
+def test_auto_tile_is_the_largest_that_fits_the_budget(budget_gib):
+    height = width = 512  # a 4096 px image's latent
+    budget = budget_gib * GIB
+    peak = supir_peak(2)
+    choice = choose_tile(height, width, budget, peak, smallest=64)
+    assert choice.fits and choice.predicted <= budget
+    assert choice.predicted == pytest.approx(COMFY_MARGIN * peak(choice.tile ** 2, choice.batch), rel=1e-12)
+    larger = choice.tile + TILE_STEP
+    assert COMFY_MARGIN * peak(larger ** 2, 1) > budget  # one step larger does not fit
+
+
+def test_auto_tile_grows_with_the_budget_and_batches_spare_tiles():
+    peak, tiles = supir_peak(2), (lambda tile: len(tile_grid(512, 512, tile, tile // 2)))
+    choices = [choose_tile(512, 512, gib * GIB, peak, 64, tiles_for=tiles, max_batch=8) for gib in range(1, 65)]
+    assert all(a.tile <= b.tile for a, b in zip(choices, choices[1:]))  # more memory never gives a smaller tile
+    whole = [c for c in choices if c.tile == 512]
+    assert whole and all(c.batch == 1 for c in whole)  # one tile: nothing to batch
+    for c in choices:
+        if c.batch < min(8, tiles(c.tile)):  # one more tile per call would not fit
+            assert COMFY_MARGIN * peak(min(c.tile, 512) ** 2, c.batch + 1) > c.budget
+
+
+def test_a_budget_too_small_gives_the_smallest_tile_and_says_it_does_not_fit():
+    choice = choose_tile(512, 512, 0.1 * GIB, supir_peak(2), smallest=64)
+    assert (choice.tile, choice.batch, choice.fits) == (64, 1, False)
+
+
+def test_the_whole_image_is_chosen_when_it_fits():
+    choice = choose_tile(80, 120, 64 * GIB, supir_peak(2), smallest=64)
+    assert choice.tile == 120 and choice.predicted == pytest.approx(COMFY_MARGIN * supir_peak(2)(80 * 120, 1))
+
+
+def test_bytes_per_latent_pixel_of_both_families():
+    # SD 2.x: factor 1.0 and 344 held channels; SDXL with SUPIR: factor 0.8 and 1560; per latent pixel
+    # 0.02 MiB + 344 * 2 B against 0.016 MiB + 1560 * 2 B at fp16
+    sd2 = sampling_call_bytes(STABLESR_SD2, 1, 1, 2)
+    sdxl = sampling_call_bytes(SUPIR_SDXL, 1, 1, 2)
+    assert sd2 == pytest.approx(0.02 * MIB + 344 * 2) and sdxl == pytest.approx(0.016 * MIB + 3120)
