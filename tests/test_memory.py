@@ -1,20 +1,49 @@
 """Tier 1: the memory model's arithmetic (ComfyUI's estimates, the control's held features) and the automatic
 tile choice against memory budgets."""
 import pytest
+import torch
 
-from supir_restore.supir.tiling.memory import (COMFY_MARGIN, MIB, SDXL_LEVELS, STABLESR_SD2, SUPIR_SDXL, TILE_STEP,
-                                               choose_tile, held_channels, sampling_call_bytes, tile_candidates,
-                                               unet_call_bytes, vae_decode_bytes, vae_encode_bytes)
+from supir_restore.supir.stablesr.encoder import EncoderConfig, TimeAwareEncoder
 from supir_restore.supir.tiling.grid import tile_grid
+from supir_restore.supir.tiling.memory import (COMFY_MARGIN, MIB, SDXL_LEVELS, STABLESR_SD2, SUPIR_SDXL, TILE_STEP,
+                                               choose_tile, encoder_feature_channels, held_channels,
+                                               sampling_call_bytes, tile_candidates, unet_call_bytes,
+                                               vae_decode_bytes, vae_encode_bytes)
+from helpers import TINY_UNET, tiny_control
 
 GIB = 1024 ** 3
 
 
 def test_held_channels_count_the_sdxl_encoder_half_block_by_block():
-    # conv_in 320, two ResBlocks 320, Downsample 320 at 1/4, two 640 at 1/4, Downsample 640 at 1/16, two 1280 at 1/16
-    assert held_channels(SDXL_LEVELS) == 320 + 2 * 320 + 320 / 4 + 2 * 640 / 4 + 640 / 16 + 2 * 1280 / 16 == 1560
-    assert SUPIR_SDXL.held_channels == 1560
-    assert STABLESR_SD2.held_channels == pytest.approx(256 * 1.34375)
+    # conv_in 320, two ResBlocks 320, Downsample 320 at 1/4, two 640 at 1/4, Downsample 640 at 1/16, two 1280 at
+    # 1/16, the middle block 1280 at 1/16
+    assert held_channels(SDXL_LEVELS) == 320 + 2 * 320 + 320 / 4 + 2 * 640 / 4 + 640 / 16 + 3 * 1280 / 16 == 1640
+    assert SUPIR_SDXL.held_channels == 1640
+    assert STABLESR_SD2.held_channels == encoder_feature_channels(256, 4) == 256 + 64 + 16 + 4 == 340
+
+
+@torch.no_grad()
+def test_the_running_trunk_holds_the_counted_features():
+    # The SUPIR trunk's outputs (kept for the UNet's adaptors) counted on a running tiny trunk: channels summed
+    # over its outputs, each weighted by its share of the latent's pixels, equal held_channels of its widths.
+    trunk = tiny_control().control_model.eval()
+    h, w = 16, 24
+    x, hint = torch.randn(1, 4, h, w), torch.randn(1, 4, h, w)
+    feats = trunk(x, hint, torch.tensor([500.0]), torch.randn(1, 7, TINY_UNET["context_dim"]),
+                  torch.randn(1, TINY_UNET["adm_in_channels"]))
+    widths = tuple(TINY_UNET["model_channels"] * m for m in TINY_UNET["channel_mult"])
+    assert sum(f.numel() for f in feats) / (h * w) == held_channels(widths)
+
+
+@torch.no_grad()
+def test_the_running_stablesr_encoder_hands_over_the_counted_features():
+    # one map per level, the last level's being the middle block's (SPADE's input at that size)
+    config = EncoderConfig(model_channels=32, feature_channels=64)
+    encoder = TimeAwareEncoder(config).eval()
+    h, w = 16, 24
+    features = encoder(torch.randn(1, 4, h, w), torch.tensor([500]))
+    expected = encoder_feature_channels(config.feature_channels, len(config.channel_mult))
+    assert sum(f.numel() for f in features.values()) / (h * w) == expected
 
 
 def test_unet_bytes_are_comfyuis_memory_required_formulas():
@@ -25,7 +54,7 @@ def test_unet_bytes_are_comfyuis_memory_required_formulas():
 
 def test_sampling_call_adds_the_held_features_in_the_compute_dtype():
     unet = unet_call_bytes(96 * 96, 2, 2, SUPIR_SDXL.factor)
-    assert sampling_call_bytes(SUPIR_SDXL, 96 * 96, 2, 2) == pytest.approx(unet + 2 * 96 * 96 * 1560 * 2, rel=1e-12)
+    assert sampling_call_bytes(SUPIR_SDXL, 96 * 96, 2, 2) == pytest.approx(unet + 2 * 96 * 96 * 1640 * 2, rel=1e-12)
 
 
 def test_vae_bytes_are_comfyuis_memory_used_formulas():
@@ -80,8 +109,8 @@ def test_the_whole_image_is_chosen_when_it_fits():
 
 
 def test_bytes_per_latent_pixel_of_both_families():
-    # SD 2.x: factor 1.0 and 344 held channels; SDXL with SUPIR: factor 0.8 and 1560; per latent pixel
-    # 0.02 MiB + 344 * 2 B against 0.016 MiB + 1560 * 2 B at fp16
+    # SD 2.x: factor 1.0 and 340 held channels; SDXL with SUPIR: factor 0.8 and 1640; per latent pixel
+    # 0.02 MiB + 340 * 2 B against 0.016 MiB + 1640 * 2 B at fp16
     sd2 = sampling_call_bytes(STABLESR_SD2, 1, 1, 2)
     sdxl = sampling_call_bytes(SUPIR_SDXL, 1, 1, 2)
-    assert sd2 == pytest.approx(0.02 * MIB + 344 * 2) and sdxl == pytest.approx(0.016 * MIB + 3120)
+    assert sd2 == pytest.approx(0.02 * MIB + 340 * 2) and sdxl == pytest.approx(0.016 * MIB + 3280)

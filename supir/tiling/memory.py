@@ -12,10 +12,11 @@ Where the constants come from (ComfyUI 0.8.0 to 0.12.1, the same in both):
   SDXL, 1.0 for SD 2.x. ComfyUI batches cond and uncond together only when ``1.5 x`` that estimate is below the
   free memory (``comfy/samplers.py``); the automatic choice keeps the same margin.
 - What the pack adds to a model call, counted from the architectures: SUPIR's control trunk is a copy of the SDXL
-  encoder half and runs before the UNet, so its transient peak is below the UNet's, but its outputs (one hint per
-  encoder block, 1560 channels per latent pixel in all, :func:`held_channels`) stay alive through the UNet call;
+  encoder half and runs before the UNet, so its transient peak is below the UNet's, but its outputs (one feature
+  per encoder block and the middle block's, 1640 channels per latent pixel in all, :func:`held_channels`; the host
+  tier counts them on the running trunk) stay alive through the UNet call;
   StableSR's time-aware encoder (a smaller half UNet, 256 channels at the first level) likewise hands the SPADE
-  layers 4 levels of 256-channel features plus the middle block's (344 channels per latent pixel).
+  layers one 256-channel map per level (340 channels per latent pixel, :func:`encoder_feature_channels`).
 - VAE: ``VAE.memory_used_encode`` / ``memory_used_decode`` in ``comfy/sd.py`` for the SD/SDXL KL autoencoder:
   1767 elements per image pixel to encode, 2178 x 64 per latent pixel to decode (NVIDIA; ComfyUI multiplies by
   2.73 on AMD).
@@ -34,14 +35,13 @@ VAE_DECODE_PER_LATENT = 2178 * 64  # comfy/sd.py, memory_used_decode: elements p
 TILE_STEP = 8  # candidate tiles are multiples of 8 latent pixels (64 px), the SD UNets' size multiple
 
 SDXL_LEVELS = (320, 640, 1280)  # SDXL UNet widths per level, 2 ResBlocks each (the SUPIR trunk copies them)
-STABLESR_FEATURES = 256 * (1 + 1 / 4 + 1 / 16 + 1 / 64 + 1 / 64)  # 4 levels and the middle block, 256 channels
 
 
 def held_channels(widths: tuple[int, ...], blocks_per_level: int = 2) -> float:
-    """Channels per latent pixel of the hints a control trunk keeps for the UNet: the input convolution's
-    output, each ResBlock's and each Downsample's, at 1/4 of the pixels per level down.
+    """Channels per latent pixel of the features a control trunk keeps for the UNet: the input convolution's
+    output, each ResBlock's and each Downsample's, and the middle block's, at 1/4 of the pixels per level down.
 
-    Example: ``held_channels(SDXL_LEVELS)`` is 320*3 + (320 + 640*2)/4 + (640 + 1280*2)/16 = 1560.
+    Example: ``held_channels(SDXL_LEVELS)`` is 320*3 + (320 + 640*2)/4 + (640 + 1280*3)/16 = 1640.
     """
     total, area = float(widths[0]), 1.0
     for level, width in enumerate(widths):
@@ -49,7 +49,16 @@ def held_channels(widths: tuple[int, ...], blocks_per_level: int = 2) -> float:
         if level < len(widths) - 1:
             area /= 4
             total += width * area  # the Downsample keeps this level's width at the next level's size
-    return total
+    return total + widths[-1] * area  # the middle block
+
+
+def encoder_feature_channels(feature_channels: int, levels: int) -> float:
+    """Channels per latent pixel of StableSR's encoder features: one map of ``feature_channels`` per level (1/4 of
+    the pixels per level down; at the last level's size the middle block's, which SPADE reads there).
+
+    Example: ``encoder_feature_channels(256, 4)`` is 256 * (1 + 1/4 + 1/16 + 1/64) = 340.
+    """
+    return feature_channels * sum(4.0 ** -level for level in range(levels))
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,7 @@ class SamplingModel:
 
 
 SUPIR_SDXL = SamplingModel("SUPIR on SDXL", SDXL_FACTOR, held_channels(SDXL_LEVELS))
-STABLESR_SD2 = SamplingModel("StableSR on SD 2.x", SD2_FACTOR, STABLESR_FEATURES)
+STABLESR_SD2 = SamplingModel("StableSR on SD 2.x", SD2_FACTOR, encoder_feature_channels(256, 4))
 
 
 def unet_call_bytes(latent_pixels: int, batch: int, dtype_bytes: int, factor: float,
