@@ -37,9 +37,10 @@ class SUPIRTiledAggregation(io.ComfyNode):
                                       tooltip="Optional per-tile captions: SUPIR Conditioning with caption_per_line, "
                                               "one line per tile, row by row."),
                 io.Combo.Input("tiles", options=list(TILES_CHOICES), default="manual", optional=True,
-                               tooltip="auto: the largest tile and tile batch whose predicted memory fits the "
-                                       "device's free memory, chosen at sampling (stride half the tile; the choice "
-                                       "is logged); tile_size, tile_stride and tile_batch_size are then unused. "
+                               tooltip="auto: the largest tile whose predicted memory fits the device's free "
+                                       "memory, chosen at sampling (stride half the tile, one tile per call; the "
+                                       "choice is logged); tile_size, tile_stride and tile_batch_size are then "
+                                       "unused. "
                                        "manual: those inputs. With per-tile captions use manual, so the tile "
                                        "count is known."),
             ],

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from supir_restore.supir.stablesr.encoder import EncoderConfig, TimeAwareEncoder
-from supir_restore.supir.tiling.grid import tile_grid
 from supir_restore.supir.tiling.memory import (COMFY_MARGIN, MIB, SDXL_LEVELS, STABLESR_SD2, SUPIR_SDXL, TILE_STEP,
                                                choose_tile, encoder_feature_channels, held_channels,
                                                sampling_call_bytes, tile_candidates, unet_call_bytes,
@@ -72,7 +71,7 @@ def test_candidates_start_with_the_whole_image_and_step_down_to_the_smallest():
 
 
 def supir_peak(call_batch: int, dtype_bytes: int = 2):
-    return lambda pixels, k: sampling_call_bytes(SUPIR_SDXL, pixels, k * call_batch, dtype_bytes)
+    return lambda pixels: sampling_call_bytes(SUPIR_SDXL, pixels, call_batch, dtype_bytes)
 
 
 @pytest.mark.parametrize("budget_gib", [2, 4, 8])
@@ -82,30 +81,31 @@ def test_auto_tile_is_the_largest_that_fits_the_budget(budget_gib):
     peak = supir_peak(2)
     choice = choose_tile(height, width, budget, peak, smallest=64)
     assert choice.fits and choice.predicted <= budget
-    assert choice.predicted == pytest.approx(COMFY_MARGIN * peak(choice.tile ** 2, choice.batch), rel=1e-12)
+    assert choice.predicted == pytest.approx(COMFY_MARGIN * peak(choice.tile ** 2), rel=1e-12)
     larger = choice.tile + TILE_STEP
-    assert COMFY_MARGIN * peak(larger ** 2, 1) > budget  # one step larger does not fit
+    assert COMFY_MARGIN * peak(larger ** 2) > budget  # one step larger does not fit
 
 
-def test_auto_tile_grows_with_the_budget_and_batches_spare_tiles():
-    peak, tiles = supir_peak(2), (lambda tile: len(tile_grid(512, 512, tile, tile // 2)))
-    choices = [choose_tile(512, 512, gib * GIB, peak, 64, tiles_for=tiles, max_batch=8) for gib in range(1, 65)]
-    assert all(a.tile <= b.tile for a, b in zip(choices, choices[1:]))  # more memory never gives a smaller tile
-    whole = [c for c in choices if c.tile == 512]
-    assert whole and all(c.batch == 1 for c in whole)  # one tile: nothing to batch
-    for c in choices:
-        if c.batch < min(8, tiles(c.tile)):  # one more tile per call would not fit
-            assert COMFY_MARGIN * peak(min(c.tile, 512) ** 2, c.batch + 1) > c.budget
+def test_more_memory_never_gives_a_smaller_tile():
+    choices = [choose_tile(300, 500, gib / 4 * GIB, supir_peak(2), 64) for gib in range(1, 257)]
+    assert all(a.tile <= b.tile for a, b in zip(choices, choices[1:]))
+    assert choices[0].tile == 64 and choices[-1].tile == 500  # from the smallest tile to the whole image
+
+
+def test_a_larger_tile_is_cheaper_than_two_tiles_per_call():
+    # why the choice never batches tiles: from 24 latent px on, two tiles cost more than the next size up
+    peak = supir_peak(2)
+    assert all(peak((t + TILE_STEP) ** 2) < 2 * peak(t ** 2) for t in range(24, 1024, TILE_STEP))
 
 
 def test_a_budget_too_small_gives_the_smallest_tile_and_says_it_does_not_fit():
     choice = choose_tile(512, 512, 0.1 * GIB, supir_peak(2), smallest=64)
-    assert (choice.tile, choice.batch, choice.fits) == (64, 1, False)
+    assert (choice.tile, choice.fits) == (64, False)
 
 
 def test_the_whole_image_is_chosen_when_it_fits():
     choice = choose_tile(80, 120, 64 * GIB, supir_peak(2), smallest=64)
-    assert choice.tile == 120 and choice.predicted == pytest.approx(COMFY_MARGIN * supir_peak(2)(80 * 120, 1))
+    assert choice.tile == 120 and choice.predicted == pytest.approx(COMFY_MARGIN * supir_peak(2)(80 * 120))
 
 
 def test_bytes_per_latent_pixel_of_both_families():

@@ -1,4 +1,4 @@
-"""Automatic tile sizes: the largest tile (and tile batch) whose peak, predicted by ``tiling/memory.py``, fits
+"""Automatic tile sizes: the largest tile whose peak, predicted by ``tiling/memory.py``, fits
 ComfyUI's free-memory estimate for the device, as ComfyUI's own VAE batching and cond batching reason: free memory
 from ``model_management.get_free_memory`` less the weights still to be loaded there and ComfyUI's reserve."""
 from __future__ import annotations
@@ -47,23 +47,21 @@ def control_family(transformer_options: dict) -> SamplingModel | None:
     return None
 
 
-def sampling_tile(height: int, width: int, call_batch: int, tile_count, base_model, transformer_options: dict,
-                  device, max_batch: int = 8) -> TileChoice:
-    """The tile (latent px) and tiles per call for a model call of ``call_batch`` latents (cond and uncond chunks
-    times the image batch) on a [height, width] latent, with the model already loaded (ComfyUI loads it before
-    sampling, so the free memory is what the call can use). ``tile_count(tile)``: tiles of that size."""
+def sampling_tile(height: int, width: int, call_batch: int, base_model, transformer_options: dict,
+                  device) -> TileChoice:
+    """The tile (latent px) for a model call of ``call_batch`` latents (cond and uncond chunks times the image
+    batch) on a [height, width] latent, with the model already loaded (ComfyUI loads it before sampling, so the
+    free memory is what the call can use)."""
     family = control_family(transformer_options)
     dtype = base_model.manual_cast_dtype or base_model.get_dtype()
     size, attention = mm.dtype_size(dtype), efficient_attention()
     extra = family or SamplingModel("plain UNet", base_model.memory_usage_factor, 0.0)
     model = SamplingModel(extra.name, base_model.memory_usage_factor, extra.held_channels)
 
-    def peak(latent_pixels: int, k: int) -> float:
-        return sampling_call_bytes(model, latent_pixels, k * call_batch, size, attention)
+    def peak(latent_pixels: int) -> float:
+        return sampling_call_bytes(model, latent_pixels, call_batch, size, attention)
 
-    smallest = SAMPLING_SMALLEST.get(model.name, 32)
-    choice = choose_tile(height, width, memory_budget(device), peak, smallest, tiles_for=tile_count,
-                         max_batch=max_batch)
+    choice = choose_tile(height, width, memory_budget(device), peak, SAMPLING_SMALLEST.get(model.name, 32))
     report(f"{model.name} sampling", choice, height, width)
     return choice
 
@@ -73,8 +71,8 @@ def vae_tile(vae, height: int, width: int, encode: bool, decode: bool, patchers=
     ``vae`` (a ComfyUI VAE; ``patchers``: other models on the same call, e.g. CFW's)."""
     size = mm.dtype_size(vae.vae_dtype)
 
-    def peak(latent_pixels: int, k: int) -> float:
-        return k * ((vae_encode_bytes(64 * latent_pixels, size) if encode else 0.0)
+    def peak(latent_pixels: int) -> float:
+        return ((vae_encode_bytes(64 * latent_pixels, size) if encode else 0.0)
                     + (vae_decode_bytes(latent_pixels, size) if decode else 0.0))
 
     budget = memory_budget(vae.device, [vae.patcher, *patchers])
@@ -87,8 +85,7 @@ def report(what: str, choice: TileChoice, height: int, width: int) -> None:
     """Logs the choice and why, in image pixels and GiB."""
     whole = choice.tile >= max(height, width)
     tile = f"the whole {8 * width}x{8 * height} px image" if whole else f"{8 * choice.tile} px tiles"
-    batch = f", {choice.batch} per call" if choice.batch > 1 else ""
     why = (f"predicted {choice.predicted / GIB:.2f} GiB of {choice.budget / GIB:.2f} GiB free" if choice.fits else
            f"even the smallest tile is predicted to need {choice.predicted / GIB:.2f} GiB, above the "
            f"{choice.budget / GIB:.2f} GiB free; ComfyUI will offload weights or run out of memory")
-    logging.info("SUPIR auto tiles (%s): %s%s; %s", what, tile, batch, why)
+    logging.info("SUPIR auto tiles (%s): %s; %s", what, tile, why)

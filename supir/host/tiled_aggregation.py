@@ -51,19 +51,16 @@ class TiledAggregation:
         return self
 
     def tiling(self, executor, x: torch.Tensor, transformer_options: dict) -> tuple[int, int, int]:
-        """(tile, stride, tiles per call) for this call: the settings, or when automatic the largest tile and
-        batch that fit the free memory (stride half the tile, as the nodes' defaults), chosen once per latent
+        """(tile, stride, tiles per call) for this call: the settings, or when automatic the largest tile that fits
+        the free memory, one per call (stride half the tile, as the nodes' defaults), chosen once per latent
         shape so that every step of a sampling uses the same tiles."""
         if self.tile is not None:
             return self.tile, self.stride, self.tile_batch_size
         key = (tuple(x.shape), x.device)
         if key not in self.auto_choices:
             from .auto_tiles import sampling_tile  # imported here: auto_tiles reads the control patches' keys
-            height, width = x.shape[-2:]
-            choice = sampling_tile(height, width, x.shape[0],
-                                   lambda tile: len(tile_grid(height, width, tile, max(1, tile // 2), self.grid)),
-                                   executor.class_obj, transformer_options, x.device)
-            self.auto_choices[key] = (choice.tile, max(1, choice.tile // 2), choice.batch)
+            choice = sampling_tile(*x.shape[-2:], x.shape[0], executor.class_obj, transformer_options, x.device)
+            self.auto_choices[key] = (choice.tile, max(1, choice.tile // 2), 1)
         return self.auto_choices[key]
 
     def apply_model_wrapper(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
@@ -94,7 +91,7 @@ class TiledAggregation:
 def apply_tiled_aggregation(model, tile: int | None, stride: int | None, grid: str = "snapped",
                             tile_batch_size: int = 1, tile_positive=None, weights: str = "official"):
     """A clone of ``model`` sampled tile by tile (sizes in latent pixels: image pixels / 8; ``tile`` None: the
-    largest tile and tile batch that fit the free memory, chosen at the first model call). ``tile_positive``:
+    largest tile that fits the free memory, chosen at the first model call). ``tile_positive``:
     optional CONDITIONING with one entry per tile (row by row), e.g. SUPIR Conditioning with caption_per_line;
     ``weights``: the Gaussian tile weights' centring (``official`` as StableSR's and SUPIR's tiled samplers)."""
     context = pooled = None

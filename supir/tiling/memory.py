@@ -102,10 +102,9 @@ def vae_decode_bytes(latent_pixels: int, dtype_bytes: int) -> float:
 
 @dataclass(frozen=True)
 class TileChoice:
-    """The chosen tile side (latent pixels; covering the whole image when it is at least its longer side), tiles
-    per model call, the predicted peak in bytes with ComfyUI's margin, and the budget it was fitted to."""
+    """The chosen tile side (latent pixels; covering the whole image when it is at least its longer side), the
+    predicted peak in bytes with ComfyUI's margin, and the budget it was fitted to."""
     tile: int
-    batch: int
     predicted: float
     budget: float
 
@@ -114,27 +113,25 @@ class TileChoice:
         return self.predicted <= self.budget
 
 
-def tile_candidates(height: int, width: int, smallest: int, largest: int | None = None) -> list[int]:
-    """Tile sides to try, largest first: one covering the whole [height, width] latent (or ``largest``), then
-    every multiple of :data:`TILE_STEP` down to ``smallest``."""
-    top = max(height, width) if largest is None else min(largest, max(height, width))
+def tile_candidates(height: int, width: int, smallest: int) -> list[int]:
+    """Tile sides to try, largest first: one covering the whole [height, width] latent, then every multiple of
+    :data:`TILE_STEP` down to ``smallest``."""
+    top = max(height, width)
     steps = range(top // TILE_STEP * TILE_STEP, smallest - 1, -TILE_STEP)
     return list(dict.fromkeys([top, *steps])) if top > smallest else [smallest]
 
 
-def choose_tile(height: int, width: int, budget: float, peak: Callable[[int, int], float], smallest: int,
-                largest: int | None = None, tiles_for: Callable[[int], int] = lambda tile: 1,
-                max_batch: int = 1) -> TileChoice:
-    """The largest tile, then the largest tile batch (up to ``max_batch`` and the tile count ``tiles_for(tile)``),
-    whose ``peak(tile_pixels, batch)`` (bytes, for a tile of ``min(tile, height) x min(tile, width)`` latent
-    pixels) times ComfyUI's 1.5 margin fits ``budget`` bytes. When none fits, the smallest tile at batch 1 (its
-    ``fits`` is False, for the caller to say so)."""
-    for tile in tile_candidates(height, width, smallest, largest):
-        area = min(tile, height) * min(tile, width)
-        if COMFY_MARGIN * peak(area, 1) > budget:
-            continue
-        batch = max(k for k in range(1, max(1, min(max_batch, tiles_for(tile))) + 1)
-                    if k == 1 or COMFY_MARGIN * peak(area, k) <= budget)
-        return TileChoice(tile, batch, COMFY_MARGIN * peak(area, batch), budget)
-    area = min(smallest, height) * min(smallest, width)
-    return TileChoice(smallest, 1, COMFY_MARGIN * peak(area, 1), budget)
+def choose_tile(height: int, width: int, budget: float, peak: Callable[[int], float], smallest: int) -> TileChoice:
+    """The largest tile whose ``peak(tile_pixels)`` (bytes, for a tile of ``min(tile, height) x min(tile, width)``
+    latent pixels) times ComfyUI's 1.5 margin fits ``budget`` bytes; when none does, the smallest (its ``fits`` is
+    False, for the caller to say so).
+
+    One tile per model call: the peak grows with the pixels of a call, so two tiles per call cost what one tile of
+    twice the area does, which is more than the next size up (8 latent pixels more a side) from 24 latent pixels
+    on; the larger tile also overlaps less. So the largest tile that fits is also the fastest choice.
+    """
+    for tile in tile_candidates(height, width, smallest):
+        predicted = COMFY_MARGIN * peak(min(tile, height) * min(tile, width))
+        if predicted <= budget:
+            return TileChoice(tile, predicted, budget)
+    return TileChoice(smallest, COMFY_MARGIN * peak(min(smallest, height) * min(smallest, width)), budget)
