@@ -123,3 +123,29 @@ def test_tiles_input_is_optional_and_named_in_errors(tiny_model):
         assert len(tiles) == 1 and tiles[0].optional
     with pytest.raises(ValueError, match="tiles 'big' is not one of auto, manual"):
         SUPIRTiledAggregation.execute(tiny_model, 1024, 512, "snapped", 1, None, "official", "big")
+
+
+def test_auto_cfw_decode_tiles_as_predicted(tiny_vae, tmp_path, monkeypatch, caplog):
+    from stablesr_helpers import cfw_state_dict
+    from supir_restore.nodes.cfw_nodes import StableSRCFWDecode
+    from supir_restore.supir.host.cfw_decode import load_cfw
+    path = tmp_path / "vqgan_cfw_tiny.ckpt"
+    torch.save({"state_dict": cfw_state_dict(tiny_vae)}, path)
+    cfw = load_cfw(str(path))
+    h, w = 40, 56
+    samples = {"samples": torch.randn(1, 4, h, w, generator=torch.Generator().manual_seed(0))}
+    lr = torch.rand(1, 8 * h, 8 * w, 3, generator=torch.Generator().manual_seed(1))
+    size = mm.dtype_size(tiny_vae.vae_dtype)
+
+    def peak(tile):  # the CFW decode of a tile encodes its LR crop and decodes it
+        area = min(tile, h) * min(tile, w)
+        return COMFY_MARGIN * (vae_encode_bytes(64 * area, size) + vae_decode_bytes(area, size))
+    target = 32
+    mock_free_memory(monkeypatch, (peak(target) + peak(target + TILE_STEP)) / 2)
+    with caplog.at_level(logging.INFO):
+        auto = StableSRCFWDecode.execute(samples, tiny_vae, cfw, lr, 0.5, "cfw_file", 0, "auto").result[0]
+    manual = StableSRCFWDecode.execute(samples, tiny_vae, cfw, lr, 0.5, "cfw_file", 8 * target).result[0]
+    assert torch.equal(auto, manual) and f"{8 * target} px tiles" in caplog.text
+    mock_free_memory(monkeypatch, peak(w) * 1.01)
+    whole = StableSRCFWDecode.execute(samples, tiny_vae, cfw, lr, 0.5, "cfw_file", 0, "auto").result[0]
+    assert torch.equal(whole, StableSRCFWDecode.execute(samples, tiny_vae, cfw, lr, 0.5, "cfw_file", 0).result[0])
