@@ -5,6 +5,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..supir.checks import check_finite_image, check_finite_latent
+from ..supir.host.auto_tiles import TILES_CHOICES, check_tiles
 from ..supir.host.cfw_decode import TILED_VAES, VAE_WEIGHTS, cfw_decode, load_cfw
 
 CFWType = io.Custom("STABLESR_CFW")
@@ -62,16 +63,22 @@ class StableSRCFWDecode(io.ComfyNode):
                                        "each tile is normalised on its own, so small tiles can show seams. exact: "
                                        "whole-image normalisation and attention, equal to the untiled decode; many "
                                        "times slower, and each tile needs room for its halo."),
+                io.Combo.Input("tiles", options=list(TILES_CHOICES), default="manual", optional=True,
+                               tooltip="auto: the whole image when it fits the device's free memory, else the "
+                                       "largest tile that does (predicted from ComfyUI's VAE estimates; the choice "
+                                       "is logged); tile_size is then unused. manual: tile_size."),
             ],
             outputs=[io.Image.Output(tooltip="The decoded image.")],
         )
 
     @classmethod
-    def execute(cls, samples, vae, cfw, lr_image, w, vae_weights, tile_size, tiled_vae="blend") -> io.NodeOutput:
+    def execute(cls, samples, vae, cfw, lr_image, w, vae_weights, tile_size, tiled_vae="blend",
+                tiles="manual") -> io.NodeOutput:
         check_finite_latent(samples["samples"], "samples")
         check_finite_image(lr_image, "lr_image")
-        return io.NodeOutput(cfw_decode(cfw, vae, samples["samples"], lr_image, w, vae_weights, tile_size,
-                                        tiled_vae))
+        check_tiles(tiles)
+        return io.NodeOutput(cfw_decode(cfw, vae, samples["samples"], lr_image, w, vae_weights,
+                                        None if tiles == "auto" else tile_size, tiled_vae))
 
 
 NODES = [StableSRLoadCFW, StableSRCFWDecode]

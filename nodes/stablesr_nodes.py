@@ -6,6 +6,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..supir.checks import check_finite_image, check_finite_latent
+from ..supir.host.auto_tiles import TILES_CHOICES, check_tiles
 from ..supir.host.stablesr import apply_stablesr, load_stablesr
 from ..supir.host.stablesr_restore import (restore_stablesr, stablesr_conditioning, stablesr_sampler,
                                            stablesr_sigmas)
@@ -226,10 +227,12 @@ class StableSRUpscale(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Noise seed; the same seed gives the same result."),
                 io.Int.Input("tile_size", default=512, min=64, max=4096, step=64,
-                             tooltip="Tile size in pixels (512: StableSR's; 768 for the 768v model). Small inputs "
+                             tooltip="With tiles = manual: tile size in pixels (512: StableSR's; 768 for the 768v "
+                                     "model), also the CFW decode's tile. Small inputs "
                                      "are upscaled to at least one tile."),
                 io.Int.Input("tile_stride", default=256, min=8, max=4096, step=8,
-                             tooltip="Distance between tiles in pixels (official overlap 32 latent px = stride "
+                             tooltip="With tiles = manual: distance between tiles in pixels (official overlap 32 "
+                                     "latent px = stride "
                                      "256 for 512 tiles)."),
                 io.Combo.Input("colour_fix", options=list(COLOUR_FIX_CHOICES), default="adain",
                                tooltip="Colour correction against the upscaled input (adain for 200 steps, wavelet "
@@ -243,6 +246,11 @@ class StableSRUpscale(io.ComfyNode):
                 io.Float.Input("cfw_w", default=0.5, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="CFW fidelity weight: 0 the plain decode, 1 closest to the input; 0.5 is "
                                        "StableSR's default."),
+                io.Combo.Input("tiles", options=list(TILES_CHOICES), default="auto", optional=True,
+                               tooltip="auto: the largest sampling tiles (stride half the tile) and CFW decode tiles "
+                                       "whose predicted memory fits the device's free memory; the whole image "
+                                       "when it fits; small inputs are upscaled to at least 512 px. The choice is "
+                                       "logged. manual: tile_size and tile_stride."),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The restored image at input size x scale."),
                      io.Image.Output(display_name="lr_image", tooltip="The upscaled input it was restored from.")],
@@ -250,10 +258,13 @@ class StableSRUpscale(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, stablesr, image, scale, preset, seed, tile_size, tile_stride, colour_fix,
-                resize_method, cfw=None, cfw_w=0.5) -> io.NodeOutput:
+                resize_method, cfw=None, cfw_w=0.5, tiles="manual") -> io.NodeOutput:
         check_finite_image(image, "image")
-        return io.NodeOutput(*stablesr_upscale(model, clip, vae, stablesr, image, scale, preset, seed, tile_size,
-                                               tile_stride, colour_fix, resize_method, cfw, cfw_w))
+        check_tiles(tiles)
+        auto = tiles == "auto"
+        return io.NodeOutput(*stablesr_upscale(model, clip, vae, stablesr, image, scale, preset, seed,
+                                               None if auto else tile_size, None if auto else tile_stride,
+                                               colour_fix, resize_method, cfw, cfw_w))
 
 
 NODES = [StableSRLoader, ApplyStableSR, StableSRConditioning, StableSRSigmas, StableSRSamplerNode, StableSRRestore, StableSRUpscale]

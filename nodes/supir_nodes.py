@@ -5,6 +5,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..supir.checks import check_finite_image, check_finite_latent
+from ..supir.host.auto_tiles import TILES_CHOICES, check_tiles
 from ..supir.host.lq_encode import TILED_VAES, encode_lq, lq_vae
 from ..supir.host.supir_loader import load_supir
 from ..supir.host.unet_patch import apply_supir
@@ -78,6 +79,10 @@ class SUPIRLQEncode(io.ComfyNode):
                                        "sky, a dark corner) come out shifted and seams can show. exact: "
                                        "whole-image normalisation and attention, equal to the untiled VAE; "
                                        "about 10x (encode) to 20x (decode) the untiled time."),
+                io.Combo.Input("tiles", options=list(TILES_CHOICES), default="manual", optional=True,
+                               tooltip="auto: the whole image when it fits the device's free memory, else the "
+                                       "largest tile that does (predicted from ComfyUI's VAE estimates; the choice "
+                                       "is logged); tile_size is then unused. manual: tile_size."),
             ],
             outputs=[
                 io.Latent.Output(display_name="hint", tooltip="LQ latent for SUPIR Apply Control (and for sizing the sampled latent)."),
@@ -88,9 +93,10 @@ class SUPIRLQEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, supir, vae, image, tile_size, tiled_vae="comfy") -> io.NodeOutput:
+    def execute(cls, supir, vae, image, tile_size, tiled_vae="comfy", tiles="manual") -> io.NodeOutput:
         check_finite_image(image, "image")
-        latent, stage1 = encode_lq(supir, vae, image, tile_size, tiled_vae)
+        check_tiles(tiles)
+        latent, stage1 = encode_lq(supir, vae, image, None if tiles == "auto" else tile_size, tiled_vae)
         return io.NodeOutput({"samples": latent}, stage1, lq_vae(supir, vae))
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..supir.host.auto_tiles import TILES_CHOICES, check_tiles
 from ..supir.host.tiled_aggregation import apply_tiled_aggregation
 from ..supir.tiling.grid import GRIDS, WEIGHTS, check_tile_pixels
 
@@ -35,13 +36,23 @@ class SUPIRTiledAggregation(io.ComfyNode):
                 io.Conditioning.Input("tile_positive", optional=True,
                                       tooltip="Optional per-tile captions: SUPIR Conditioning with caption_per_line, "
                                               "one line per tile, row by row."),
+                io.Combo.Input("tiles", options=list(TILES_CHOICES), default="manual", optional=True,
+                               tooltip="auto: the largest tile whose predicted memory fits the device's free "
+                                       "memory, chosen at sampling (stride half the tile, one tile per call; the "
+                                       "choice is logged); tile_size, tile_stride and tile_batch_size are then "
+                                       "unused. "
+                                       "manual: those inputs. With per-tile captions use manual, so the tile "
+                                       "count is known."),
             ],
             outputs=[io.Model.Output(tooltip="The model sampling tile by tile, for any sampler.")],
         )
 
     @classmethod
     def execute(cls, model, tile_size, tile_stride, grid, tile_batch_size, tile_positive=None,
-                weights="official") -> io.NodeOutput:
+                weights="official", tiles="manual") -> io.NodeOutput:
+        check_tiles(tiles)
+        if tiles == "auto":
+            return io.NodeOutput(apply_tiled_aggregation(model, None, None, grid, 1, tile_positive, weights))
         check_tile_pixels(tile_size, tile_stride)
         return io.NodeOutput(apply_tiled_aggregation(model, tile_size // 8, tile_stride // 8, grid, tile_batch_size,
                                                      tile_positive, weights))

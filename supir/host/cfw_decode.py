@@ -39,6 +39,7 @@ from ..stablesr.cfw import CFWLayers, cfw_layout, check_cfw_finite, check_fusion
 from ..tiling.exact_vae import tiled_exact
 from ..tiling.grid import blend_tiles, check_vae_tile, tile_grid
 from ..weights import STORAGE_DTYPES, check_layout, read_state_dict
+from .auto_tiles import vae_tile
 from .supir_loader import managed_network
 from .tiled_vae import progress_bar
 
@@ -187,13 +188,15 @@ def check_sizes(samples: torch.Tensor, pixels: torch.Tensor, ratio: int = 8,
 
 
 def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor, w: float = 0.5,
-               vae_weights: str = "cfw_file", tile_size: int = 0, tiled_vae: str = "blend") -> torch.Tensor:
+               vae_weights: str = "cfw_file", tile_size: int | None = 0, tiled_vae: str = "blend") -> torch.Tensor:
     """Decode ``samples`` (raw LATENT samples [B,4,h,w]) with CFW toward ``lr_image`` (IMAGE [B or 1,8h,8w,C] in
     [0,1], the upscaled LR image StableSR restored; 8 is the SD VAE's scale) at fidelity weight ``w`` (0: the
     plain VAE decode). ``tile_size`` (pixels): 0 decodes the whole image at once; from 64 up, tiles of that size,
     ``tiled_vae`` ``blend`` (overlapping tiles, each normalised on its own) or ``exact`` (whole-image statistics:
-    the untiled result). Returns IMAGE [B,8h,8w,3] in [0,1]."""
-    check_vae_tile(tile_size)
+    the untiled result); None: the largest tile that fits the free memory (``auto_tiles.vae_tile``). Returns IMAGE
+    [B,8h,8w,3] in [0,1]."""
+    if tile_size is not None:
+        check_vae_tile(tile_size)
     if tiled_vae not in TILED_VAES:
         raise ValueError(f"tiled_vae '{tiled_vae}' is not one of {', '.join(TILED_VAES)}")
     vae = cfw_vae(cfw, vae, vae_weights)
@@ -202,6 +205,8 @@ def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor
     check_sizes(samples, pixels, ratio, tuple(lr_image.shape[1:3]))
     model, layers = vae.first_stage_model, cfw.layers
     channels, (height, width) = samples.shape[1], samples.shape[-2:]
+    if tile_size is None:
+        tile_size = vae_tile(vae, height, width, encode=True, decode=True, patchers=[cfw.patcher])
     tile = tile_size // ratio if tile_size else max(height, width)
     span = 3 * tile if tiled_vae == "exact" else tile  # an exact tile's window has a halo: 3 tiles, as decode_exact
     window = min(span, height), min(span, width)

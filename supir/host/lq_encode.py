@@ -13,6 +13,7 @@ from ..image.io import as_rgb
 from ..image.resize import snap_to_multiple
 from ..model.checkpoint import SUPIRCheckpointError
 from ..weights import check_layout
+from .auto_tiles import vae_tile
 from .supir_loader import SUPIRModel
 from ..tiling.grid import check_vae_tile
 from .tiled_vae import decode_exact, encode_exact
@@ -38,20 +39,24 @@ def lq_vae(supir: SUPIRModel, vae):
     return out
 
 
-def encode_lq(supir: SUPIRModel, vae, image: torch.Tensor, tile_size: int = 0,
+def encode_lq(supir: SUPIRModel, vae, image: torch.Tensor, tile_size: int | None = 0,
               tiled_vae: str = "comfy") -> tuple[torch.Tensor, torch.Tensor]:
     """Encode the LQ ``image`` (IMAGE [B,H,W,C] in [0,1]) with the denoise encoder.
     Returns (hint latent samples [B,4,H/8,W/8], unscaled like every ComfyUI LATENT; stage-1 image [B,H,W,3]).
     ``tile_size`` (pixels: 0, or at least 64) above 0 encodes and decodes tile by tile, in memory bounded by the
-    tile. ``tiled_vae``: ``comfy`` is ComfyUI's tiled VAE (overlapping tiles averaged over three tilings; each tile
-    is normalised with its own GroupNorm statistics and attends only to itself, so tiles whose content differs from
-    the image's come out shifted); ``exact`` (``tiled_vae.py``) uses whole-image statistics and attention and equals
-    the untiled encode and decode, at 10-20 times their time."""
+    tile; None: the largest tile that fits the free memory (0, the whole image, when it fits;
+    ``auto_tiles.vae_tile``). ``tiled_vae``: ``comfy`` is ComfyUI's tiled VAE (overlapping tiles averaged over three
+    tilings; each tile is normalised with its own GroupNorm statistics and attends only to itself, so tiles whose
+    content differs from the image's come out shifted); ``exact`` (``tiled_vae.py``) uses whole-image statistics
+    and attention and equals the untiled encode and decode, at 10-20 times their time."""
     if tiled_vae not in TILED_VAES:
         raise ValueError(f"tiled_vae '{tiled_vae}' is not one of {', '.join(TILED_VAES)}")
-    check_vae_tile(tile_size)
+    if tile_size is not None:
+        check_vae_tile(tile_size)
     pixels = snap_to_multiple(as_rgb(image))
     encoder = lq_vae(supir, vae)
+    if tile_size is None:
+        tile_size = vae_tile(encoder, pixels.shape[1] // 8, pixels.shape[2] // 8, encode=True, decode=True)
     if tile_size == 0:
         latent = encoder.encode(pixels)
         return latent, encoder.decode(latent)

@@ -15,38 +15,42 @@ from .cfw_decode import CFWModel, cfw_decode
 from .stablesr import StableSRModel, apply_stablesr
 from .stablesr_restore import restore_stablesr, stablesr_conditioning
 from .tiled_aggregation import apply_tiled_aggregation
-from .upscale import COLOUR_FIX_CHOICES
+from .upscale import COLOUR_FIX_CHOICES, latent_tiling
 
 MULTIPLE = 64  # the SD 2.x UNet halves the latent three times
+NATIVE_TILE = 512  # px, StableSR's tile: with automatic tiles, small images are still upscaled to at least this
 
 
 def stablesr_upscale(model, clip, vae, sr: StableSRModel, image: torch.Tensor, scale: float = 4.0,
-                     preset: str = "DDPM 200 (official)", seed: int = 0, tile_size: int = 512, tile_stride: int = 256,
+                     preset: str = "DDPM 200 (official)", seed: int = 0, tile_size: int | None = 512,
+                     tile_stride: int | None = 256,
                      colour: str = "adain", resize_method: str = "bicubic", cfw: CFWModel | None = None,
                      cfw_w: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """IMAGE [B,H,W,C] -> (restored IMAGE [B, round(H*scale), round(W*scale), 3], the upscaled LR IMAGE it was
     restored from). Sizes in pixels. As the official script, an image whose short side would be below
     ``tile_size`` is upscaled further to one tile and resized down at the end. With ``cfw``, the decode is StableSR's
     CFW decode at fidelity weight ``cfw_w`` (the CFW file's VAE weights; tiles of ``tile_size`` when the image is
-    larger than one)."""
+    larger than one). ``tile_size`` None: automatic, the largest tiles that fit the free memory (``auto_tiles.py``)
+    for sampling and the CFW decode, with small images upscaled to at least :data:`NATIVE_TILE`."""
     if preset not in STABLESR_PRESETS:
         raise ValueError(f"preset '{preset}' is not one of {', '.join(STABLESR_PRESETS)}")
     if colour not in COLOUR_FIX_CHOICES:
         raise ValueError(f"colour fix '{colour}' is not one of {', '.join(COLOUR_FIX_CHOICES)}")
-    check_tile_pixels(tile_size, tile_stride)
-    if tile_size % MULTIPLE:
+    if tile_size is not None:
+        check_tile_pixels(tile_size, tile_stride)
+    if tile_size is not None and tile_size % MULTIPLE:
         raise ValueError(f"tile_size ({tile_size} px) must be a multiple of {MULTIPLE} px for the SD 2.x UNet; "
                          f"512 is StableSR's own")
     height, width = image.shape[1:3]
     target = scaled_size(height, width, scale)
-    sampling_scale = max(scale, tile_size / min(height, width))
+    sampling_scale = max(scale, (tile_size or NATIVE_TILE) / min(height, width))
     lr = resize_image(as_rgb(image), *sampling_size(height, width, sampling_scale, MULTIPLE), resize_method)
     lr_latent = vae.encode(lr)
-    patched = apply_tiled_aggregation(apply_stablesr(model, sr, lr_latent), tile_size // 8, tile_stride // 8)
+    patched = apply_tiled_aggregation(apply_stablesr(model, sr, lr_latent), *latent_tiling(tile_size, tile_stride))
     positive, negative = stablesr_conditioning(clip, "", NEGATIVE_PROMPT)
     latent = restore_stablesr(patched, positive, negative, lr_latent, seed, STABLESR_PRESETS[preset])
     if cfw is not None:
-        tiled = max(lr.shape[1:3]) > tile_size
+        tiled = tile_size is None or max(lr.shape[1:3]) > tile_size
         restored = cfw_decode(cfw, vae, latent, lr, cfw_w, "cfw_file", tile_size if tiled else 0)
     else:
         restored = vae.decode(latent)

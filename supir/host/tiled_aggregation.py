@@ -30,12 +30,14 @@ def batched_like_call(latent: torch.Tensor, x: torch.Tensor, transformer_options
 
 
 class TiledAggregation:
-    """Per-MODEL tiling settings (latent pixels); deep copies return the same object."""
+    """Per-MODEL tiling settings (latent pixels; ``tile`` None: automatic, see :meth:`tiling`); deep copies return
+    the same object."""
 
-    def __init__(self, tile: int, stride: int, grid: str = "snapped", tile_batch_size: int = 1,
+    def __init__(self, tile: int | None, stride: int | None, grid: str = "snapped", tile_batch_size: int = 1,
                  tile_context: torch.Tensor | None = None, tile_pooled: torch.Tensor | None = None,
                  weights: str = "official"):
-        check_tiling(tile, stride, grid)
+        if tile is not None:
+            check_tiling(tile, stride, grid)
         if tile_batch_size < 1:
             raise ValueError(f"tile_batch_size must be at least 1, got {tile_batch_size}")
         if weights not in WEIGHTS:
@@ -43,12 +45,27 @@ class TiledAggregation:
         self.tile, self.stride, self.grid, self.tile_batch_size = tile, stride, grid, tile_batch_size
         self.weights = weights
         self.tile_context, self.tile_pooled = tile_context, tile_pooled
+        self.auto_choices: dict[tuple, tuple[int, int, int]] = {}
 
     def __deepcopy__(self, memo):
         return self
 
+    def tiling(self, executor, x: torch.Tensor, transformer_options: dict) -> tuple[int, int, int]:
+        """(tile, stride, tiles per call) for this call: the settings, or when automatic the largest tile that fits
+        the free memory, one per call (stride half the tile, as the nodes' defaults), chosen once per latent
+        shape so that every step of a sampling uses the same tiles."""
+        if self.tile is not None:
+            return self.tile, self.stride, self.tile_batch_size
+        key = (tuple(x.shape), x.device)
+        if key not in self.auto_choices:
+            from .auto_tiles import sampling_tile  # imported here: auto_tiles reads the control patches' keys
+            choice = sampling_tile(*x.shape[-2:], x.shape[0], executor.class_obj, transformer_options, x.device)
+            self.auto_choices[key] = (choice.tile, max(1, choice.tile // 2), 1)
+        return self.auto_choices[key]
+
     def apply_model_wrapper(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
-        tiles = tile_grid(x.shape[-2], x.shape[-1], self.tile, self.stride, self.grid)
+        tile, stride, tile_batch_size = self.tiling(executor, x, transformer_options)
+        tiles = tile_grid(x.shape[-2], x.shape[-1], tile, stride, self.grid)
         if len(tiles) == 1 and self.tile_context is None:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         if self.tile_context is not None and len(self.tile_context) != len(tiles):
@@ -68,12 +85,13 @@ class TiledAggregation:
             concat = None if c_concat is None else torch.cat([c_concat[:, :, a:b, c:d] for a, b, c, d in group])
             options = {**transformer_options, TILES_KEY: (tuple(x.shape[-2:]), group)}
             return executor(x_tiles, batched(t, batch, k), concat, context, control, options, **tiled)
-        return blend_tiles(denoise, x, tiles, self.tile_batch_size, self.weights)
+        return blend_tiles(denoise, x, tiles, tile_batch_size, self.weights)
 
 
-def apply_tiled_aggregation(model, tile: int, stride: int, grid: str = "snapped", tile_batch_size: int = 1,
-                            tile_positive=None, weights: str = "official"):
-    """A clone of ``model`` sampled tile by tile (sizes in latent pixels: image pixels / 8). ``tile_positive``:
+def apply_tiled_aggregation(model, tile: int | None, stride: int | None, grid: str = "snapped",
+                            tile_batch_size: int = 1, tile_positive=None, weights: str = "official"):
+    """A clone of ``model`` sampled tile by tile (sizes in latent pixels: image pixels / 8; ``tile`` None: the
+    largest tile that fits the free memory, chosen at the first model call). ``tile_positive``:
     optional CONDITIONING with one entry per tile (row by row), e.g. SUPIR Conditioning with caption_per_line;
     ``weights``: the Gaussian tile weights' centring (``official`` as StableSR's and SUPIR's tiled samplers)."""
     context = pooled = None
