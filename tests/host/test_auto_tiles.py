@@ -144,11 +144,11 @@ def test_auto_cfw_decode_tiles_as_predicted(tiny_vae, tmp_path, monkeypatch, cap
     target = 32
     mock_free_memory(monkeypatch, (peak(target) + peak(target + TILE_STEP)) / 2)
     with caplog.at_level(logging.INFO):
-        auto = StableSRCFWDecode.execute(samples, tiny_vae, cfw, lr, 0.5, "cfw_file", 0, "auto").result[0]
+        auto = StableSRCFWDecode.execute(samples, tiny_vae, cfw, lr, 0.5, "cfw_file", 0, tiles="auto").result[0]
     manual = StableSRCFWDecode.execute(samples, tiny_vae, cfw, lr, 0.5, "cfw_file", 8 * target).result[0]
     assert torch.equal(auto, manual) and f"{8 * target} px tiles" in caplog.text
     mock_free_memory(monkeypatch, peak(w) * 1.01)
-    whole = StableSRCFWDecode.execute(samples, tiny_vae, cfw, lr, 0.5, "cfw_file", 0, "auto").result[0]
+    whole = StableSRCFWDecode.execute(samples, tiny_vae, cfw, lr, 0.5, "cfw_file", 0, tiles="auto").result[0]
     assert torch.equal(whole, StableSRCFWDecode.execute(samples, tiny_vae, cfw, lr, 0.5, "cfw_file", 0).result[0])
 
 
