@@ -46,6 +46,7 @@ SIZES = (1024, 2048, 4096)
 WORKFLOWS = {"basic": ("sdxl", "supir"), "x4": ("sdxl", "supir"), "stablesr": ("stablesr", "cfw")}
 SUPIR_PRESETS = {False: "Quality", True: "Lightning Quality"}  # --fast: 8 steps instead of 50
 STABLESR_PRESETS = {False: "DDPM 200 (official)", True: "Turbo DDPM 4"}
+SAMPLING_PHASE = 2  # phases(): text encoding, VAE encode, sampling, decode
 CFG_BATCH = {"basic": 2, "x4": 2, "stablesr": 1}  # SUPIR's presets run cond and uncond; StableSR's DDPM cfg 1 not
 
 
@@ -124,26 +125,39 @@ def phases(workflow: str, size: int, storage: str) -> list[tuple[float, object, 
             (PARAMS["kl_vae"] * 2, decode, VAE_SMALLEST)]
 
 
-def predict(workflow: str, size: int, storage: str, capacity: float | None) -> float:
+def predict(workflow: str, size: int, storage: str, capacity: float | None, whole_sampling: bool = False) -> float:
     """Predicted peak bytes: each phase's tile chosen as the automatic tiles do for a device of ``capacity``
-    bytes (None: ample, the whole image; 0: the smallest tiles); ``basic`` never tiles."""
+    bytes (None: ample, the whole image; 0: the smallest tiles); ``whole_sampling``: the sampling untiled
+    whatever the capacity; ``basic`` never tiles."""
     from supir_restore.supir.tiling.memory import choose_tile, workflow_peak_bytes
     latent = size // 8
     steps = []
-    for weights, peak, smallest in phases(workflow, size, storage):
-        budget = float("inf") if capacity is None or workflow == "basic" else capacity - weights
+    for index, (weights, peak, smallest) in enumerate(phases(workflow, size, storage)):
+        whole = capacity is None or workflow == "basic" or (whole_sampling and index == SAMPLING_PHASE)
+        budget = float("inf") if whole else capacity - weights
         steps.append((weights, choose_tile(latent, latent, budget, peak, smallest).predicted))
     return workflow_peak_bytes(steps)
 
 
+def weights_bytes(workflow: str, storage: str) -> float:
+    """Every weight the workflow loads, at its storage size: arithmetic, not a measurement of RAM."""
+    w = STORAGE_BYTES[storage]
+    if workflow == "stablesr":
+        return ((PARAMS["sd21_unet"] + PARAMS["stablesr_encoder"] + PARAMS["stablesr_spade"]) * w
+                + (PARAMS["sd2_clip"] + 2 * PARAMS["kl_vae"] + PARAMS["cfw_fusion"]) * 2)
+    return ((PARAMS["sdxl_unet"] + PARAMS["supir_control"] + PARAMS["supir_adaptors"]
+             + PARAMS["supir_denoise_encoder"]) * w + (PARAMS["sdxl_clip"] + PARAMS["kl_vae"]) * 2)
+
+
 def table() -> str:
-    rows = ["| workflow | output | fp16, untiled | fp16, smallest auto tiles | fp8, untiled | "
-            "fp8, smallest auto tiles |", "| --- | --- | --- | --- | --- | --- |"]
-    for family, workflow in (("SUPIR (basic restore; x2/x4 upscale)", "x4"), ("StableSR x4", "stablesr")):
+    rows = ["| workflow | output | fp16: least (smallest tiles) | fp16: sampling untiled | fp8: least | "
+            "fp8: sampling untiled | weights at fp16 / fp8 (arithmetic) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for family, workflow in (("SUPIR", "x4"), ("StableSR x4", "stablesr")):
         for size in SIZES:
-            cells = [f"{predict(workflow, size, storage, capacity) / GIB:.1f} GB"
-                     for storage in STORAGE_BYTES for capacity in (None, 0)]
-            rows.append(f"| {family} | {size}² | " + " | ".join(cells) + " |")
+            cells = [f"{predict(workflow, size, storage, 0, whole) / GIB:.1f} GB"
+                     for storage in STORAGE_BYTES for whole in (False, True)]
+            weights = " / ".join(f"{weights_bytes(workflow, storage) / GIB:.1f}" for storage in STORAGE_BYTES)
+            rows.append(f"| {family} | {size}² | " + " | ".join(cells) + f" | {weights} GB |")
     return "\n".join(rows)
 
 
