@@ -71,3 +71,9 @@ def test_size_must_be_a_multiple_of_256(bench, files, capsys):
 def test_comfyui_path_is_checked(bench, files, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("COMFYUI_PATH", str(tmp_path / "nowhere"))
     assert "COMFYUI_PATH" in exit_message(bench, capsys, ["--predict"])
+
+
+def test_workflow_peak_is_the_largest_phase():
+    from supir_restore.supir.tiling.memory import workflow_peak_bytes
+    # text encoders (large weights, no activations), VAE (small weights, large activations), sampling
+    assert workflow_peak_bytes([(7.0, 0.0), (1.0, 11.0), (5.0, 6.5)]) == 12.0

@@ -43,3 +43,16 @@ def test_stablesr_run_reports_the_peak_and_the_model_calls_time(bench, stablesr,
              "cfw": load_cfw(str(path))}
     peak, per_step = bench.run_one("stablesr", 256, parts, fast=True)
     assert peak == PEAK and per_step > 0
+
+
+def test_prediction_takes_the_sampling_phase_at_the_smallest_or_the_whole_tile(bench):
+    from supir_restore.supir.tiling.memory import COMFY_MARGIN, SUPIR_SDXL, sampling_call_bytes
+    p = bench.PARAMS
+    weights = p["sdxl_unet"] + p["supir_control"] + p["supir_adaptors"]  # fp8: one byte each
+
+    def sampling(latent_side):  # cond and uncond in one fp16 call
+        return weights + COMFY_MARGIN * sampling_call_bytes(SUPIR_SDXL, latent_side ** 2, 2, 2)
+    # relative 1e-12: the same float arithmetic in another order
+    assert bench.predict("x4", 4096, "fp8", 0) == pytest.approx(sampling(64), rel=1e-12)  # 512 px tiles
+    assert bench.predict("x4", 4096, "fp8", 0, whole_sampling=True) == pytest.approx(sampling(512), rel=1e-12)
+    assert bench.predict("basic", 1024, "fp8", 0) == bench.predict("x4", 1024, "fp8", None)  # never tiles
