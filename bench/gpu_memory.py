@@ -151,7 +151,8 @@ def weights_bytes(workflow: str, storage: str) -> float:
 
 def table() -> str:
     rows = ["| workflow | output | fp16: least (smallest tiles) | fp16: sampling untiled | fp8: least | "
-            "fp8: sampling untiled | weights at fp16 / fp8 (arithmetic) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            "fp8: sampling untiled | weights at fp16 / fp8 (arithmetic) |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for family, workflow in (("SUPIR", "x4"), ("StableSR x4", "stablesr")):
         for size in SIZES:
             cells = [f"{predict(workflow, size, storage, 0, whole) / GIB:.1f} GB"
