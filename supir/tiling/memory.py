@@ -135,3 +135,11 @@ def choose_tile(height: int, width: int, budget: float, peak: Callable[[int], fl
         if predicted <= budget:
             return TileChoice(tile, predicted, budget)
     return TileChoice(smallest, COMFY_MARGIN * peak(min(smallest, height) * min(smallest, width)), budget)
+
+
+def workflow_peak_bytes(phases: list[tuple[float, float]]) -> float:
+    """Predicted device peak of a workflow whose phases (text encoding, VAE encode, sampling, decode) run one
+    after another, each given as (bytes of the weights it needs on the device, its predicted activation peak in
+    bytes): the largest phase, as ComfyUI unloads idle models when the next phase needs their room. With memory to
+    spare ComfyUI keeps them all loaded, and the peak is then every weight plus the largest activation peak."""
+    return max(weights + activations for weights, activations in phases)
