@@ -25,6 +25,16 @@ def is_widget(spec: list) -> bool:
     return (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES) and not options.get("forceInput")
 
 
+def has_control_widget(name: str, spec: list) -> bool:
+    """Whether the editor adds a 'control after generate' widget (fixed / increment / decrement / randomize) after
+    this widget, whose value follows it in ``widgets_values``: the frontend's rule is the input's
+    control_after_generate option, and, for an INT that does not give it, a name of ``seed`` or ``noise_seed``."""
+    options = spec[1] if len(spec) > 1 else {}
+    if options.get("control_after_generate") is not None:
+        return bool(options["control_after_generate"])
+    return spec[0] == "INT" and name in ("seed", "noise_seed")
+
+
 def input_specs(info: dict) -> dict:
     return {**info["input"].get("required", {}), **info["input"].get("optional", {})}
 
@@ -32,6 +42,20 @@ def input_specs(info: dict) -> dict:
 def input_names(info: dict) -> list[str]:
     order = info.get("input_order", {})
     return [*order.get("required", []), *order.get("optional", [])]
+
+
+def with_widget_defaults(spec: dict, object_info: dict) -> dict:
+    """The spec with every widget the spec leaves out (an optional one) set to its schema default: the editor
+    shows and sends every widget, so both files say what the editor runs."""
+    nodes = {}
+    for nid, node in spec["nodes"].items():
+        if node["class_type"] not in FRONTEND_ONLY:
+            specs = input_specs(object_info[node["class_type"]])
+            defaults = {name: specs[name][1]["default"] for name in input_names(object_info[node["class_type"]])
+                        if is_widget(specs[name]) and name not in node["inputs"] and "default" in specs[name][1]}
+            node = {**node, "inputs": {**node["inputs"], **defaults}}
+        nodes[nid] = node
+    return {**spec, "nodes": nodes}
 
 
 def api_format(spec: dict) -> dict:
@@ -81,7 +105,7 @@ def ui_format(spec: dict, object_info: dict) -> dict:
             widget = is_widget(specs[name])
             if widget and name in node["inputs"]:
                 widgets.append(specs[name][1].get("default") if linked else value)
-                if specs[name][1].get("control_after_generate"):
+                if has_control_widget(name, specs[name]):
                     widgets.append("fixed")
             if widget and not linked:
                 continue
@@ -111,7 +135,8 @@ def paths(name: str) -> tuple[str, str]:
 
 
 def build_all(specs: list[dict], object_info: dict) -> dict[str, tuple[dict, dict]]:
-    return {spec["name"]: (ui_format(spec, object_info), api_format(spec)) for spec in specs}
+    full = [with_widget_defaults(spec, object_info) for spec in specs]
+    return {spec["name"]: (ui_format(spec, object_info), api_format(spec)) for spec in full}
 
 
 def write_all(specs: list[dict], object_info: dict) -> list[str]:

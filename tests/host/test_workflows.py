@@ -16,8 +16,8 @@ import numpy as np  # noqa: E402
 import safetensors.torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from supir_restore.workflows.build import (FRONTEND_ONLY, build_all, input_names, input_specs, is_widget,  # noqa: E402
-                                           paths, write_all)
+from supir_restore.workflows.build import (FRONTEND_ONLY, build_all, has_control_widget, input_names,  # noqa: E402
+                                           input_specs, is_widget, paths, write_all)
 from supir_restore.workflows.specs import (BENCHMARK_FOLDER, NO_LORA, SPECS, STABLESR_512, STABLESR_TURBO,  # noqa: E402
                                            TRAINING_FOLDER)
 from test_lora_host import file_for, modules_for  # noqa: E402
@@ -81,6 +81,17 @@ def test_workflows_match_their_specs(object_info):
         assert load(api_path) == json.loads(json.dumps(api)), f"{name}: API twin out of date"
 
 
+def test_every_seed_declares_its_control_widget(object_info):
+    """The editor adds a 'control after generate' widget after an INT named seed unless told otherwise; every seed
+    of the pack says so itself, so the widget list the editor builds is the one its schema shows."""
+    ours = {kind: info for kind, info in object_info.items() if "supir_restore" in info["python_module"]}
+    seeds = [(kind, name, spec) for kind, info in ours.items() for name, spec in input_specs(info).items()
+             if spec[0] == "INT" and "seed" in name]
+    assert len(seeds) >= 7, seeds
+    for kind, name, spec in seeds:
+        assert spec[1].get("control_after_generate") is not None, f"{kind}.{name} leaves control_after_generate unset"
+
+
 def names_a_user_file(name: str) -> bool:
     """Inputs that name the user's model (and vision-language model), LoRA and image files (not in this server's
     lists)."""
@@ -120,7 +131,7 @@ def test_ui_workflow_is_valid(object_info, spec):
             if name not in {**info["input"].get("required", {})} and name not in spec["nodes"][str(node["id"])]["inputs"]:
                 continue
             check_value(specs[name], next(values), f"{node['type']}.{name}")
-            if specs[name][1].get("control_after_generate"):
+            if has_control_widget(name, specs[name]):
                 assert next(values) in ("fixed", "increment", "decrement", "randomize")
         assert next(values, None) is None, f"{node['type']}: extra widget values"
         for i, socket in enumerate(node["inputs"]):
