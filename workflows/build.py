@@ -4,16 +4,33 @@ Widget order, socket types and output slots come from a live server's ``/object_
 
 Regenerate after changing a node or a spec (a ComfyUI server with this pack loaded must be running):
     python workflows/build.py http://127.0.0.1:8188
+and the template browser's pictures from the screenshots tests/host/test_editor.py saves:
+    python workflows/build.py --thumbnails /tmp/supir_editor_screenshots
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+import types
 import urllib.request
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The stages a graph is laid out in, each framed by a group with its name; left to right in columns, the last
+# two stacked in one
+LOAD, STAGE1, PROMPTS, RESTORE, DECODE, SAVE, TRAIN = (
+    "Load", "Stage 1", "Prompts", "Restore", "Decode and colour", "Save", "Train")
+COLUMNS = ((LOAD,), (STAGE1,), (PROMPTS,), (RESTORE, TRAIN), (DECODE, SAVE))
+STAGE_COLOURS = {LOAD: "#3f789e", STAGE1: "#8A8", PROMPTS: "#b58b2a", RESTORE: "#a1309b", DECODE: "#88A",
+                 SAVE: "#4f8f4f", TRAIN: "#a1309b"}
+TITLE_HEIGHT = 30  # the editor's node title bar, above a node's position
+GROUP_TITLE = 50  # a group's title bar and the space below it
+NODE_GAP, COLUMN_GAP, GROUP_PAD = 40, 70, 15
+# The editor's canvas in a 1600 x 1000 window: where the side bar and the top bar (tabs, Run) leave it free and
+# its size from there; the smallest scale at which the editor still draws text
+VIEW_ORIGIN, VIEW = (70, 100), (1520, 890)
+MIN_SCALE, MAX_SCALE = 0.6, 1.0
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 
@@ -69,6 +86,53 @@ def workflow_id(name: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"supir_restore/workflows/{name}"))
 
 
+def column_order(spec: dict, stage: str) -> list[str]:
+    """The nodes of ``stage`` top to bottom: in listed order, except that a node goes below the nodes of its column
+    that feed it."""
+    left = [nid for nid, node in spec["nodes"].items() if node["stage"] == stage]
+    order = []
+    while left:
+        nid = next(n for n in left if all(v[0] not in left for v in spec["nodes"][n]["inputs"].values()
+                                          if isinstance(v, list)))
+        order.append(nid)
+        left.remove(nid)
+    return order
+
+
+def layout(spec: dict) -> tuple[dict[str, list[float]], list[dict]]:
+    """Node positions (node id -> [x, y] of the body's top-left corner) and the stage groups: the stages of a
+    column framed one below the other, their nodes stacked with room for their title bars."""
+    positions, groups, x = {}, [], 0
+    for stages in COLUMNS:
+        stages = [s for s in stages if any(node["stage"] == s for node in spec["nodes"].values())]
+        if not stages:
+            continue
+        width = max(node["size"][0] for node in spec["nodes"].values() if node["stage"] in stages)
+        top = 0
+        for stage in stages:
+            y = top + GROUP_TITLE + TITLE_HEIGHT
+            for nid in column_order(spec, stage):
+                positions[nid] = [x, y]
+                y += spec["nodes"][nid]["size"][1] + NODE_GAP + TITLE_HEIGHT
+            bottom = y - NODE_GAP - TITLE_HEIGHT + GROUP_PAD
+            groups.append({"id": len(groups) + 1, "title": stage, "color": STAGE_COLOURS[stage], "font_size": 24,
+                           "flags": {}, "bounding": [x - GROUP_PAD, top, width + 2 * GROUP_PAD, bottom - top]})
+            top = bottom + NODE_GAP
+        x += width + COLUMN_GAP
+    return positions, groups
+
+
+def first_view(groups: list[dict]) -> dict:
+    """The editor's opening view: the whole graph when it fits at a readable scale, else its left and top part
+    at the smallest readable scale."""
+    left, top = min(g["bounding"][0] for g in groups), min(g["bounding"][1] for g in groups)
+    right = max(g["bounding"][0] + g["bounding"][2] for g in groups)
+    bottom = max(g["bounding"][1] + g["bounding"][3] for g in groups)
+    fit = min(VIEW[0] / (right - left), VIEW[1] / (bottom - top))
+    scale = round(min(MAX_SCALE, max(MIN_SCALE, fit)), 3)
+    return {"scale": scale, "offset": [round(VIEW_ORIGIN[0] / scale - left, 1), round(VIEW_ORIGIN[1] / scale - top, 1)]}
+
+
 def ui_format(spec: dict, object_info: dict) -> dict:
     """The editor's format: nodes with positions, socket inputs with link ids, widget values in schema order
     (plus the 'control after generate' value after seeds), and typed links. A linked widget (e.g. a width from
@@ -84,9 +148,10 @@ def ui_format(spec: dict, object_info: dict) -> dict:
                 link_id = len(links) + 1
                 links.append([link_id, ids[src], slot, ids[nid], name, kind])
                 outputs.setdefault((src, slot), []).append(link_id)
+    positions, groups = layout(spec)
     for order, (nid, node) in enumerate(spec["nodes"].items()):
         kind = node["class_type"]
-        entry = {"id": ids[nid], "type": kind, "pos": list(node["pos"]), "size": list(node.get("size", (340, 120))),
+        entry = {"id": ids[nid], "type": kind, "pos": positions[nid], "size": list(node["size"]),
                  "flags": {}, "order": order, "mode": 0, "properties": {"Node name for S&R": kind}}
         if node.get("title"):
             entry["title"] = node["title"]
@@ -121,12 +186,9 @@ def ui_format(spec: dict, object_info: dict) -> dict:
     for link in links:  # the target slot is the input's index among the node's sockets
         target = next(n for n in nodes if n["id"] == link[3])
         link[4] = next(i for i, s in enumerate(target["inputs"]) if s["name"] == link[4])
-    # the first view clears the editor's side bar and top bar and shows the top node's title
-    top = min(node["pos"][1] for node in spec["nodes"].values())
     return {"id": workflow_id(spec["name"]), "revision": 0, "last_node_id": max(ids.values()),
-            "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [80, 100 - top]},
-                      "info": {"description": spec["description"]}},
+            "last_link_id": len(links), "nodes": nodes, "links": links, "groups": groups, "config": {},
+            "extra": {"ds": first_view(groups), "info": {"description": spec["description"]}},
             "version": 0.4}
 
 
@@ -151,9 +213,35 @@ def write_all(specs: list[dict], object_info: dict) -> list[str]:
     return written
 
 
+THUMBNAIL_WIDTH = 480
+
+
+def write_thumbnails(screenshots: str) -> list[str]:
+    """The template browser's card pictures, ``workflows/<name>.jpg``: the canvas part of the editor tests'
+    screenshots (``<name>.png`` in ``screenshots``, a 1600 x 1000 window at the workflow's opening view)."""
+    from PIL import Image
+    written = []
+    for name in sorted(f[:-4] for f in os.listdir(screenshots) if f.endswith(".png")):
+        if not os.path.exists(paths(name)[0]):
+            continue
+        with Image.open(os.path.join(screenshots, f"{name}.png")) as shot:
+            canvas = shot.convert("RGB").crop((*VIEW_ORIGIN, VIEW_ORIGIN[0] + VIEW[0], VIEW_ORIGIN[1] + VIEW[1]))
+        height = round(THUMBNAIL_WIDTH * VIEW[1] / VIEW[0])
+        path = os.path.join(HERE, f"{name}.jpg")
+        canvas.resize((THUMBNAIL_WIDTH, height), Image.LANCZOS).save(path, quality=82, optimize=True)
+        written.append(path)
+    return written
+
+
 if __name__ == "__main__":
-    sys.path.insert(0, HERE)
-    from specs import SPECS
+    if sys.argv[1:2] == ["--thumbnails"]:
+        print("\n".join(write_thumbnails(sys.argv[2])))
+        sys.exit()
+    # the repository as the package supir_restore (as ComfyUI names it), without running its __init__
+    package = types.ModuleType("supir_restore")
+    package.__path__ = [os.path.dirname(HERE)]
+    sys.modules["supir_restore"] = package
+    from supir_restore.workflows.specs import SPECS
     url = (sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8188").rstrip("/")
     with urllib.request.urlopen(url + "/object_info", timeout=60) as response:
         info = json.loads(response.read())

@@ -180,6 +180,12 @@ def test_api_workflow_runs_with_tiny_models(comfy_server, object_info, spec):
     prompt = tiny_run(load(paths(spec["name"])[1]), seed=SPECS.index(spec))
     status, result = comfy_server.run_prompt(prompt, timeout=600)
     assert status == 200, result
+    check_saved_outputs(comfy_server, spec["name"], prompt, result)
+
+
+def check_saved_outputs(comfy_server, name: str, prompt: dict, result: dict) -> None:
+    """The run of ``prompt`` (its history entry ``result``) succeeded and every saving node of the prompt saved:
+    images of the expected size, the training's loss curve, the benchmark's report."""
     errors = [m[1] for m in result["status"]["messages"] if m[0] == "execution_error"]
     assert result["status"]["status_str"] == "success", [(e["node_type"], e["exception_message"]) for e in errors]
     checked = 0
@@ -195,4 +201,7 @@ def test_api_workflow_runs_with_tiny_models(comfy_server, object_info, spec):
         if prompt[nid]["class_type"] == "SUPIRBenchmarkReport":
             assert f"images: {len(BENCHMARK_PHOTOS)}, crop border: 4" in output["text"][0]
             checked += 1
-    assert checked, f"{spec['name']} saved nothing"
+    savers = {nid for nid, node in prompt.items()
+              if node["class_type"] in ("SaveImage", "SUPIRTrainLoRA", "SUPIRBenchmarkReport")}
+    assert savers <= set(result["outputs"]), f"{name}: nodes {savers - set(result['outputs'])} saved nothing"
+    assert checked, f"{name} saved nothing"
