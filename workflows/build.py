@@ -4,8 +4,9 @@ Widget order, socket types and output slots come from a live server's ``/object_
 
 Regenerate after changing a node or a spec (a ComfyUI server with this pack loaded must be running):
     python workflows/build.py http://127.0.0.1:8188
-and the template browser's pictures from the screenshots tests/host/test_editor.py saves:
-    python workflows/build.py --thumbnails /tmp/supir_editor_screenshots
+and the pictures (template browser cards, docs/workflows.md, README) from the screenshots that
+tests/host/test_editor.py saves:
+    python workflows/build.py --pictures /tmp/supir_editor_screenshots
 """
 from __future__ import annotations
 
@@ -192,6 +193,18 @@ def ui_format(spec: dict, object_info: dict) -> dict:
             "version": 0.4}
 
 
+# The folder names the pack is installed under (README's git clone, the registry's id): the template browser
+# names the pack's template category by its folder, or by the text given for it here. (ComfyUI 0.12.1's browser
+# shows a custom template's file name as its title and description and takes no other text for them.)
+PACK_FOLDERS = ("supir_restore", "supir-restore")
+LOCALE = os.path.join(os.path.dirname(HERE), "locales", "en", "main.json")
+
+
+def template_texts() -> dict:
+    """The pack's English text for the template browser: its category's name."""
+    return {"templateWorkflows": {"category": {folder: "SUPIR Restore" for folder in PACK_FOLDERS}}}
+
+
 def paths(name: str) -> tuple[str, str]:
     return os.path.join(HERE, f"{name}.json"), os.path.join(HERE, "api", f"{name}.json")
 
@@ -201,41 +214,55 @@ def build_all(specs: list[dict], object_info: dict) -> dict[str, tuple[dict, dic
     return {spec["name"]: (ui_format(spec, object_info), api_format(spec)) for spec in full}
 
 
+def write_json(path: str, data: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
 def write_all(specs: list[dict], object_info: dict) -> list[str]:
-    written = []
+    write_json(LOCALE, template_texts())
+    written = [LOCALE]
     for name, (ui, api) in build_all(specs, object_info).items():
         for path, data in zip(paths(name), (ui, api)):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as f:
-                json.dump(data, f, indent=2)
-                f.write("\n")
+            write_json(path, data)
             written.append(path)
     return written
 
 
-THUMBNAIL_WIDTH = 480
+THUMBNAIL_WIDTH, PICTURE_WIDTH = 480, 1200
+DOCS_IMAGES = os.path.join(os.path.dirname(HERE), "docs", "images")
+README_PICTURE = ("supir_restore_basic", os.path.join(DOCS_IMAGES, "basic_restore_graph.png"))
 
 
-def write_thumbnails(screenshots: str) -> list[str]:
-    """The template browser's card pictures, ``workflows/<name>.jpg``: the canvas part of the editor tests'
-    screenshots (``<name>.png`` in ``screenshots``, a 1600 x 1000 window at the workflow's opening view)."""
+def write_pictures(screenshots: str) -> list[str]:
+    """The pictures of the workflows, from the canvas part of the editor tests' screenshots (``<name>.png`` in
+    ``screenshots``, a 1600 x 1000 window at the workflow's opening view): the template browser's cards
+    (``workflows/<name>.jpg``), docs/workflows.md's (``docs/images/workflows/<name>.jpg``) and README's."""
     from PIL import Image
+
+    def save(canvas, width: int, path: str, **options) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        canvas.resize((width, round(width * VIEW[1] / VIEW[0])), Image.LANCZOS).save(path, **options)
+        written.append(path)
     written = []
     for name in sorted(f[:-4] for f in os.listdir(screenshots) if f.endswith(".png")):
         if not os.path.exists(paths(name)[0]):
             continue
         with Image.open(os.path.join(screenshots, f"{name}.png")) as shot:
             canvas = shot.convert("RGB").crop((*VIEW_ORIGIN, VIEW_ORIGIN[0] + VIEW[0], VIEW_ORIGIN[1] + VIEW[1]))
-        height = round(THUMBNAIL_WIDTH * VIEW[1] / VIEW[0])
-        path = os.path.join(HERE, f"{name}.jpg")
-        canvas.resize((THUMBNAIL_WIDTH, height), Image.LANCZOS).save(path, quality=82, optimize=True)
-        written.append(path)
+        save(canvas, THUMBNAIL_WIDTH, os.path.join(HERE, f"{name}.jpg"), quality=82, optimize=True)
+        save(canvas, PICTURE_WIDTH, os.path.join(DOCS_IMAGES, "workflows", f"{name}.jpg"), quality=80,
+             optimize=True)
+        if name == README_PICTURE[0]:
+            save(canvas, PICTURE_WIDTH, README_PICTURE[1], optimize=True)
     return written
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--thumbnails"]:
-        print("\n".join(write_thumbnails(sys.argv[2])))
+    if sys.argv[1:2] == ["--pictures"]:
+        print("\n".join(write_pictures(sys.argv[2])))
         sys.exit()
     # the repository as the package supir_restore (as ComfyUI names it), without running its __init__
     package = types.ModuleType("supir_restore")

@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
 
 from supir_restore.workflows.build import (VIEW, VIEW_ORIGIN, has_control_widget, input_names,  # noqa: E402
-                                           input_specs, is_widget, paths)
+                                           input_specs, is_widget, paths, template_texts)
 from supir_restore.workflows.specs import SPECS  # noqa: E402
 from test_workflows import check_saved_outputs, load, object_info, tiny_run  # noqa: E402,F401
 
@@ -30,7 +30,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 VIEWPORT = {"width": 1600, "height": 1000}  # the window the workflows' opening views are made for (build.py)
 SAVING_NODES = ("SaveImage", "SUPIRBenchmarkReport", "SUPIRTrainLoRA")
 SCREENSHOTS = os.environ.get("SUPIR_SCREENSHOTS", os.path.join(tempfile.gettempdir(), "supir_editor_screenshots"))
-PACK = "supir_restore"  # the pack's folder in the test server's custom_nodes, its templates' module name
+CATEGORY = template_texts()["templateWorkflows"]["category"]["supir_restore"]  # the pack's name in the browser
 NODES_WITH_OLD_LAYOUT = ("SUPIRCaptionVLM", "SUPIRTrainLoRA")  # saved without their seed's control value before
 LOAD_TIMEOUT_MS = 60_000
 
@@ -57,6 +57,8 @@ class Editor:
         page.on("response", lambda r: r.status >= 400 and self.problems.append(f"HTTP {r.status}: {r.url}"))
         page.goto(url)
         page.wait_for_function("window.app?.graph && window.app.extensionManager?.command", timeout=LOAD_TIMEOUT_MS)
+        # the minimap, on by default in a wide window, would cover the screenshots' lower right corner
+        self.evaluate("() => window.app.extensionManager.setting.set('Comfy.Minimap.Visible', false)")
 
     def our_problems(self) -> list[str]:
         """Console errors, page errors and failed requests that concern this pack (its extension, templates,
@@ -75,7 +77,7 @@ class Editor:
         """Templates in the side bar → the pack's category → the workflow's card, as a user opens it."""
         self.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
         dialog = self.page.get_by_role("dialog")
-        dialog.get_by_role("button", name=PACK, exact=True).click()
+        dialog.get_by_role("button", name=CATEGORY, exact=True).click()
         dialog.locator(f"[data-testid='template-workflow-{name}']").click()
         self.page.get_by_role("dialog").wait_for(state="detached", timeout=LOAD_TIMEOUT_MS)
         self.wait_for_graph(ui)

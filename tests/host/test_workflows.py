@@ -16,8 +16,9 @@ import numpy as np  # noqa: E402
 import safetensors.torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from supir_restore.workflows.build import (FRONTEND_ONLY, build_all, has_control_widget, input_names,  # noqa: E402
-                                           input_specs, is_widget, paths, write_all)
+from supir_restore.workflows.build import (FRONTEND_ONLY, LOCALE, build_all, has_control_widget,  # noqa: E402
+                                           input_names, input_specs, is_widget, paths, template_texts,
+                                           write_all)
 from supir_restore.workflows.specs import (BENCHMARK_FOLDER, NO_LORA, SPECS, STABLESR_512, STABLESR_TURBO,  # noqa: E402
                                            TRAINING_FOLDER)
 from test_lora_host import file_for, modules_for  # noqa: E402
@@ -79,6 +80,7 @@ def test_workflows_match_their_specs(object_info):
         assert os.path.exists(ui_path), f"{ui_path} missing: run with SUPIR_WRITE_WORKFLOWS=1"
         assert load(ui_path) == json.loads(json.dumps(ui)), f"{name}: UI file out of date (SUPIR_WRITE_WORKFLOWS=1)"
         assert load(api_path) == json.loads(json.dumps(api)), f"{name}: API twin out of date"
+    assert load(LOCALE) == template_texts(), f"{LOCALE} out of date (SUPIR_WRITE_WORKFLOWS=1)"
 
 
 def test_every_seed_declares_its_control_widget(object_info):
