@@ -31,7 +31,7 @@ VIEWPORT = {"width": 1600, "height": 1000}  # the window the workflows' opening 
 SAVING_NODES = ("SaveImage", "SUPIRBenchmarkReport", "SUPIRTrainLoRA")
 SCREENSHOTS = os.environ.get("SUPIR_SCREENSHOTS", os.path.join(tempfile.gettempdir(), "supir_editor_screenshots"))
 CATEGORY = template_texts()["templateWorkflows"]["category"]["supir_restore"]  # the pack's name in the browser
-NODES_WITH_OLD_LAYOUT = ("SUPIRCaptionVLM", "SUPIRTrainLoRA")  # saved without their seed's control value before
+NODES_WITH_OLD_LAYOUT = ("SUPIRCaptionVLM", "SUPIRTrainLoRA")  # their seed's control widget changed
 LOAD_TIMEOUT_MS = 60_000
 
 
@@ -194,7 +194,7 @@ def test_workflow_in_the_editor(comfy_server, editor, spec):
     editor.open_file(ui_path, ui)
     assert_shows(editor, f"{name} (file)", ui, api)
 
-    prompt = tiny_run(api, seed=100 + SPECS.index(spec))  # a seed of its own: ComfyUI's cache skips no node
+    prompt = tiny_in_the_editor(api, seed=100 + SPECS.index(spec))
     editor.set_widgets({nid: {key: value for key, value in node["inputs"].items()
                               if not isinstance(value, list) and value != api[nid]["inputs"][key]}
                         for nid, node in prompt.items()})
@@ -205,16 +205,34 @@ def test_workflow_in_the_editor(comfy_server, editor, spec):
     assert editor.our_problems() == [], f"{name} (run): {editor.our_problems()}"
 
 
+def tiny_in_the_editor(api: dict, seed: int) -> dict:
+    """test_workflows.tiny_run's prompt (a restore seed of its own, so that ComfyUI's cache skips no node) as a
+    user sets it in the editor: a small tile size that tiny_run puts in place of a link from an Int node is set
+    in that node."""
+    prompt = tiny_run(api, seed)
+    for node, tiny in zip(api.values(), prompt.values()):
+        for key, value in node["inputs"].items():
+            if isinstance(value, list) and not isinstance(tiny["inputs"][key], list):
+                assert api[value[0]]["class_type"] == "PrimitiveInt", key
+                prompt[value[0]]["inputs"]["value"] = tiny["inputs"][key]
+                tiny["inputs"][key] = value
+    return prompt
+
+
 def old_layout(ui: dict, object_info: dict) -> dict:  # noqa: F811
-    """The UI file as saved before SUPIR Caption (VLM) and SUPIR Train Restoration LoRA declared their seed's
-    control widget: no control value after the seed."""
+    """The UI file as saved before the seeds of SUPIR Caption (VLM) and SUPIR Train Restoration LoRA declared their
+    control widget: Caption's as this pack shipped it, with no control value after the seed; Train LoRA's as the
+    editor saved it, with the control value it added after any seed ("randomize" on a new node)."""
     ui = copy.deepcopy(ui)
     for node in ui["nodes"]:
         if node["type"] in NODES_WITH_OLD_LAYOUT:
             specs = input_specs(object_info[node["type"]])
             values = [n for n in input_names(object_info[node["type"]]) if is_widget(specs[n])
                       for _ in range(2 if has_control_widget(n, specs[n]) else 1)]  # a name per value
-            del node["widgets_values"][values.index("seed") + 1]
+            if has_control_widget("seed", specs["seed"]):
+                del node["widgets_values"][values.index("seed") + 1]
+            else:
+                node["widgets_values"].insert(values.index("seed") + 1, "randomize")
     return ui
 
 
