@@ -30,7 +30,7 @@ GROUP_TITLE = 50  # a group's title bar and the space below it
 NODE_GAP, COLUMN_GAP, GROUP_PAD = 40, 70, 15
 # The editor's canvas in a 1600 x 1000 window: where the side bar and the top bar (tabs, Run) leave it free and
 # its size from there; the smallest scale at which the editor still draws text
-VIEW_ORIGIN, VIEW = (70, 100), (1520, 890)
+WINDOW, VIEW_ORIGIN, VIEW = (1600, 1000), (70, 100), (1520, 890)
 MIN_SCALE, MAX_SCALE = 0.6, 1.0
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
@@ -236,22 +236,38 @@ DOCS_IMAGES = os.path.join(os.path.dirname(HERE), "docs", "images")
 README_PICTURE = ("supir_restore_basic", os.path.join(DOCS_IMAGES, "basic_restore_graph.png"))
 
 
+def graph_on_screen(ui: dict, margin: int = 12) -> tuple[int, int, int, int]:
+    """The box (left, top, right, bottom) in window pixels of the graph's groups at its opening view, within the
+    window."""
+    scale, (dx, dy) = ui["extra"]["ds"]["scale"], ui["extra"]["ds"]["offset"]
+    boxes = [g["bounding"] for g in ui["groups"]]
+    left = min(b[0] for b in boxes) + dx
+    top = min(b[1] for b in boxes) + dy
+    right = max(b[0] + b[2] for b in boxes) + dx
+    bottom = max(b[1] + b[3] for b in boxes) + dy
+    return (round(left * scale) - margin, round(top * scale) - margin,
+            min(round(right * scale) + margin, WINDOW[0]), min(round(bottom * scale) + margin, WINDOW[1]))
+
+
 def write_pictures(screenshots: str) -> list[str]:
     """The pictures of the workflows, from the canvas part of the editor tests' screenshots (``<name>.png`` in
     ``screenshots``, a 1600 x 1000 window at the workflow's opening view): the template browser's cards
     (``workflows/<name>.jpg``), docs/workflows.md's (``docs/images/workflows/<name>.jpg``) and README's."""
     from PIL import Image
 
-    def save(canvas, width: int, path: str, **options) -> None:
+    def save(picture, width: int, path: str, **options) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        canvas.resize((width, round(width * VIEW[1] / VIEW[0])), Image.LANCZOS).save(path, **options)
+        width = min(width, picture.width)
+        picture.resize((width, round(width * picture.height / picture.width)), Image.LANCZOS).save(path, **options)
         written.append(path)
     written = []
     for name in sorted(f[:-4] for f in os.listdir(screenshots) if f.endswith(".png")):
         if not os.path.exists(paths(name)[0]):
             continue
+        with open(paths(name)[0]) as f:
+            ui = json.load(f)
         with Image.open(os.path.join(screenshots, f"{name}.png")) as shot:
-            canvas = shot.convert("RGB").crop((*VIEW_ORIGIN, VIEW_ORIGIN[0] + VIEW[0], VIEW_ORIGIN[1] + VIEW[1]))
+            canvas = shot.convert("RGB").crop(graph_on_screen(ui))
         save(canvas, THUMBNAIL_WIDTH, os.path.join(HERE, f"{name}.jpg"), quality=82, optimize=True)
         save(canvas, PICTURE_WIDTH, os.path.join(DOCS_IMAGES, "workflows", f"{name}.jpg"), quality=80,
              optimize=True)

@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
 
-from supir_restore.workflows.build import (VIEW, VIEW_ORIGIN, has_control_widget, input_names,  # noqa: E402
+from supir_restore.workflows.build import (VIEW, VIEW_ORIGIN, WINDOW, has_control_widget, input_names,  # noqa: E402
                                            input_specs, is_widget, paths, template_texts)
 from supir_restore.workflows.specs import SPECS  # noqa: E402
 from test_workflows import check_saved_outputs, load, object_info, tiny_run  # noqa: E402,F401
@@ -27,7 +27,7 @@ from test_workflows import check_saved_outputs, load, object_info, tiny_run  # n
 CHROMIUM = os.environ.get("SUPIR_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-VIEWPORT = {"width": 1600, "height": 1000}  # the window the workflows' opening views are made for (build.py)
+VIEWPORT = dict(zip(("width", "height"), WINDOW))  # the window the workflows' opening views are made for
 SAVING_NODES = ("SaveImage", "SUPIRBenchmarkReport", "SUPIRTrainLoRA")
 SCREENSHOTS = os.environ.get("SUPIR_SCREENSHOTS", os.path.join(tempfile.gettempdir(), "supir_editor_screenshots"))
 CATEGORY = template_texts()["templateWorkflows"]["category"]["supir_restore"]  # the pack's name in the browser
