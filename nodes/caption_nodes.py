@@ -74,7 +74,7 @@ class SUPIRCaptionVLM(io.ComfyNode):
                 io.Combo.Input("decoding", options=list(DECODING), default=DECODING[0],
                                tooltip="greedy: the most likely word each step (the same caption every run). "
                                        "sample: sampled with the model's own settings from the seed."),
-                io.Int.Input("seed", default=0, min=0, max=2**63 - 1,
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
                              tooltip="The seed of sampling (every image or tile starts from it); unused by greedy."),
                 io.String.Input("prefix", default="", tooltip="Text put before every caption, to steer the prompt."),
                 io.String.Input("suffix", default="", tooltip="Text put after every caption, to steer the prompt."),

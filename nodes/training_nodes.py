@@ -126,7 +126,7 @@ class SUPIRTrainLoRA(io.ComfyNode):
                                tooltip="How the LQ of each sample is synthesised (SUPIR Degrade presets)."),
                 io.Float.Input("snr_gamma", default=0.0, min=0.0, max=100.0, step=0.5,
                                tooltip="min-SNR-γ loss weighting (0: off; 5 is common)."),
-                io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1,
+                io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1, control_after_generate=False,
                              tooltip="Seed of every random draw (crops, degradations, timesteps, noise); "
                                      "step s draws from (seed, s), so a resumed run continues exactly."),
                 io.Int.Input("save_every", default=100, min=0, max=1_000_000,

@@ -6,6 +6,7 @@ named "lq"); :func:`numbered` turns the names into the ids 1, 2, … in the orde
 from __future__ import annotations
 
 from ..supir.stablesr.sampling import NEGATIVE_PROMPT
+from .build import DECODE, LOAD, PROMPTS, RESTORE, SAVE, STAGE1, TRAIN
 
 SDXL_BASE = "sd_xl_base_1.0_0.9vae.safetensors"
 SDXL_LIGHTNING = "juggernautXL_v9Rdphoto2Lightning.safetensors"
@@ -24,9 +25,23 @@ VLM = "SmolVLM-256M-Instruct"  # a folder in ComfyUI/models/vlm (HuggingFaceTB/S
 VAE_TILE = 512  # pixels: SUPIR's scripts encode in 512 px tiles and decode in 64-latent (512 px) tiles
 
 NOTE_COLOR = {"color": "#432", "bgcolor": "#653"}
+# (width, body height) of each node class: at least what ComfyUI 0.12.1's editor needs for the node's sockets and
+# widgets (it would grow a smaller node onto its neighbour), images and text given room to read
+SIZES = {"Note": (400, 250), "CheckpointLoaderSimple": (360, 110), "SUPIRLoader": (360, 90),
+         "LoadImage": (360, 340), "SUPIRLoadVLM": (360, 90), "SUPIRLoraStack": (360, 280),
+         "SUPIRLoraRegionBlend": (360, 470), "SUPIRLoadImageFolder": (360, 130), "SUPIRTrainingDataset": (360, 190),
+         "StableSRLoader": (360, 90), "StableSRLoadCFW": (360, 70), "PrimitiveInt": (360, 90),
+         "SUPIRResize": (340, 160), "SUPIRLQEncode": (340, 130), "PreviewImage": (340, 300), "VAEEncode": (340, 60),
+         "SUPIRDegradeImage": (340, 140),
+         "SUPIRConditioning": (420, 380), "SUPIRCaptionVLM": (420, 380), "StableSRConditioning": (420, 300),
+         "ApplySUPIR": (340, 130), "ApplyStableSR": (340, 80), "SUPIRTiledAggregation": (340, 190),
+         "SUPIRRestore": (340, 460), "StableSRRestore": (340, 300),
+         "VAEDecode": (340, 60), "VAEDecodeTiled": (340, 160), "StableSRCFWDecode": (340, 180),
+         "SUPIRColorFix": (340, 110), "SUPIRResizeTo": (340, 120),
+         "SaveImage": (420, 420), "SUPIRBenchmarkReport": (400, 300), "SUPIRTrainLoRA": (420, 630)}
 
 MODEL, CLIP, VAE = ["ckpt", 0], ["ckpt", 1], ["ckpt", 2]
-HINT, STAGE1 = ["lq", 0], ["lq", 1]
+HINT, STAGE1_IMAGE = ["lq", 0], ["lq", 1]
 
 
 def numbered(graph: dict[str, dict]) -> dict[str, dict]:
@@ -39,12 +54,16 @@ def numbered(graph: dict[str, dict]) -> dict[str, dict]:
             for name, node in graph.items()}
 
 
-def node(class_type: str, title: str, pos: tuple, size: tuple | None = None, **inputs) -> dict:
-    return {"class_type": class_type, "title": title, "inputs": inputs, "pos": pos, **({"size": size} if size else {})}
+def node(class_type: str, title: str, stage: str, size: tuple | None = None, **inputs) -> dict:
+    """A node in the column of its ``stage`` (below the nodes listed before it there), ``size`` (width, body height)
+    or its class's size in SIZES."""
+    return {"class_type": class_type, "title": title, "inputs": inputs, "stage": stage,
+            "size": size or SIZES[class_type]}
 
 
-def note(text: str, pos=(20, 20)) -> dict:
-    return {**node("Note", "Read me", pos, (400, 220), text=text), **NOTE_COLOR}
+def note(text: str, stage: str = LOAD, title: str = "Read me") -> dict:
+    """A note where the user must act (put model files, load an image, pick a model)."""
+    return {**node("Note", title, stage, text=text), **NOTE_COLOR}
 
 
 def models_note(ckpt: str, supir: str, lora: str | None = None) -> str:
@@ -57,60 +76,60 @@ def models_note(ckpt: str, supir: str, lora: str | None = None) -> str:
 
 
 def loaders(ckpt: str, supir: str) -> dict:
-    return {"ckpt": node("CheckpointLoaderSimple", "SDXL checkpoint", (20, 280), ckpt_name=ckpt),
-            "supir": node("SUPIRLoader", "SUPIR model", (20, 440), supir_name=supir, weight_dtype="auto")}
+    return {"ckpt": node("CheckpointLoaderSimple", "SDXL checkpoint", LOAD, ckpt_name=ckpt),
+            "supir": node("SUPIRLoader", "SUPIR model", LOAD, supir_name=supir, weight_dtype="auto")}
 
 
 def load_image() -> dict:
-    return node("LoadImage", "Low-quality image", (20, 580), (320, 340), image=EXAMPLE_IMAGE)
+    return node("LoadImage", "Low-quality image", LOAD, image=EXAMPLE_IMAGE)
 
 
-def lq_encode(image: list, pos=(420, 440), tile_size: int = 0) -> dict:
-    return node("SUPIRLQEncode", "Stage 1: LQ encode", pos, supir=["supir", 0], vae=VAE, image=image,
+def lq_encode(image: list, tile_size: int = 0) -> dict:
+    return node("SUPIRLQEncode", "Stage 1: LQ encode", STAGE1, supir=["supir", 0], vae=VAE, image=image,
                 tile_size=tile_size)
 
 
 def apply_supir(model: list, scale_end: float) -> dict:
-    return node("ApplySUPIR", "SUPIR Apply Control", (820, 280), model=model, supir=["supir", 0], hint=HINT,
+    return node("ApplySUPIR", "SUPIR Apply Control", RESTORE, model=model, supir=["supir", 0], hint=HINT,
                 control_scale_start=1.0, control_scale_end=scale_end)
 
 
-def prompts(clip: list, pos=(820, 480), caption: str | list = "") -> dict:
-    return node("SUPIRConditioning", "Prompts", pos, (400, 380), clip=clip, caption=caption,
+def prompts(clip: list, caption: str | list = "", title: str = "Prompts") -> dict:
+    return node("SUPIRConditioning", title, PROMPTS, clip=clip, caption=caption,
                 positive_suffix=_POSITIVE, negative=_NEGATIVE, size_conditioning="1024 (official)",
                 caption_per_line=False, hint=HINT)
 
 
-def vlm_loader(pos=(20, 1000)) -> dict:
-    return node("SUPIRLoadVLM", "Vision-language model", pos, model_name=VLM, weight_dtype="auto")
+def vlm_loader() -> dict:
+    return node("SUPIRLoadVLM", "Vision-language model", LOAD, model_name=VLM, weight_dtype="auto")
 
 
-def caption(image: list, pos, title: str = "Caption", tile_size: int | list = 0, tile_stride: int | list = 512,
+def caption(image: list, title: str = "Caption", tile_size: int | list = 0, tile_stride: int | list = 512,
             hint: list | None = None) -> dict:
     """SUPIR Caption (VLM) of ``image`` with SSP-IR's instruction, greedy; per tile with a ``tile_size`` (and the
     image's ``hint``)."""
-    return node("SUPIRCaptionVLM", title, pos, (400, 420), vlm=["vlm", 0], image=image, instruction=_INSTRUCTION,
+    return node("SUPIRCaptionVLM", title, PROMPTS, vlm=["vlm", 0], image=image, instruction=_INSTRUCTION,
                 max_tokens=128, decoding="greedy", seed=0, prefix="", suffix="", tile_size=tile_size,
                 tile_stride=tile_stride, grid="snapped", **({"hint": hint} if hint else {}))
 
 
 def restore(model: list, preset: str) -> dict:
-    return node("SUPIRRestore", "Stage 2: restore", (1260, 280), (340, 480), model=model, positive=["prompts", 0],
+    return node("SUPIRRestore", "Stage 2: restore", RESTORE, model=model, positive=["prompts", 0],
                 negative=["prompts", 1], hint=HINT, seed=0, preset=preset, start="noise", denoise=1.0,
                 sampler="RestoreEDM", steps=50, s_churn=5.0, s_noise=1.003, eta=1.0, cfg_start=4.0, cfg_end=7.5,
                 restore_cfg=-1.0, restore_cfg_s_tmin=0.05)
 
 
 def decode() -> dict:
-    return node("VAEDecode", "Decode", (1640, 280), samples=["restore", 0], vae=VAE)
+    return node("VAEDecode", "Decode", DECODE, samples=["restore", 0], vae=VAE)
 
 
-def save(images: list, pos) -> dict:
-    return node("SaveImage", "Restored", pos, (400, 440), images=images, filename_prefix="supir/restored")
+def save(images: list) -> dict:
+    return node("SaveImage", "Restored", SAVE, images=images, filename_prefix="supir/restored")
 
 
-def preview_stage1(pos=(420, 640)) -> dict:
-    return node("PreviewImage", "Stage-1 image", pos, (320, 320), images=STAGE1)
+def preview_stage1() -> dict:
+    return node("PreviewImage", "Stage-1 image", STAGE1, images=STAGE1_IMAGE)
 
 
 def lora_slots(loras: list[tuple[str, float]], stack: str = "") -> dict:
@@ -133,7 +152,7 @@ def restore_graph(ckpt: str, supir: str, preset: str, scale_end: float, readme: 
         "prompts": prompts(clip, caption=caption_text),
         "restore": restore(["apply", 0], preset),
         "decode": decode(),
-        "save": save(["decode", 0], (1880, 280)),
+        "save": save(["decode", 0]),
         "preview": preview_stage1(),
         **extra,
     })
@@ -141,7 +160,7 @@ def restore_graph(ckpt: str, supir: str, preset: str, scale_end: float, readme: 
 
 def lora_graph(readme: str) -> dict:
     """The restore graph with SUPIR LoRA Stack between the checkpoint and SUPIR Apply Control / the prompts."""
-    stack = node("SUPIRLoraStack", "LoRA stack", (440, 20), (340, 300), model=MODEL, clip=CLIP,
+    stack = node("SUPIRLoraStack", "LoRA stack", LOAD, model=MODEL, clip=CLIP,
                  **lora_slots([(DETAIL_LORA, 1.0)]))
     return restore_graph(SDXL_BASE, SUPIR_Q, "Quality", 1.0, readme, model=["loras", 0], clip=["loras", 1],
                          loras=stack)
@@ -149,7 +168,7 @@ def lora_graph(readme: str) -> dict:
 
 def lora_region_graph(readme: str) -> dict:
     """The restore graph with SUPIR LoRA Region Blend before SUPIR Apply Control, masked by the image's painted mask."""
-    blend = node("SUPIRLoraRegionBlend", "LoRA region blend", (440, -60), (340, 480), model=MODEL, mask=["image", 1],
+    blend = node("SUPIRLoraRegionBlend", "LoRA region blend", RESTORE, model=MODEL, mask=["image", 1],
                  **lora_slots([(DETAIL_LORA, 1.0)], "_inside"),
                  **lora_slots([(DETAIL_LORA, -0.5)], "_outside"), feather=16)
     return restore_graph(SDXL_BASE, SUPIR_Q, "Quality", 1.0, readme, model=["region", 0], region=blend)
@@ -166,17 +185,17 @@ def upscale_graph(scale: float, readme: str, captions: bool = False) -> dict:
     tile, stride = ["tile_px", 0], ["stride_px", 0]
     graph["tiles"]["inputs"].update(tile_size=tile, tile_stride=stride, tile_positive=["tile_prompts", 0])
     graph["prompts"]["inputs"]["caption"] = ["caption", 0]
-    tile_prompts = prompts(CLIP, (1260, 860), ["tile_caption", 0])
+    tile_prompts = prompts(CLIP, ["tile_caption", 0], "Per-tile prompts")
     tile_prompts["inputs"].update(caption_per_line=True)
     del tile_prompts["inputs"]["hint"]  # one caption per tile, not per image
     return numbered({
         **graph,
-        "tile_px": node("PrimitiveInt", "Tile size (px)", (420, 1040), value=1024),
-        "stride_px": node("PrimitiveInt", "Tile stride (px)", (420, 1160), value=512),
-        "vlm": vlm_loader((20, 1000)),
-        "caption": caption(["resize", 0], (820, 1120), "Caption (whole image)"),
-        "tile_caption": caption(["resize", 0], (820, 1580), "Caption (per tile)", tile, stride, HINT),
-        "tile_prompts": {**tile_prompts, "title": "Per-tile prompts"},
+        "tile_px": node("PrimitiveInt", "Tile size (px)", RESTORE, value=1024),
+        "stride_px": node("PrimitiveInt", "Tile stride (px)", RESTORE, value=512),
+        "vlm": vlm_loader(),
+        "caption": caption(["resize", 0], "Caption (whole image)"),
+        "tile_caption": caption(["resize", 0], "Caption (per tile)", tile, stride, HINT),
+        "tile_prompts": tile_prompts,
     })
 
 
@@ -185,22 +204,21 @@ def _upscale_nodes(scale: float, readme: str) -> dict:
         "note": note(readme),
         **loaders(SDXL_BASE, SUPIR_Q),
         "image": load_image(),
-        "resize": node("SUPIRResize", "Resize for restore", (420, 640), image=["image", 0], scale_by=scale,
+        "resize": node("SUPIRResize", "Resize for restore", STAGE1, image=["image", 0], scale_by=scale,
                        multiple="64", method="lanczos"),
-        "lq": lq_encode(["resize", 0], (420, 440), VAE_TILE),
+        "lq": lq_encode(["resize", 0], VAE_TILE),
         "apply": apply_supir(MODEL, 1.0),
-        "tiles": node("SUPIRTiledAggregation", "Tiled aggregation", (820, 460), (340, 190), model=["apply", 0],
-                      tile_size=1024, tile_stride=512, grid="snapped", tile_batch_size=1),
-        "prompts": prompts(CLIP, (820, 700)),
+        "tiles": node("SUPIRTiledAggregation", "Tiled aggregation", RESTORE, model=["apply", 0], tile_size=1024, tile_stride=512, grid="snapped", tile_batch_size=1),
+        "prompts": prompts(CLIP),
         "restore": restore(["tiles", 0], "Quality"),
-        "decode": node("VAEDecodeTiled", "Decode (tiled)", (1640, 280), samples=["restore", 0], vae=VAE,
+        "decode": node("VAEDecodeTiled", "Decode (tiled)", DECODE, samples=["restore", 0], vae=VAE,
                        tile_size=VAE_TILE, overlap=64, temporal_size=64, temporal_overlap=8),
-        "colour": node("SUPIRColorFix", "Colour fix", (1640, 500), image=["decode", 0], reference=STAGE1,
+        "colour": node("SUPIRColorFix", "Colour fix", DECODE, image=["decode", 0], reference=STAGE1_IMAGE,
                        method="wavelet", strength=1.0),
-        "resize_to": node("SUPIRResizeTo", "Resize to target", (1640, 700), image=["colour", 0],
+        "resize_to": node("SUPIRResizeTo", "Resize to target", DECODE, image=["colour", 0],
                           width=["resize", 1], height=["resize", 2], method="lanczos"),
-        "save": save(["resize_to", 0], (2020, 280)),
-        "preview": preview_stage1((420, 860)),
+        "save": save(["resize_to", 0]),
+        "preview": preview_stage1(),
     }
 
 
@@ -211,29 +229,29 @@ def stablesr_graph(ckpt: str, preset: str, colour: str, readme: str) -> dict:
     vae, resized = ["ckpt", 2], ["resize", 0]
     return numbered({
         "note": note(readme),
-        "ckpt": node("CheckpointLoaderSimple", "StableSR checkpoint (SD 2.1)", (20, 280), ckpt_name=ckpt),
-        "sr": node("StableSRLoader", "StableSR model", (20, 440), stablesr_name=ckpt, weight_dtype="auto"),
-        "cfw": node("StableSRLoadCFW", "CFW decoder", (20, 1000), cfw_name=STABLESR_CFW),
+        "ckpt": node("CheckpointLoaderSimple", "StableSR checkpoint (SD 2.1)", LOAD, ckpt_name=ckpt),
+        "sr": node("StableSRLoader", "StableSR model", LOAD, stablesr_name=ckpt, weight_dtype="auto"),
+        "cfw": node("StableSRLoadCFW", "CFW decoder", LOAD, cfw_name=STABLESR_CFW),
         "image": load_image(),
-        "resize": node("SUPIRResize", "Upscale x4", (420, 640), image=["image", 0], scale_by=4.0, multiple="64",
+        "resize": node("SUPIRResize", "Upscale x4", STAGE1, image=["image", 0], scale_by=4.0, multiple="64",
                        method="bicubic"),
-        "encode": node("VAEEncode", "LR latent", (420, 440), pixels=resized, vae=vae),
-        "apply": node("ApplyStableSR", "StableSR Apply", (820, 280), model=["ckpt", 0], stablesr=["sr", 0],
+        "encode": node("VAEEncode", "LR latent", STAGE1, pixels=resized, vae=vae),
+        "apply": node("ApplyStableSR", "StableSR Apply", RESTORE, model=["ckpt", 0], stablesr=["sr", 0],
                       lr_latent=["encode", 0]),
-        "tiles": node("SUPIRTiledAggregation", "Tiled aggregation", (820, 420), (340, 190), model=["apply", 0],
+        "tiles": node("SUPIRTiledAggregation", "Tiled aggregation", RESTORE, model=["apply", 0],
                       tile_size=512, tile_stride=256, grid="snapped", tile_batch_size=1, weights="official"),
-        "prompts": node("StableSRConditioning", "Prompts", (820, 660), (400, 300), clip=["ckpt", 1], positive="",
+        "prompts": node("StableSRConditioning", "Prompts", PROMPTS, clip=["ckpt", 1], positive="",
                         negative=NEGATIVE_PROMPT, literal=True),
-        "restore": node("StableSRRestore", "Restore", (1260, 280), (340, 400), model=["tiles", 0],
+        "restore": node("StableSRRestore", "Restore", RESTORE, model=["tiles", 0],
                         positive=["prompts", 0], negative=["prompts", 1], lr_latent=["encode", 0], seed=0,
                         preset=preset, sampler="ddpm", steps=200, start="lr_latent", cfg=1.0, eta=0.0),
-        "decode": node("StableSRCFWDecode", "CFW decode", (1640, 280), samples=["restore", 0], vae=vae,
+        "decode": node("StableSRCFWDecode", "CFW decode", DECODE, samples=["restore", 0], vae=vae,
                        cfw=["cfw", 0], lr_image=resized, w=0.5, vae_weights="cfw_file", tile_size=1024),
-        "colour": node("SUPIRColorFix", "Colour fix", (1640, 560), image=["decode", 0], reference=resized,
+        "colour": node("SUPIRColorFix", "Colour fix", DECODE, image=["decode", 0], reference=resized,
                        method=colour, strength=1.0),
-        "resize_to": node("SUPIRResizeTo", "Resize to target", (1640, 760), image=["colour", 0],
+        "resize_to": node("SUPIRResizeTo", "Resize to target", DECODE, image=["colour", 0],
                           width=["resize", 1], height=["resize", 2], method="bicubic"),
-        "save": node("SaveImage", "Restored", (2020, 280), (400, 440), images=["resize_to", 0],
+        "save": node("SaveImage", "Restored", SAVE, images=["resize_to", 0],
                      filename_prefix="stablesr/restored"),
     })
 
@@ -244,16 +262,16 @@ def benchmark_graph(readme: str) -> dict:
     return numbered({
         "note": note(readme),
         **loaders(SDXL_BASE, SUPIR_Q),
-        "folder": node("SUPIRLoadImageFolder", "High-quality images", (20, 580), folder=BENCHMARK_FOLDER,
+        "folder": node("SUPIRLoadImageFolder", "High-quality images", LOAD, folder=BENCHMARK_FOLDER,
                        multiple=32),
-        "degrade": node("SUPIRDegradeImage", "Degrade (synthetic LQ)", (420, 580), image=["folder", 0],
+        "degrade": node("SUPIRDegradeImage", "Degrade (synthetic LQ)", STAGE1, image=["folder", 0],
                         preset="realesrgan_x4", seed=0, resize_to_input=True),
-        "lq": lq_encode(["degrade", 0], (420, 400)),
+        "lq": lq_encode(["degrade", 0]),
         "apply": apply_supir(MODEL, 1.0),
         "prompts": prompts(CLIP),
         "restore": restore(["apply", 0], "Quality"),
         "decode": decode(),
-        "report": node("SUPIRBenchmarkReport", "Benchmark report", (1880, 280), (400, 500), hq_images=["folder", 0],
+        "report": node("SUPIRBenchmarkReport", "Benchmark report", SAVE, hq_images=["folder", 0],
                        lq_images=["degrade", 0], restored_images=["decode", 0], crop_border=4, lpips=False,
                        dists=False, clipiqa=False, filename_prefix="supir_benchmark/report", names=["folder", 1]),
     })
@@ -265,9 +283,9 @@ def training_graph(readme: str) -> dict:
     return numbered({
         "note": note(readme),
         **loaders(SDXL_BASE, SUPIR_Q),
-        "dataset": node("SUPIRTrainingDataset", "Training photos", (20, 600), (320, 200), folder=TRAINING_FOLDER,
+        "dataset": node("SUPIRTrainingDataset", "Training photos", LOAD, folder=TRAINING_FOLDER,
                         resolution=1024, aspect_buckets=True, default_caption=""),
-        "train": node("SUPIRTrainLoRA", "Train restoration LoRA", (420, 280), (400, 760), model=MODEL,
+        "train": node("SUPIRTrainLoRA", "Train restoration LoRA", TRAIN, model=MODEL,
                       supir_model=["supir", 0], vae=VAE, clip=CLIP, dataset=["dataset", 0],
                       lora_name="my_restoration_lora", steps=1000, rank=16, alpha=16.0, targets="attention",
                       learning_rate=1e-4, batch_size=1, grad_accumulation=4, training_dtype="bf16",
@@ -332,8 +350,7 @@ SPECS = [
                             models_note(SDXL_BASE, SUPIR_Q) + _CAPTIONS
                             + "The model describes the low-quality image (SSP-IR's instruction, greedy) and its "
                               "caption becomes the prompt; edit the instruction, prefix or suffix to steer it.",
-                            caption_text=["caption", 0], vlm=vlm_loader((20, 1000)),
-                            caption=caption(["image", 0], (420, 1000)))},
+                            caption_text=["caption", 0], vlm=vlm_loader(), caption=caption(["image", 0]))},
     {"name": "supir_caption_upscale_x4",
      "description": "Upscale x4 and restore tile by tile, each tile prompted by its own caption from a local "
                     "vision-language model.",

@@ -16,8 +16,9 @@ import numpy as np  # noqa: E402
 import safetensors.torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from supir_restore.workflows.build import (FRONTEND_ONLY, build_all, input_names, input_specs, is_widget,  # noqa: E402
-                                           paths, write_all)
+from supir_restore.workflows.build import (FRONTEND_ONLY, LOCALE, build_all, has_control_widget,  # noqa: E402
+                                           input_names, input_specs, is_widget, paths, template_texts,
+                                           write_all)
 from supir_restore.workflows.specs import (BENCHMARK_FOLDER, NO_LORA, SPECS, STABLESR_512, STABLESR_TURBO,  # noqa: E402
                                            TRAINING_FOLDER)
 from test_lora_host import file_for, modules_for  # noqa: E402
@@ -79,6 +80,18 @@ def test_workflows_match_their_specs(object_info):
         assert os.path.exists(ui_path), f"{ui_path} missing: run with SUPIR_WRITE_WORKFLOWS=1"
         assert load(ui_path) == json.loads(json.dumps(ui)), f"{name}: UI file out of date (SUPIR_WRITE_WORKFLOWS=1)"
         assert load(api_path) == json.loads(json.dumps(api)), f"{name}: API twin out of date"
+    assert load(LOCALE) == template_texts(), f"{LOCALE} out of date (SUPIR_WRITE_WORKFLOWS=1)"
+
+
+def test_every_seed_declares_its_control_widget(object_info):
+    """The editor adds a 'control after generate' widget after an INT named seed unless told otherwise; every seed
+    of the pack says so itself, so the widget list the editor builds is the one its schema shows."""
+    ours = {kind: info for kind, info in object_info.items() if "supir_restore" in info["python_module"]}
+    seeds = [(kind, name, spec) for kind, info in ours.items() for name, spec in input_specs(info).items()
+             if spec[0] == "INT" and "seed" in name]
+    assert len(seeds) >= 7, seeds
+    for kind, name, spec in seeds:
+        assert spec[1].get("control_after_generate") is not None, f"{kind}.{name} leaves control_after_generate unset"
 
 
 def names_a_user_file(name: str) -> bool:
@@ -117,10 +130,8 @@ def test_ui_workflow_is_valid(object_info, spec):
         for name in input_names(info):
             if not is_widget(specs[name]):
                 continue
-            if name not in {**info["input"].get("required", {})} and name not in spec["nodes"][str(node["id"])]["inputs"]:
-                continue
             check_value(specs[name], next(values), f"{node['type']}.{name}")
-            if specs[name][1].get("control_after_generate"):
+            if has_control_widget(name, specs[name]):
                 assert next(values) in ("fixed", "increment", "decrement", "randomize")
         assert next(values, None) is None, f"{node['type']}: extra widget values"
         for i, socket in enumerate(node["inputs"]):
@@ -169,6 +180,12 @@ def test_api_workflow_runs_with_tiny_models(comfy_server, object_info, spec):
     prompt = tiny_run(load(paths(spec["name"])[1]), seed=SPECS.index(spec))
     status, result = comfy_server.run_prompt(prompt, timeout=600)
     assert status == 200, result
+    check_saved_outputs(comfy_server, spec["name"], prompt, result)
+
+
+def check_saved_outputs(comfy_server, name: str, prompt: dict, result: dict) -> None:
+    """The run of ``prompt`` (its history entry ``result``) succeeded and every saving node of the prompt saved:
+    images of the expected size, the training's loss curve, the benchmark's report."""
     errors = [m[1] for m in result["status"]["messages"] if m[0] == "execution_error"]
     assert result["status"]["status_str"] == "success", [(e["node_type"], e["exception_message"]) for e in errors]
     checked = 0
@@ -184,4 +201,7 @@ def test_api_workflow_runs_with_tiny_models(comfy_server, object_info, spec):
         if prompt[nid]["class_type"] == "SUPIRBenchmarkReport":
             assert f"images: {len(BENCHMARK_PHOTOS)}, crop border: 4" in output["text"][0]
             checked += 1
-    assert checked, f"{spec['name']} saved nothing"
+    savers = {nid for nid, node in prompt.items()
+              if node["class_type"] in ("SaveImage", "SUPIRTrainLoRA", "SUPIRBenchmarkReport")}
+    assert savers <= set(result["outputs"]), f"{name}: nodes {savers - set(result['outputs'])} saved nothing"
+    assert checked, f"{name} saved nothing"
