@@ -70,6 +70,13 @@ def test_candidates_start_with_the_whole_image_and_step_down_to_the_smallest():
     assert tile_candidates(40, 40, 64) == [64]
 
 
+def test_candidates_stop_at_the_largest_tile_and_the_whole_image_only_up_to_its_limit():
+    assert tile_candidates(100, 300, 64, largest=128) == [300, 128, 120, 112, 104, 96, 88, 80, 72, 64]
+    assert tile_candidates(100, 300, 64, largest=128, whole_up_to=128) == [128, 120, 112, 104, 96, 88, 80, 72, 64]
+    assert tile_candidates(64, 100, 32, largest=64, whole_up_to=64)[0] == 64  # StableSR: one official tile at most
+    assert tile_candidates(60, 64, 32, largest=64, whole_up_to=64)[0] == 64  # an image of one tile is sampled whole
+
+
 def supir_peak(call_batch: int, dtype_bytes: int = 2):
     return lambda pixels: sampling_call_bytes(SUPIR_SDXL, pixels, call_batch, dtype_bytes)
 

@@ -1,10 +1,12 @@
 """Automatic tile sizes: the largest tile whose peak, predicted by ``tiling/memory.py``, fits
 ComfyUI's free-memory estimate for the device, as ComfyUI's own VAE batching and cond batching reason: free memory
-from ``model_management.get_free_memory`` less the weights still to be loaded there and ComfyUI's reserve."""
+from ``model_management.get_free_memory`` less the weights still to be loaded there and ComfyUI's reserve. Sampling
+tiles are at most the official ones (SUPIR's and StableSR's tiled settings), which quality, not memory, sets."""
 from __future__ import annotations
 
 import logging
 
+import comfy.model_base
 import comfy.model_management as mm
 import comfy.patcher_extension
 
@@ -13,6 +15,10 @@ from ..tiling.memory import (STABLESR_SD2, SUPIR_SDXL, SamplingModel, TileChoice
 
 TILES_CHOICES = ("auto", "manual")
 SAMPLING_SMALLEST = {SUPIR_SDXL.name: 64, STABLESR_SD2.name: 32}  # latent px: 512 px for SDXL, 256 for SD 2.x
+# The largest sampling tiles are the official ones, for quality rather than memory: SUPIR_v0_tiled.yaml samples
+# 128-latent tiles (1024 px) and the official untiled SUPIR the whole image at any size; StableSR's scripts always
+# sample 64-latent tiles (96 for the 768-v model), the whole image only when it is one tile.
+SUPIR_TILE, STABLESR_TILE, STABLESR_V_TILE = 128, 64, 96
 VAE_SMALLEST = 32  # latent px (256 px)
 GIB = 1024 ** 3
 
@@ -61,9 +67,21 @@ def sampling_tile(height: int, width: int, call_batch: int, base_model, transfor
     def peak(latent_pixels: int) -> float:
         return sampling_call_bytes(model, latent_pixels, call_batch, size, attention)
 
-    choice = choose_tile(height, width, memory_budget(device), peak, SAMPLING_SMALLEST.get(model.name, 32))
+    largest, whole_up_to = official_tile_limits(family, base_model)
+    choice = choose_tile(height, width, memory_budget(device), peak, SAMPLING_SMALLEST.get(model.name, 32), largest,
+                         whole_up_to)
     report(f"{model.name} sampling", choice, height, width)
     return choice
+
+
+def official_tile_limits(family: SamplingModel | None, base_model) -> tuple[int | None, int | None]:
+    """(largest tile, whole image up to) in latent px for sampling ``family`` on ``base_model``; None: no limit."""
+    if family is SUPIR_SDXL:
+        return SUPIR_TILE, None
+    if family is STABLESR_SD2:
+        tile = STABLESR_V_TILE if base_model.model_type == comfy.model_base.ModelType.V_PREDICTION else STABLESR_TILE
+        return tile, tile
+    return None, None
 
 
 def vae_tile(vae, height: int, width: int, encode: bool, decode: bool, patchers=()) -> int:

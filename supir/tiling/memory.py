@@ -113,24 +113,31 @@ class TileChoice:
         return self.predicted <= self.budget
 
 
-def tile_candidates(height: int, width: int, smallest: int) -> list[int]:
-    """Tile sides to try, largest first: one covering the whole [height, width] latent, then every multiple of
-    :data:`TILE_STEP` down to ``smallest``."""
+def tile_candidates(height: int, width: int, smallest: int, largest: int | None = None,
+                    whole_up_to: int | None = None) -> list[int]:
+    """Tile sides to try, largest first: one covering the whole [height, width] latent (when its longer side is at
+    most ``whole_up_to``, default any), then every multiple of :data:`TILE_STEP` from ``largest`` (default the
+    longer side) down to ``smallest``."""
     top = max(height, width)
-    steps = range(top // TILE_STEP * TILE_STEP, smallest - 1, -TILE_STEP)
-    return list(dict.fromkeys([top, *steps])) if top > smallest else [smallest]
+    if top <= smallest:
+        return [smallest]
+    whole = [top] if whole_up_to is None or top <= whole_up_to else []
+    cap = top if largest is None else min(largest, top)
+    steps = range(cap // TILE_STEP * TILE_STEP, smallest - 1, -TILE_STEP)
+    return list(dict.fromkeys([*whole, *steps]))
 
 
-def choose_tile(height: int, width: int, budget: float, peak: Callable[[int], float], smallest: int) -> TileChoice:
-    """The largest tile whose ``peak(tile_pixels)`` (bytes, for a tile of ``min(tile, height) x min(tile, width)``
-    latent pixels) times ComfyUI's 1.5 margin fits ``budget`` bytes; when none does, the smallest (its ``fits`` is
-    False, for the caller to say so).
+def choose_tile(height: int, width: int, budget: float, peak: Callable[[int], float], smallest: int,
+                largest: int | None = None, whole_up_to: int | None = None) -> TileChoice:
+    """The largest tile (of :func:`tile_candidates`) whose ``peak(tile_pixels)`` (bytes, for a tile of
+    ``min(tile, height) x min(tile, width)`` latent pixels) times ComfyUI's 1.5 margin fits ``budget`` bytes; when
+    none does, the smallest (its ``fits`` is False, for the caller to say so).
 
     One tile per model call: the peak grows with the pixels of a call, so two tiles per call cost what one tile of
     twice the area does, which is more than the next size up (8 latent pixels more a side) from 24 latent pixels
     on; the larger tile also overlaps less. So the largest tile that fits is also the fastest choice.
     """
-    for tile in tile_candidates(height, width, smallest):
+    for tile in tile_candidates(height, width, smallest, largest, whole_up_to):
         predicted = COMFY_MARGIN * peak(min(tile, height) * min(tile, width))
         if predicted <= budget:
             return TileChoice(tile, predicted, budget)

@@ -83,6 +83,29 @@ def test_auto_aggregation_picks_the_tile_predicted_to_fit(tiny_model, tiny_supir
     assert f"{8 * target} px tiles" in caplog.text and "SUPIR on SDXL sampling" in caplog.text
 
 
+def test_auto_sampling_tiles_stop_at_supirs_official_tile(tiny_model, tiny_supir, monkeypatch, caplog):
+    # A 64x144 latent (512x1152 px): memory for every tile but the whole image gives SUPIR_v0_tiled's 1024 px tile
+    # (128 latent px), not the 1088 px one the memory would allow; memory for the whole image gives the whole image.
+    h, w = 64, 144
+    per_call = [sampling_call_bytes(SUPIR_SDXL, h * side, 1, 4, efficient_attention()) for side in (136, w)]
+    hint = latent(7, h, w)
+    for budget, expected in ((COMFY_MARGIN * sum(per_call) / 2, tile_grid(h, w, 128, 64)), (1e15, None)):
+        mock_free_memory(monkeypatch, budget)
+        model = SUPIRTiledAggregation.execute(apply_supir(tiny_model, tiny_supir, hint), 1024, 512, "snapped", 1,
+                                              None, "official", "auto").result[0]
+        calls = []
+
+        def record(executor, x, t, context, y, control, transformer_options, **kw):
+            calls.append(transformer_options.get(TILES_KEY, (None, None))[1])  # no tiles: the whole latent
+            return executor(x, t, context, y, control, transformer_options, **kw)
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_tiles", record)
+        sample(model, hint, steps=1)
+        if expected is None:
+            assert calls and set(calls) == {None}
+        else:
+            assert {t for group in calls for t in group} == set(expected)
+
+
 @torch.inference_mode()  # as ComfyUI runs nodes; its tiled VAE needs it
 def test_auto_lq_encode_is_the_whole_image_when_it_fits_and_the_predicted_tile_when_not(tiny_supir, tiny_vae,
                                                                                      monkeypatch):
