@@ -2,7 +2,7 @@
 (``supir/tiling/memory.py``), or the prediction alone as README's table.
 
 ``--predict``: the table of predicted GPU memory for SUPIR (basic restore, x4 upscale) and StableSR x4 at
-1024², 2048² and 4096² output, fp16 and fp8 weight storage, untiled and with the smallest automatic tiles. No
+1024², 2048² and 4096² output, fp16 and fp8 weight storage, with the largest and the smallest automatic tiles. No
 GPU and no model files needed.
 
 Otherwise it runs the workflows' pipelines in-process through the pack's host functions, with the real model
@@ -125,17 +125,22 @@ def phases(workflow: str, size: int, storage: str) -> list[tuple[float, object, 
             (PARAMS["kl_vae"] * 2, decode, VAE_SMALLEST)]
 
 
-def predict(workflow: str, size: int, storage: str, capacity: float | None, whole_sampling: bool = False) -> float:
+def predict(workflow: str, size: int, storage: str, capacity: float | None, largest_sampling: bool = False) -> float:
     """Predicted peak bytes: each phase's tile chosen as the automatic tiles do for a device of ``capacity``
-    bytes (None: ample, the whole image; 0: the smallest tiles); ``whole_sampling``: the sampling untiled
-    whatever the capacity; ``basic`` never tiles."""
+    bytes (None: ample, the largest tiles; 0: the smallest tiles); ``largest_sampling``: the sampling at the
+    largest tile automatic tiles take whatever the capacity (SUPIR: the whole image; StableSR: its official
+    512 px tile); ``basic`` never tiles."""
+    from supir_restore.supir.host.auto_tiles import STABLESR_TILE
     from supir_restore.supir.tiling.memory import choose_tile, workflow_peak_bytes
     latent = size // 8
+    largest = (STABLESR_TILE, STABLESR_TILE) if workflow == "stablesr" else (None, None)
     steps = []
     for index, (weights, peak, smallest) in enumerate(phases(workflow, size, storage)):
-        whole = capacity is None or workflow == "basic" or (whole_sampling and index == SAMPLING_PHASE)
-        budget = float("inf") if whole else capacity - weights
-        steps.append((weights, choose_tile(latent, latent, budget, peak, smallest).predicted))
+        sampling = index == SAMPLING_PHASE
+        ample = capacity is None or workflow == "basic" or (largest_sampling and sampling)
+        budget = float("inf") if ample else capacity - weights
+        limits = largest if sampling else (None, None)
+        steps.append((weights, choose_tile(latent, latent, budget, peak, smallest, *limits).predicted))
     return workflow_peak_bytes(steps)
 
 
@@ -150,13 +155,13 @@ def weights_bytes(workflow: str, storage: str) -> float:
 
 
 def table() -> str:
-    rows = ["| workflow | output | fp16: least (smallest tiles) | fp16: sampling untiled | fp8: least | "
-            "fp8: sampling untiled | weights at fp16 / fp8 (arithmetic) |",
+    rows = ["| workflow | output | fp16: least (smallest tiles) | fp16: largest tiles | fp8: least | "
+            "fp8: largest tiles | weights at fp16 / fp8 (arithmetic) |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for family, workflow in (("SUPIR", "x4"), ("StableSR x4", "stablesr")):
         for size in SIZES:
-            cells = [f"{predict(workflow, size, storage, 0, whole) / GIB:.1f} GB"
-                     for storage in STORAGE_BYTES for whole in (False, True)]
+            cells = [f"{predict(workflow, size, storage, 0, largest) / GIB:.1f} GB"
+                     for storage in STORAGE_BYTES for largest in (False, True)]
             weights = " / ".join(f"{weights_bytes(workflow, storage) / GIB:.1f}" for storage in STORAGE_BYTES)
             rows.append(f"| {family} | {size}² | " + " | ".join(cells) + f" | {weights} GB |")
     return "\n".join(rows)
@@ -233,7 +238,7 @@ def measure(args) -> None:
     capacity = torch.cuda.mem_get_info()[1]
     print(f"{torch.cuda.get_device_name()}: {capacity / GIB:.1f} GB; ComfyUI reserve "
           f"{mm.extra_reserved_memory() / GIB:.1f} GB")
-    print("| workflow | storage | output | max allocated | s/step | predicted (this card) | predicted (untiled) |")
+    print("| workflow | storage | output | max allocated | s/step | predicted (this card) | predicted (largest tiles) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for workflow in args.workflows:
         for storage in args.storage:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 
-import comfy.model_base
 import comfy.model_management as mm
 import comfy.patcher_extension
 
@@ -79,7 +78,8 @@ def official_tile_limits(family: SamplingModel | None, base_model) -> tuple[int 
     if family is SUPIR_SDXL:
         return SUPIR_TILE, None
     if family is STABLESR_SD2:
-        tile = STABLESR_V_TILE if base_model.model_type == comfy.model_base.ModelType.V_PREDICTION else STABLESR_TILE
+        from comfy.model_base import ModelType  # here: model_base imports torchvision, the memory table does not
+        tile = STABLESR_V_TILE if base_model.model_type == ModelType.V_PREDICTION else STABLESR_TILE
         return tile, tile
     return None, None
 

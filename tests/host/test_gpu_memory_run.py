@@ -54,5 +54,5 @@ def test_prediction_takes_the_sampling_phase_at_the_smallest_or_the_whole_tile(b
         return weights + COMFY_MARGIN * sampling_call_bytes(SUPIR_SDXL, latent_side ** 2, 2, 2)
     # relative 1e-12: the same float arithmetic in another order
     assert bench.predict("x4", 4096, "fp8", 0) == pytest.approx(sampling(64), rel=1e-12)  # 512 px tiles
-    assert bench.predict("x4", 4096, "fp8", 0, whole_sampling=True) == pytest.approx(sampling(512), rel=1e-12)
+    assert bench.predict("x4", 4096, "fp8", 0, largest_sampling=True) == pytest.approx(sampling(512), rel=1e-12)
     assert bench.predict("basic", 1024, "fp8", 0) == bench.predict("x4", 1024, "fp8", None)  # never tiles
