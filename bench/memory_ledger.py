@@ -1,0 +1,182 @@
+"""Memory ledger: resident memory while loading full-size models in the official layouts, per storage dtype, and
+during one restore step (issue 22).
+
+``files DIR``: writes full-size random weight files (values do not change memory): an SDXL UNet as an fp16
+safetensors file (as the UNet inside SDXL checkpoints is stored), ``SUPIR-v0Q.ckpt`` (fp32 pickle, the official
+layout of tests/data/supir-v0-layout.json), ``SUPIR-v0Q_fp16.safetensors`` (converted by the pack), StableSR's
+SR parts and an SD 2.1 UNet, and the CFW file (fp32 pickles, the layouts of tests/data/stablesr-layout.json).
+
+``load DIR``: each component loaded in a fresh process per storage dtype (fp32, fp16, bf16, fp8_e4m3fn) through
+what users run: the UNets through ComfyUI's ``load_diffusion_model`` with ``weight_dtype`` (UNETLoader's path,
+as ``--fp8_e4m3fn-unet`` sets it), SUPIR, StableSR and CFW through the pack's loaders. Reported per load: peak RSS
+during the load above the process before it (VmHWM, file-backed pages included) and what stays resident after it
+(anonymous and file-backed).
+
+``step DIR``: the basic SUPIR workflow's step, one patched model call (batch 2: CFG's two halves) on SDXL + SUPIR
+at two latent sizes per storage dtype: peak RSS of the whole process and the step's working memory above the
+loaded models.
+
+Run: COMFYUI_PATH=/path/to/ComfyUI python bench/memory_ledger.py files|load|step DIR   (CPU, fp32 compute)
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proc_memory import reset_peak, status_mb  # noqa: E402
+from stablesr import REPO, SD21_UNET, host  # noqa: E402
+
+DTYPES = ("fp32", "fp16", "bf16", "fp8_e4m3fn")
+SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
+             "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
+             "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
+             "context_dim": 2048, "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+             "use_temporal_attention": False, "use_temporal_resblock": False}
+FILES = {"sdxl": "sdxl_unet_fp16.safetensors", "supir_ckpt": "SUPIR-v0Q.ckpt",
+         "supir_fp16": "SUPIR-v0Q_fp16.safetensors", "stablesr": "stablesr_sr.ckpt",
+         "sd21": "sd21_unet_fp16.safetensors", "cfw": "vqgan_cfw_00011.ckpt"}
+
+
+def rss() -> dict:
+    """Resident memory now, in MB: anonymous (the process's own) and file-backed (mapped files)."""
+    with open("/proc/self/status") as f:
+        fields = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in f if line.startswith("Rss")}
+    return {"anon_mb": fields["RssAnon"], "file_mb": fields["RssFile"]}
+
+
+def random_tensors(shapes: dict, dtype, seed: int) -> dict:
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    return {k: (torch.randn(s, generator=g) * 0.02).to(dtype) for k, s in shapes.items()}
+
+
+def unet_shapes(config_class, unet_config) -> dict:
+    import torch
+    import comfy.supported_models
+    cfg = getattr(comfy.supported_models, config_class)(dict(unet_config))
+    cfg.set_inference_dtype(torch.float16, None)
+    with torch.device("meta"):
+        model = cfg.get_model({}, device="meta")
+    return {k: tuple(v.shape) for k, v in model.diffusion_model.state_dict().items()}
+
+
+def write_files(folder: str) -> None:
+    host()
+    import torch
+    from supir_restore.supir.convert import convert_file
+    from supir_restore.supir.weights import write_new_safetensors
+    os.makedirs(folder, exist_ok=True)
+    path = {k: os.path.join(folder, v) for k, v in FILES.items()}
+    with open(os.path.join(REPO, "tests", "data", "supir-v0-layout.json")) as f:
+        supir = json.load(f)["layout"]
+    with open(os.path.join(REPO, "tests", "data", "stablesr-layout.json")) as f:
+        stablesr = json.load(f)
+    if not os.path.exists(path["sdxl"]):
+        write_new_safetensors(path["sdxl"], random_tensors(unet_shapes("SDXL", SDXL_UNET), torch.float16, 0))
+    if not os.path.exists(path["sd21"]):
+        write_new_safetensors(path["sd21"], random_tensors(unet_shapes("SD20", SD21_UNET), torch.float16, 1))
+    if not os.path.exists(path["supir_ckpt"]):
+        torch.save({"state_dict": random_tensors(supir, torch.float32, 2)}, path["supir_ckpt"])
+    if not os.path.exists(path["supir_fp16"]):
+        convert_file(path["supir_ckpt"], path["supir_fp16"], "fp16")
+    if not os.path.exists(path["stablesr"]):
+        shapes = {**stablesr["stablesr_ckpt"]["unet_spade_only"], **stablesr["stablesr_ckpt"]["structcond_stage_model"]}
+        torch.save({"state_dict": random_tensors(shapes, torch.float32, 3)}, path["stablesr"])
+    if not os.path.exists(path["cfw"]):
+        torch.save({"state_dict": random_tensors(stablesr["vqgan_cfw_ckpt"], torch.float32, 4)}, path["cfw"])
+    for name in FILES.values():
+        print(f"{name}: {os.path.getsize(os.path.join(folder, name)) / 1e6:,.0f} MB")
+
+
+def load(folder: str, component: str, dtype: str):
+    """Load ``component`` from ``folder`` at ``dtype``; returns what stays loaded."""
+    import torch
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                   "fp8_e4m3fn": torch.float8_e4m3fn}[dtype]
+    if component in ("sdxl", "sd21"):
+        import comfy.sd
+        return comfy.sd.load_diffusion_model(os.path.join(folder, FILES[component]),
+                                             model_options={"dtype": torch_dtype})
+    if component in ("supir_ckpt", "supir_fp16"):
+        from supir_restore.supir.host.supir_loader import load_supir
+        return load_supir(os.path.join(folder, FILES[component]), dtype)
+    if component == "stablesr":
+        from supir_restore.supir.host.stablesr import load_stablesr
+        return load_stablesr(os.path.join(folder, FILES[component]), dtype)
+    from supir_restore.supir.host.cfw_decode import load_cfw
+    return load_cfw(os.path.join(folder, FILES[component]))  # the fusion layers at ComfyUI's VAE dtype
+
+
+def measure_load(folder: str, component: str, dtype: str) -> dict:
+    host()
+    import torch
+    torch.set_grad_enabled(False)
+    before = status_mb("VmRSS")
+    reset_peak()
+    start = time.perf_counter()
+    loaded = load(folder, component, dtype)
+    seconds = time.perf_counter() - start
+    peak, after = status_mb("VmHWM"), status_mb("VmRSS")
+    del loaded
+    return {"component": component, "dtype": dtype, "load_peak_mb": peak - before, "resident_mb": after - before,
+            **rss(), "seconds": seconds}
+
+
+def measure_step(folder: str, dtype: str, latent: int) -> dict:
+    host()
+    import torch
+    from supir_restore.supir.host.unet_patch import apply_supir
+    torch.set_grad_enabled(False)
+    before = status_mb("VmRSS")
+    model = load(folder, "sdxl", dtype)
+    supir = load(folder, "supir_fp16", dtype)
+    hint = torch.randn(1, 4, latent, latent, generator=torch.Generator().manual_seed(0))
+    patched = apply_supir(model, supir, hint)
+    x = torch.randn(2, 4, latent, latent, generator=torch.Generator().manual_seed(1))
+    context = torch.randn(2, 77, 2048, generator=torch.Generator().manual_seed(2))
+    y = torch.randn(2, 2816, generator=torch.Generator().manual_seed(3))
+    import comfy.model_management as mm
+    mm.load_models_gpu([patched])
+    loaded = status_mb("VmRSS")
+    reset_peak()
+    start = time.perf_counter()
+    patched.model.apply_model(x, torch.full((2,), 10.0), c_crossattn=context, y=y,
+                              transformer_options={**patched.model_options["transformer_options"],
+                                                   "wrappers": patched.wrappers})
+    seconds = time.perf_counter() - start
+    peak = status_mb("VmHWM")
+    return {"dtype": dtype, "latent": latent, "loaded_mb": loaded - before, "peak_mb": peak - before,
+            "step_working_mb": peak - loaded, "seconds": seconds}
+
+
+def one(*args) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", *args], capture_output=True, text=True)
+    if out.returncode:
+        return {"error": (out.stderr.strip().splitlines() or ["?"])[-1], "args": args}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    if sys.argv[1] == "--one":
+        kind, *rest = sys.argv[2:]
+        print(json.dumps(measure_load(*rest) if kind == "load" else measure_step(rest[0], rest[1], int(rest[2]))))
+    elif sys.argv[1] == "files":
+        write_files(sys.argv[2])
+    elif sys.argv[1] == "load":
+        components = sys.argv[3:] or ["sdxl", "supir_ckpt", "supir_fp16", "sd21", "stablesr", "cfw"]
+        for component in components:
+            for dtype in DTYPES if component != "cfw" else ("auto",):
+                print(json.dumps(one("load", sys.argv[2], component, dtype)), flush=True)
+    elif sys.argv[1] == "step":
+        for latent in (int(v) for v in sys.argv[3:] or (64, 96)):
+            for dtype in DTYPES:
+                print(json.dumps(one("step", sys.argv[2], dtype, str(latent))), flush=True)
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
