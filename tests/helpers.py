@@ -20,8 +20,8 @@ TINY_UNET = {"in_channels": 4, "model_channels": 32, "channel_mult": [1, 2, 4], 
 
 def relative_error(actual, expected) -> float:
     """max |actual - expected| / max |expected|, in float64: the error measure docs/stablesr.md reports. Unlike an
-    absolute tolerance it does not depend on the values' scale (a latent scaled by 1/0.18215, a sum of 200 steps),
-    so a tolerance on it measures the float kernels' rounding, which varies with the CPU, only as a fraction."""
+    absolute difference it does not grow with the values' scale (a latent scaled by 1/0.18215, a sum of 200
+    steps), so its tolerance follows from the float format's rounding alone, whatever the CPU's kernels."""
     actual, expected = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()
     assert actual.shape == expected.shape, f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}"
     error, scale = (actual - expected).abs().max().item(), expected.abs().max().item()
