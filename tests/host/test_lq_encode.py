@@ -87,7 +87,7 @@ def test_tiled_lq_encode(tiny_supir, tiny_vae):
         hint, stage1 = encode_lq(tiny_supir, tiny_vae, big, tile_size=64)
     # a tile covering the image is the plain encode, blended by weight 1 in ComfyUI's tiled pass: float32 rounding
     assert_close_relative(one_tile[0], whole[0], 1e-5)
-    assert_close_relative(one_tile[1], whole[1], 1e-5)
+    assert_close_relative(one_tile[1], whole[1], 1e-4)  # its decode amplifies that rounding
     assert hint.shape == (1, 4, 25, 17) and stage1.shape == (1, 200, 136, 3) and torch.isfinite(hint).all()
 
 
