@@ -218,6 +218,6 @@ def test_dtypes_are_kept_and_low_precision_is_computed_in_float32(method, dtype)
     reference_result = c.colour_fix(x.double(), ref.double(), method)
     if dtype == torch.bfloat16:  # float32 maths, one rounding at the end
         assert torch.equal(out, c.colour_fix(x.float(), ref.float(), method).to(dtype))
-        assert_close_relative(out.double(), reference_result, 2 ** -8)  # one rounding to bfloat16: half its 2^-8 spacing
+        assert_close_relative(out.double(), reference_result, 2 ** -8)  # one rounding to bfloat16: half its spacing
     else:
         assert_close_relative(out.double(), reference_result, 1e-5)  # float32 against float64: float32 rounding

@@ -251,7 +251,8 @@ def test_nodes_load_and_decode(cfw_file, tiny_vae, monkeypatch):
     z, lr = latent_and_lr(size=(8, 12), seed=5)
     (image,) = run_node(StableSRCFWDecode, samples={"samples": z}, vae=tiny_vae, cfw=cfw, lr_image=lr, w=0.5,
                         vae_weights="cfw_file", tile_size=0).result
-    torch.testing.assert_close(image, cfw_decode(cfw, tiny_vae, z, lr, 0.5, "cfw_file"), rtol=0, atol=0)  # the node's call
+    # the node makes this very call
+    torch.testing.assert_close(image, cfw_decode(cfw, tiny_vae, z, lr, 0.5, "cfw_file"), rtol=0, atol=0)
     lr[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="lr_image contains 1 NaN"):
         run_node(StableSRCFWDecode, samples={"samples": z}, vae=tiny_vae, cfw=cfw, lr_image=lr, w=0.5,

@@ -121,7 +121,8 @@ def test_comfy_tiled_error_falls_with_the_tile_size(tiny_vae):
         image = make()
         with torch.inference_mode():
             whole = tiny_vae.encode(image)
-            errors = [relative_rms_error(tiny_vae.encode_tiled(image, tile, tile, tile // 4), whole) for tile in (64, 128)]
+            errors = [relative_rms_error(tiny_vae.encode_tiled(image, tile, tile, tile // 4), whole)
+                      for tile in (64, 128)]
         assert errors[0] > 1.8 * errors[1], errors
 
 
