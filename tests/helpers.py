@@ -1,5 +1,5 @@
-"""Host-free builders shared by the tests of both tiers: tiny SUPIR networks and state dicts in the official
-layouts, malicious and damaged weight files."""
+"""Host-free helpers shared by the tests of both tiers: the relative error of numerical comparisons, tiny SUPIR
+networks and state dicts in the official layouts, malicious and damaged weight files."""
 import csv
 import json
 import math
@@ -16,6 +16,23 @@ LAYOUT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "
 TINY_UNET = {"in_channels": 4, "model_channels": 32, "channel_mult": [1, 2, 4], "num_res_blocks": [2, 2, 2],
              "transformer_depth": [0, 0, 1, 1, 1, 1], "transformer_depth_middle": 1, "context_dim": 64,
              "adm_in_channels": 48}
+
+
+def relative_error(actual, expected) -> float:
+    """max |actual - expected| / max |expected|, in float64: the error measure docs/stablesr.md reports. Unlike an
+    absolute difference it does not grow with the values' scale (a latent scaled by 1/0.18215, a sum of 200
+    steps), so its tolerance follows from the float format's rounding alone, whatever the CPU's kernels."""
+    actual, expected = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()
+    assert actual.shape == expected.shape, f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}"
+    error, scale = (actual - expected).abs().max().item(), expected.abs().max().item()
+    return error / scale if scale > 0 else (0.0 if error == 0 else math.inf)
+
+
+def assert_close_relative(actual, expected, rtol: float) -> None:
+    """``actual`` equals ``expected`` to within ``rtol`` of expected's largest magnitude (see relative_error). Each
+    call says in a comment why its ``rtol``; comparisons that are exact by design use rtol=0, atol=0 instead."""
+    error = relative_error(actual, expected)
+    assert error <= rtol, f"relative error max|a-b|/max|b| = {error:.3g} > {rtol:.3g} allowed"
 
 
 def seeded(shape, seed, scale=None):

@@ -8,7 +8,7 @@ from supir_restore.supir.model.checkpoint import control_layout, split_supir_sta
 from supir_restore.supir.model.control import (CrossAttnSpec, SFTSpec, SUPIRControl, TrunkConfig, ZeroCrossAttn, ZeroSFT,
                                        adaptor_specs, adaptors_for)
 
-from helpers import TINY_UNET, full_layout, seeded, tiny_control
+from helpers import TINY_UNET, assert_close_relative, full_layout, relative_error, seeded, tiny_control
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 
@@ -29,10 +29,11 @@ def test_zero_sft_equation(dtype):
     modulated = F.group_norm(h, 32, sft.param_free_norm.weight, sft.param_free_norm.bias, 1e-5) \
         * (1 + sft.zero_mul(actv)) + sft.zero_add(actv)
     raw = torch.cat([main, skip], 1)
-    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else {}
-    torch.testing.assert_close(sft(c, skip, main, 0.7), 0.7 * modulated + 0.3 * raw, **tol)
+    # the same ops composed by hand: rounding of the dtype (bfloat16 keeps 8 bits: 2^-8 per op, a few ops deep)
+    rtol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    assert_close_relative(sft(c, skip, main, 0.7), 0.7 * modulated + 0.3 * raw, rtol)
     assert torch.equal(sft(c, skip, main, 0.0), raw)  # control_scale 0 is the plain concatenation
-    torch.testing.assert_close(sft(c, skip, main, 1.0), modulated, **tol)
+    assert_close_relative(sft(c, skip, main, 1.0), modulated, rtol)
 
 
 def test_zero_sft_middle_block_has_no_concat():
@@ -42,7 +43,7 @@ def test_zero_sft_middle_block_has_no_concat():
     actv = F.silu(sft.mlp_shared[0](c))
     expected = F.group_norm(h + sft.zero_conv(c), 32, sft.param_free_norm.weight, sft.param_free_norm.bias) \
         * (1 + sft.zero_mul(actv)) + sft.zero_add(actv)
-    torch.testing.assert_close(sft(c, h, None, 1.0), expected)
+    assert_close_relative(sft(c, h, None, 1.0), expected, 1e-5)  # the same float32 ops composed by hand
 
 
 def test_zero_sft_with_zero_convs_still_normalises():
@@ -53,7 +54,7 @@ def test_zero_sft_with_zero_convs_still_normalises():
     c, skip, main = (seeded((1, 32, 4, 4), s, 3.0) for s in (1, 2, 3))
     h = torch.cat([main, skip], 1)
     expected = F.group_norm(h, 32, sft.param_free_norm.weight, sft.param_free_norm.bias)
-    torch.testing.assert_close(sft(c, skip, main, 1.0), expected)
+    assert_close_relative(sft(c, skip, main, 1.0), expected, 1e-5)  # as above
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -68,7 +69,7 @@ def test_zero_cross_attn_equation(dtype):
     w = torch.softmax(split(Q) @ split(K).transpose(-1, -2) / d ** 0.5, -1)
     attn = xa.attn.to_out[0]((w @ split(V)).transpose(1, 2).reshape(2, 12, 128))
     expected = x + 0.5 * attn.transpose(1, 2).reshape(2, 128, 3, 4)
-    torch.testing.assert_close(xa(c, x, 0.5), expected)
+    assert_close_relative(xa(c, x, 0.5), expected, 1e-5)  # attention by hand vs its kernel
     assert torch.equal(xa(c, x, 0.0), x)
 
 
@@ -82,8 +83,9 @@ def test_trunk_returns_one_feature_per_block_and_adds_the_hint_once():
     assert [f.shape[-1] for f in feats] == [16, 16, 16, 8, 8, 8, 4, 4, 4, 4]
     without = trunk(x, torch.zeros_like(hint), t, ctx, y)
     hint_conv = trunk.input_hint_block[0]
-    torch.testing.assert_close(feats[0] - without[0], hint_conv(hint) - hint_conv(torch.zeros_like(hint)))
-    assert not torch.allclose(feats[5], without[5])
+    # float32 rounding of the first block's sums, which also hold the hint-free part
+    assert_close_relative(feats[0] - without[0], hint_conv(hint) - hint_conv(torch.zeros_like(hint)), 1e-4)
+    assert relative_error(feats[5], without[5]) > 1e-3
 
 
 def test_configs_are_derived_from_shapes():

@@ -46,7 +46,7 @@ def test_load_image_folder_keeps_each_size_and_crops_to_the_multiple(comfy_dirs)
     with Image.open(folder / "b.png") as im:
         pixels = torch.from_numpy(np.asarray(im).copy()).float() / 255
     assert torch.equal(images[1][0], pixels[:64, :32])  # cropped at the bottom and right, values untouched
-    assert torch.allclose(images[2][0], torch.tensor([10, 20, 30]) / 255)  # alpha dropped
+    assert torch.equal(images[2][0], (torch.tensor([10, 20, 30]) / 255).expand(32, 32, 3))  # alpha dropped
     whole = run_node(LoadImageFolder, folder="set5", multiple=1).result[0]
     assert whole[1].shape == (1, 70, 50, 3)
 
@@ -123,7 +123,7 @@ def test_report_node_writes_consistent_files(comfy_dirs):
     for row, (h, r) in zip(rows, singles):
         expected = metrics.fidelity_metrics(degradation.quantize(r), h, CROP)
         assert {k: float(row[k]) for k in expected} == pytest.approx({k: v.item() for k, v in expected.items()},
-                                                                      abs=1e-6)
+                                                                      abs=1e-6)  # the CSV holds 6 decimals
     assert (report_dir / "summary.md").read_text(encoding="utf-8") == summary
     mean = statistics.fmean(float(r["psnr_y"]) for r in rows)
     assert f"| psnr_y | {mean:.4f} ± " in summary and "images: 3, crop border: 4" in summary
@@ -154,6 +154,7 @@ def test_report_node_learned_metric_and_errors(comfy_dirs):
     summary = run_node(BenchmarkReport, **report_inputs(hq, lq, lq, ["n.png"], 0, "lp/r", lpips=True)).result[0]
     row = read_csv(comfy_dirs / "output" / "lp" / "r_00001_" / "metrics.csv")[0]
     lpips = metrics.load_learned_metric("lpips", str(comfy_dirs / "models" / "iqa"))
+    # the same computation; the CSV holds 6 decimals
     assert float(row["lpips"]) == pytest.approx(lpips(degradation.quantize(lq[0]), hq[0]).item(), abs=1e-6)
     assert "| lpips |" in summary and "| lower |" in summary and "learned metrics: lpips" in summary
     with pytest.raises(ValueError, match="got 1 HQ, 2 LQ and 1 restored images"):
@@ -262,7 +263,7 @@ def test_benchmark_graph_runs_through_the_server_and_writes_its_files(bench_serv
         assert restored.shape == hq.shape and restored.std() > 0
         expected = metrics.fidelity_metrics(restored, hq, CROP)
         for k, v in expected.items():
-            assert float(row[k]) == pytest.approx(v.item(), abs=1e-6), k
+            assert float(row[k]) == pytest.approx(v.item(), abs=1e-6), k  # float64 metrics; the CSV's 6 decimals
     summary = open(os.path.join(report_dir, "summary.md"), encoding="utf-8").read()
     assert result["outputs"]["11"]["text"] == [summary]
     for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"):

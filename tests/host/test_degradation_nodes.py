@@ -59,7 +59,7 @@ def test_metrics_node_outputs_batch_means_and_a_report():
     (lq,) = degrade_node([hq.expand(2, -1, -1, -1)], "sr_x4", 0, resize_to_input=True)
     out = run_node(ImageMetrics, image=lq, reference=hq, crop_border=4, learned_metric="none")
     psnr_y, ssim_y, psnr_rgb, ssim_rgb, report = out.result
-    assert psnr_y == pytest.approx(metrics.psnr(lq, hq, 4).mean().item())
+    assert psnr_y == pytest.approx(metrics.psnr(lq, hq, 4).mean().item())  # the same float64 metrics: rel 1e-6
     assert ssim_rgb == pytest.approx(metrics.ssim(lq, hq, 4, y_channel=False).mean().item())
     assert 15 < psnr_rgb < psnr_y and 0 < ssim_y < 1
     assert "psnr_y: mean" in report and "crop_border 4" in report

@@ -20,7 +20,7 @@ from supir_restore.supir.host.lora_stack import LoraMismatchError, apply_lora_st
     save_merged_lora  # noqa: E402
 from supir_restore.supir.weights import CorruptWeightsError, UnsafeWeightsError  # noqa: E402
 from host_helpers import run_node  # noqa: E402
-from helpers import damaged_files, malicious_files  # noqa: E402
+from helpers import assert_close_relative, damaged_files, malicious_files, relative_error  # noqa: E402
 from test_full_size import SDXL_UNET  # noqa: E402
 from test_lora import sdxl_attention_modules  # noqa: E402
 
@@ -75,9 +75,8 @@ def test_each_format_patches_exactly_strength_times_delta(tiny_model, fmt):
     modules = modules_for(tiny_model)
     model, _, report = apply_lora_stack(tiny_model, None, [("l", file_for(modules, fmt), STRENGTH)])
     after = patched_weights(model)
-    for path, m in modules.items():
-        torch.testing.assert_close(after[path + ".weight"], base[path + ".weight"] + STRENGTH * m.delta(),
-                                   rtol=1e-5, atol=1e-5)
+    for path, m in modules.items():  # ComfyUI's float32 up @ down product and sum against ours: rounding only
+        assert_close_relative(after[path + ".weight"], base[path + ".weight"] + STRENGTH * m.delta(), 1e-6)
     changed = {k for k in base if not torch.equal(base[k], after[k])}
     assert changed == {p + ".weight" for p in TARGETS}
     assert "9 of 9 tensors applied → 3 UNet weights, 0 text-encoder weights" in report
@@ -96,14 +95,14 @@ def test_lycoris_loha_is_passed_through(tiny_model):
           f"{name}.alpha": torch.tensor(1.0)}
     model, _, report = apply_lora_stack(tiny_model, None, [("loha", sd, STRENGTH)])
     delta = (w1a @ w1b) * (w2a @ w2b) * (1.0 / 2)
-    torch.testing.assert_close(patched_weights(model)[path + ".weight"], w + STRENGTH * delta, rtol=1e-5, atol=1e-5)
+    assert_close_relative(patched_weights(model)[path + ".weight"], w + STRENGTH * delta, 1e-6)  # float32 rounding
     assert "5 of 5 tensors applied → 1 UNet weights" in report
 
 
 def test_patched_model_output_changes(tiny_model):
     from test_unet_patch import one_step
     model, _, _ = apply_lora_stack(tiny_model, None, [("l", file_for(modules_for(tiny_model), "kohya"), 1.0)])
-    assert not torch.allclose(one_step(model), one_step(tiny_model), atol=1e-4)
+    assert relative_error(one_step(model), one_step(tiny_model)) > 1e-3
 
 
 def test_text_encoder_keys_patch_clip_and_report_counts(tiny_model, tiny_clip):
@@ -118,8 +117,8 @@ def test_text_encoder_keys_patch_clip_and_report_counts(tiny_model, tiny_clip):
     assert ("11 of 13 tensors applied → 3 UNet weights, 1 text-encoder weights; 2 ignored: "
             "lora_unet_not_a_layer.lora_up.weight, lora_unet_not_a_layer.lora_down.weight") in report
     after = comfy.lora.calculate_weight(clip.patcher.patches[TE1 + ".weight"], base.clone(), TE1 + ".weight")
-    torch.testing.assert_close(after, base + 0.5 * sd[te + ".lora_up.weight"] @ sd[te + ".lora_down.weight"],
-                               rtol=1e-5, atol=1e-5)
+    assert_close_relative(after, base + 0.5 * sd[te + ".lora_up.weight"] @ sd[te + ".lora_down.weight"],
+                          1e-6)  # float32 rounding of one product and sum
 
 
 def sd15_lora(rank=2) -> dict[str, torch.Tensor]:
@@ -156,9 +155,9 @@ def test_stack_node_applies_in_order_and_reports(tiny_model, tiny_clip, lora_fol
              "lora_3": "b.safetensors", "strength_3": -1.0, "lora_4": "a.safetensors", "strength_4": 0.0}
     model, clip, report = run_node(SUPIRLoraStack, model=tiny_model, clip=tiny_clip, **slots).result
     after = patched_weights(model)
-    for path in TARGETS:
-        torch.testing.assert_close(after[path + ".weight"],
-                                   base[path + ".weight"] + 0.5 * a[path].delta() - b[path].delta(), rtol=1e-5, atol=1e-5)
+    for path in TARGETS:  # float32 rounding of the products and sums
+        assert_close_relative(after[path + ".weight"], base[path + ".weight"] + 0.5 * a[path].delta() - b[path].delta(),
+                              1e-6)
     lines = report.splitlines()
     assert lines[0].startswith("a.safetensors (strength 0.5): 9 of 9 tensors applied → 3 UNet weights")
     assert lines[1].startswith("b.safetensors (strength -1): 9 of 9 tensors applied")
@@ -182,10 +181,9 @@ def test_merge_of_two_formats_saves_the_exact_weighted_sum(tiny_model, tiny_clip
     base = {k: v.clone() for k, v in tiny_model.model.diffusion_model.state_dict().items()}
     model, _, _ = apply_lora_stack(tiny_model, None, [("merged", merged, 1.0)])
     after = patched_weights(model)
-    for path in TARGETS:
-        torch.testing.assert_close(after[path + ".weight"],
-                                   base[path + ".weight"] + 0.6 * a[path].delta() - 0.3 * b[path].delta(),
-                                   rtol=1e-4, atol=1e-5)
+    for path in TARGETS:  # rank 64 keeps the whole sum; a float32 SVD rounds far more than the products
+        assert_close_relative(after[path + ".weight"],
+                              base[path + ".weight"] + 0.6 * a[path].delta() - 0.3 * b[path].delta(), 2e-4)
 
 
 def test_merge_node_writes_under_output(tiny_model, lora_folder):
@@ -233,8 +231,8 @@ def test_bake_checkpoint(tiny_model, tiny_clip, tiny_vae, lora_folder):
     assert path.startswith(str(lora_folder / "output" / "checkpoints"))
     sd = safetensors.torch.load_file(path)
     for p, m in modules.items():
-        torch.testing.assert_close(sd["model.diffusion_model." + p + ".weight"].float(),
-                                   base[p + ".weight"] + STRENGTH * m.delta(), rtol=1e-5, atol=1e-5)
+        assert_close_relative(sd["model.diffusion_model." + p + ".weight"].float(),
+                              base[p + ".weight"] + STRENGTH * m.delta(), 1e-6)  # float32 rounding, saved in fp32
     untouched = "output_blocks.4.1.transformer_blocks.0.attn1.to_q.weight"
     assert torch.equal(sd["model.diffusion_model." + untouched].float(), base[untouched])
     assert any(k.startswith("conditioner.embedders.1.") for k in sd) and any(k.startswith("first_stage_model.") for k in sd)

@@ -16,6 +16,7 @@ import comfy.patcher_extension  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 
+from helpers import assert_close_relative, relative_error  # noqa: E402
 from supir_restore.nodes.lora_nodes import SUPIRLoraRegionBlend  # noqa: E402
 from supir_restore.supir.host.lora_stack import apply_lora_stack  # noqa: E402
 from supir_restore.supir.host.lora_region import apply_region_blend  # noqa: E402
@@ -62,9 +63,10 @@ def first_prediction(model, noise: torch.Tensor, positive=None) -> torch.Tensor:
 
 def assert_masked_mix(region, inside, outside, weights):
     """``region`` equals weights·inside + (1 − weights)·outside, and the two stacks differ where it matters."""
-    assert (inside - outside).abs().amax() > 1.0
-    torch.testing.assert_close(region, weights * inside + (1 - weights) * outside, rtol=1e-5, atol=1e-4)
-    assert (region - inside).abs().amax() > 0.1 and (region - outside).abs().amax() > 0.1
+    assert relative_error(inside, outside) > 0.1
+    # each stack's weights are patched in float32 for its pass, the mix is one lerp: rounding only
+    assert_close_relative(region, weights * inside + (1 - weights) * outside, 1e-4)
+    assert relative_error(region, inside) > 0.01 and relative_error(region, outside) > 0.01
 
 
 def test_one_call_is_the_masked_mix_of_the_two_stacks(tiny_model):
@@ -117,7 +119,7 @@ def test_masked_mix_keeps_the_conds_own_hook_loras(tiny_model):
     pred_in = first_prediction(apply_lora_stack(tiny_model, None, [("a", a, 1.0)])[0], noise, positive)
     pred_out = first_prediction(tiny_model, noise, positive)
     without_hook = first_prediction(tiny_model, noise)
-    assert (pred_out - without_hook).abs().amax() > 0.1  # the cond's hook LoRA changes the prediction
+    assert relative_error(pred_out, without_hook) > 0.01  # the cond's hook LoRA changes the prediction
     assert_masked_mix(pred, pred_in, pred_out, latent_mask(mask, 8, 8, 1))
     assert len(cached) == 4 and not any(cached)  # 2 passes x 2 hook groups (positive, negative)
     assert report.splitlines()[2:] == ["outside the mask:", "no LoRA"]
@@ -132,7 +134,7 @@ def test_full_supir_restore_with_our_sampler(tiny_model, tiny_supir):
     only_a = restored(apply_lora_stack(tiny_model, None, [("a", a, 1.0)])[0])
     inside_everywhere = restored(apply_region_blend(tiny_model, torch.ones(64, 64), [("a", a, 1.0)],
                                                     [("b", b, 0.8)])[0])
-    torch.testing.assert_close(inside_everywhere, only_a, rtol=1e-5, atol=1e-5)
+    assert_close_relative(inside_everywhere, only_a, 1e-5)  # the same weights, patched per pass: rounding only
 
 
 def test_stock_ksampler_with_supir(tiny_model, tiny_supir):
@@ -149,8 +151,8 @@ def test_stock_ksampler_with_supir(tiny_model, tiny_supir):
     only_b = sampled(apply_lora_stack(tiny_model, None, [("b", b, 0.8)])[0])
     outside_everywhere = sampled(tiny_model, torch.zeros(1, 64, 96))
     half = sampled(tiny_model, region_mask(64, 96))
-    torch.testing.assert_close(outside_everywhere, only_b, rtol=1e-5, atol=1e-5)
-    assert torch.isfinite(half).all() and (half - only_b).abs().amax() > 1e-3
+    assert_close_relative(outside_everywhere, only_b, 1e-5)  # as above
+    assert torch.isfinite(half).all() and relative_error(half, only_b) > 1e-3
 
 
 def live_tensor_bytes() -> int:
@@ -190,7 +192,7 @@ def test_stacks_are_patched_in_place_without_a_second_unet(tiny_model):
     assert len(passes) == 2
     for seen, expected in zip(passes, (with_a, with_b)):
         for path in TARGETS:
-            torch.testing.assert_close(seen["targets"][path], expected[path + ".weight"], rtol=1e-5, atol=1e-5)
+            assert_close_relative(seen["targets"][path], expected[path + ".weight"], 1e-6)  # float32 rounding
         assert seen["same_storage"] and seen["cached"] == 0
         assert seen["live"] - before < unet_bytes / 4, (seen["live"] - before, unet_bytes)
     after = unet.state_dict()

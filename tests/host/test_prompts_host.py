@@ -5,6 +5,7 @@ pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFY
 
 import torch  # noqa: E402
 
+from helpers import assert_close_relative  # noqa: E402
 from supir_restore.nodes.prompt_nodes import SUPIRConditioning  # noqa: E402
 from supir_restore.supir.sampling.prompts import DEFAULT_NEGATIVE, DEFAULT_POSITIVE, positive_text  # noqa: E402
 
@@ -33,7 +34,7 @@ def test_long_caption_keeps_the_quality_suffix(tiny_clip):
     context, extra = positive[0]
     assert context.shape == (1, 77 * len(tokens["l"]), 2048) and extra["pooled_output"].shape == (1, 1280)
     expected, _ = tiny_clip.encode_from_tokens(tokens, return_pooled=True)
-    torch.testing.assert_close(context, expected)
+    torch.testing.assert_close(context, expected, rtol=0, atol=0)  # the node encodes the same tokens
     assert (extra["width"], extra["height"], extra["target_width"], extra["crop_h"]) == (1024, 1024, 1024, 0)
     assert negative[0][0].shape == (1, 77, 2048)
 
@@ -48,7 +49,8 @@ def test_image_size_conditioning_and_per_image_captions(tiny_clip):
     empty, _ = tiny_clip.encode_from_tokens(tiny_clip.tokenize(""), return_pooled=True)
     long, _ = tiny_clip.encode_from_tokens(tiny_clip.tokenize(CAPTION), return_pooled=True)
     assert context.shape[1] == long.shape[1] > 77  # the short caption padded to the long one's chunks
-    torch.testing.assert_close(context[0, :77], single[0])
-    torch.testing.assert_close(context[0, 77:154], empty[0])
+    # the same text encoder, run on a batch of two captions: float32 rounding of batched kernels
+    assert_close_relative(context[0, :77], single[0], 1e-5)
+    assert_close_relative(context[0, 77:154], empty[0], 1e-5)
     with pytest.raises(ValueError, match="needs the hint"):
         SUPIRConditioning.execute(tiny_clip, "a", "", "", "image size", False)

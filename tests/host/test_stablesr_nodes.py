@@ -8,6 +8,7 @@ import torch  # noqa: E402
 
 import folder_paths  # noqa: E402
 
+from helpers import assert_close_relative, relative_error  # noqa: E402
 from host_helpers import run_node, smooth_photo  # noqa: E402
 from stablesr_helpers import stablesr_file  # noqa: E402
 from supir_restore.nodes.folders import register_model_folder  # noqa: E402
@@ -46,7 +47,8 @@ def test_upscale_gives_the_exact_size_and_equals_the_separate_nodes(sd21, stable
                       seed=3, preset=TURBO, sampler="ddim", steps=9, start="noise", cfg=5.0, eta=0.5).result[0]
     decoded = torch.nn.functional.interpolate(vae.decode(latent["samples"]).movedim(-1, 1), size=(48, 80),
                                               mode="bicubic", antialias=True).movedim(1, -1).clamp(0, 1)
-    torch.testing.assert_close(out, decoded, atol=2e-3, rtol=0)  # the preset, not the Custom values, was used
+    # the preset, not the Custom values, was used; the one-node pipeline encodes and resizes in its own order
+    assert_close_relative(out, decoded, 2e-3)
 
 
 @pytest.mark.parametrize("method", ["mkl", "wavelet_adaptive"])
@@ -68,8 +70,8 @@ def test_prompts_are_passed_literally_unless_asked(sd21):
     literal, weighted = (run_node(StableSRConditioning, clip=clip, positive="", negative="(worst quality:2)",
                                   literal=flag).result[1] for flag in (True, False))
     words = clip.encode_from_tokens_scheduled(clip.tokenize("worst quality"))  # the words, weight 1
-    assert not torch.allclose(literal[0][0], weighted[0][0])
-    assert not torch.allclose(literal[0][0], words[0][0])  # the parentheses and ':2' are text
+    assert relative_error(literal[0][0], weighted[0][0]) > 1e-3
+    assert relative_error(literal[0][0], words[0][0]) > 1e-3  # the parentheses and ':2' are text
 
 
 def test_loader_lists_stablesr_files_and_loads_from_checkpoints(comfy_dirs, monkeypatch):

@@ -40,10 +40,13 @@ from supir_restore.supir.host.stablesr import apply_stablesr, load_stablesr  # n
 from supir_restore.supir.host.tiled_aggregation import apply_tiled_aggregation  # noqa: E402
 from supir_restore.supir.host.stablesr_restore import StableSRSampler, stablesr_sigmas  # noqa: E402
 from supir_restore.supir.stablesr.schedule import respaced_timesteps  # noqa: E402
+from helpers import assert_close_relative, relative_error  # noqa: E402
 from tiny_models import seeded_init_, tiny_sd21  # noqa: E402
 
 LAYOUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "stablesr-layout.json")
-TOLERANCE = 1e-4  # max |ours - official| / max |official|
+# max |ours - official| / max |official|: the same float32 maths in another order (ComfyUI's attention and ops,
+# batched CFG); measured up to 1.1e-5 (docs/stablesr.md), so 1e-4 leaves room for other CPUs' kernels
+TOLERANCE = 1e-4
 # the official configs (configs/stableSRNew/v2-finetune_text_T_512.yaml) at 32 base channels: the tiny SD 2.1
 # UNet of tiny_models.tiny_sd21 with SPADE layers, and a time-aware encoder of width 32 with 64-channel features
 TINY_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[4, 2, 1],
@@ -185,10 +188,8 @@ def seeded(shape, seed):
 
 def compare(name, ours, official, tolerance=TOLERANCE):
     """Max abs and relative (to the official output's largest magnitude) difference, printed for the docs."""
-    ours, official = ours.double(), official.double()
-    err = (ours - official).abs().max().item()
-    rel = err / official.abs().max().item()
-    print(f"PARITY {name}: max abs {err:.2e}, rel {rel:.2e}")
+    rel = relative_error(ours, official)
+    print(f"PARITY {name}: max abs {(ours.double() - official.double()).abs().max().item():.2e}, rel {rel:.2e}")
     assert rel <= tolerance, f"{name}: relative error {rel:.2e} > {tolerance:g}"
     return rel
 
@@ -303,7 +304,7 @@ def test_patched_unet_equals_the_official_unet(tiny, t):
     x = seeded((1, 4, 16, 16), 6)
     x_in, timesteps, out, denoised = tiny.pack.unet(x, t, tiny.context)
     assert timesteps.tolist() == [t]
-    torch.testing.assert_close(x_in, x)
+    assert_close_relative(x_in, x, 1e-6)  # scaled by √(1 + σ²) here and back by ComfyUI's c_in: float32 rounding
     tiny.model.register_schedule(beta_schedule="linear", timesteps=1000, linear_start=0.00085, linear_end=0.012)
     ts = torch.tensor([t])
     with torch.no_grad():
@@ -369,7 +370,7 @@ def test_full_size_official_file_loads_whole_and_runs_like_the_official_code(tmp
     t = 999
     x_in, timesteps, out, denoised = pack.unet(x, t, context)
     assert timesteps.tolist() == [t]
-    torch.testing.assert_close(x_in, x)
+    assert_close_relative(x_in, x, 1e-6)  # scaled by √(1 + σ²) here and back by ComfyUI's c_in: float32 rounding
     model.register_schedule(beta_schedule="linear", timesteps=1000, linear_start=0.00085, linear_end=0.012)
     ts = torch.tensor([t])
     with torch.no_grad():

@@ -12,6 +12,7 @@ import comfy.model_management  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.utils  # noqa: E402
 
+from helpers import assert_close_relative, relative_error  # noqa: E402
 from stablesr_helpers import lr_latent, plain_out, stablesr_reference  # noqa: E402
 from supir_restore.supir.host.stablesr import apply_stablesr  # noqa: E402
 from supir_restore.supir.host.stablesr_restore import restore_stablesr, stablesr_sigmas  # noqa: E402
@@ -97,8 +98,10 @@ def test_ddpm_restore_equals_the_official_respaced_ddpm(stablesr, v_prediction):
                           respaced_timesteps(4), positive[0][0], lambda: torch.randn(lr.shape, generator=generator),
                           v_prediction)
     expected = latent_format.process_out(x)
-    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
-    assert (out - latent_format.process_out(latent_format.process_in(lr))).abs().max() > 1e-2  # it sampled
+    # the same float32 maths as the official loop in another order (ComfyUI's sampler, its CFG and the pack's
+    # patches); 4 UNet steps carry each step's rounding forward
+    assert_close_relative(out, expected, 1e-4)
+    assert relative_error(out, latent_format.process_out(latent_format.process_in(lr))) > 1e-2  # it sampled
 
 
 @pytest.mark.parametrize("v_prediction", [False, True], ids=["eps", "v"])
@@ -115,14 +118,15 @@ def test_ddim_restore_equals_the_official_negative_prompt_ddim(stablesr, v_predi
     with torch.no_grad():
         x = official_ddim(official_unet(patched, stablesr, lr), noise, 5, positive[0][0], negative[0][0], 3.0, 1.0,
                           lambda: torch.randn(lr.shape, generator=generator), v_prediction)
-    torch.testing.assert_close(out, model.get_model_object("latent_format").process_out(x), atol=1e-4, rtol=1e-4)
+    # as the DDPM above; CFG 3 and 5 steps from pure noise carry each step's rounding forward
+    assert_close_relative(out, model.get_model_object("latent_format").process_out(x), 1e-4)
 
 
 def test_stablesr_sigmas_are_the_models_own_at_the_official_timesteps():
     model = tiny_sd21(seed=0)
     table = model.get_model_object("model_sampling").sigmas
     sigmas = stablesr_sigmas(model, 4)
-    torch.testing.assert_close(sigmas, torch.cat([table[[999, 666, 333, 0]], torch.zeros(1)]))
+    torch.testing.assert_close(sigmas, torch.cat([table[[999, 666, 333, 0]], torch.zeros(1)]), rtol=0, atol=0)
     timesteps = model.get_model_object("model_sampling").timestep(sigmas[:-1])
     assert timesteps.tolist() == [999, 666, 333, 0]  # what the UNet and the encoder are given
     assert stablesr_sigmas(model, 50, "ddim")[0] == table[980]
@@ -138,10 +142,10 @@ def test_one_tile_equals_tiled_aggregation_off(stablesr):
     plain = restore_stablesr(patched, positive, positive, lr, SEED, settings, disable_pbar=True)
     tiled = restore_stablesr(apply_tiled_aggregation(patched, 16, 8), positive, positive, lr, SEED, settings,
                              disable_pbar=True)
-    torch.testing.assert_close(tiled, plain, atol=1e-6, rtol=1e-6)
+    assert_close_relative(tiled, plain, 1e-6)  # one tile weighs the whole canvas by 1: float32 rounding only
     two_tiles = restore_stablesr(apply_tiled_aggregation(patched, 8, 8), positive, positive, lr, SEED, settings,
                                  disable_pbar=True)
-    assert (two_tiles - plain).abs().max() > 1e-4  # two tiles do differ, so the one-tile equality is not vacuous
+    assert relative_error(two_tiles, plain) > 1e-3  # two tiles do differ, so the one-tile equality is not vacuous
 
 
 def test_an_interrupt_stops_sampling_and_leaves_the_model_as_it_was(stablesr, monkeypatch):
@@ -160,4 +164,4 @@ def test_an_interrupt_stops_sampling_and_leaves_the_model_as_it_was(stablesr, mo
         restore_stablesr(apply_stablesr(model, stablesr, lr), conditioning(1), conditioning(1), lr, SEED,
                          StableSRSettings("ddpm", 20, "lr_latent"), disable_pbar=True)
     assert steps == [1]  # stopped at the first step's progress report
-    torch.testing.assert_close(plain_out(model, x, sigma, context), before)
+    torch.testing.assert_close(plain_out(model, x, sigma, context), before, rtol=0, atol=0)  # the same call

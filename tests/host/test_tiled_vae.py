@@ -19,6 +19,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.model import AttnBlock  # noqa: E402
 
+from helpers import assert_close_relative  # noqa: E402
 from supir_restore.nodes.supir_nodes import SUPIRLQEncode  # noqa: E402
 from supir_restore.supir.host.lq_encode import encode_lq  # noqa: E402
 from supir_restore.supir.host.tiled_vae import UnsupportedVAEError, decode_exact, encode_exact  # noqa: E402
@@ -46,7 +47,8 @@ IMAGES = {
 }
 
 
-def relative_error(tiled: torch.Tensor, whole: torch.Tensor) -> float:
+def relative_rms_error(tiled: torch.Tensor, whole: torch.Tensor) -> float:
+    """The RMS of the tiling error over the whole image's RMS contrast: how visible the seams and shifts are."""
     return float((tiled - whole).norm() / (whole - whole.mean()).norm())
 
 
@@ -90,13 +92,13 @@ def comfy_tiled_errors(vae, image, tile: int) -> dict:
     with torch.inference_mode():
         whole = vae.encode(image)
         with whole_image_statistics(model.encoder, lambda: vae.encode(image)):
-            out["encode", "global"] = relative_error(vae.encode_tiled(image, tile, tile, tile // 4), whole)
-        out["encode", "local"] = relative_error(vae.encode_tiled(image, tile, tile, tile // 4), whole)
+            out["encode", "global"] = relative_rms_error(vae.encode_tiled(image, tile, tile, tile // 4), whole)
+        out["encode", "local"] = relative_rms_error(vae.encode_tiled(image, tile, tile, tile // 4), whole)
         decoded = vae.decode(whole)
         with whole_image_statistics(model.decoder, lambda: vae.decode(whole)):
-            out["decode", "global"] = relative_error(vae.decode_tiled(whole, tile // 8, tile // 8, tile // 32),
+            out["decode", "global"] = relative_rms_error(vae.decode_tiled(whole, tile // 8, tile // 8, tile // 32),
                                                      decoded)
-        out["decode", "local"] = relative_error(vae.decode_tiled(whole, tile // 8, tile // 8, tile // 32), decoded)
+        out["decode", "local"] = relative_rms_error(vae.decode_tiled(whole, tile // 8, tile // 8, tile // 32), decoded)
     return out
 
 
@@ -119,7 +121,8 @@ def test_comfy_tiled_error_falls_with_the_tile_size(tiny_vae):
         image = make()
         with torch.inference_mode():
             whole = tiny_vae.encode(image)
-            errors = [relative_error(tiny_vae.encode_tiled(image, tile, tile, tile // 4), whole) for tile in (64, 128)]
+            errors = [relative_rms_error(tiny_vae.encode_tiled(image, tile, tile, tile // 4), whole)
+                      for tile in (64, 128)]
         assert errors[0] > 1.8 * errors[1], errors
 
 
@@ -138,9 +141,10 @@ def test_exact_tiled_vae_equals_the_whole_image_vae(tiny_vae):
         comfy_tiled = tiny_vae.encode_tiled(image, 64, 64, 16)
     tiled = encode_exact(tiny_vae, image, 128)  # cores of 128, 128 and 8 px; windows narrower than the image
     assert whole.shape == tiled.shape == (1, 4, 5, 33)
-    torch.testing.assert_close(tiled, whole, atol=1e-4, rtol=1e-4)
-    assert relative_error(comfy_tiled, whole) > 0.1  # ComfyUI's tiles are far off
-    torch.testing.assert_close(decode_exact(tiny_vae, whole, 16), decoded, atol=1e-4, rtol=1e-4)
+    # the same float32 convolutions on windows of the image; whole-image GroupNorm statistics summed per tile
+    assert_close_relative(tiled, whole, 1e-4)
+    assert relative_rms_error(comfy_tiled, whole) > 0.1  # ComfyUI's tiles are far off
+    assert_close_relative(decode_exact(tiny_vae, whole, 16), decoded, 1e-4)
 
 
 def test_exact_tiled_vae_memory_is_bounded_by_the_tile(tiny_vae):
@@ -183,9 +187,9 @@ def test_lq_encode_node_with_the_exact_tiled_vae(tiny_supir, tiny_vae):
         whole = encode_lq(tiny_supir, tiny_vae, image)
         latent, stage1, _ = SUPIRLQEncode.execute(tiny_supir, tiny_vae, image, 64, "exact").result
     hint = latent["samples"]
-    torch.testing.assert_close(hint, whole[0], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(stage1, whole[1], atol=1e-4, rtol=1e-4)
+    assert_close_relative(hint, whole[0], 1e-4)  # exact tiling: float32 rounding in another order, as above
+    assert_close_relative(stage1, whole[1], 1e-3)  # the decode of that hint amplifies its rounding
     one_tile = encode_lq(tiny_supir, tiny_vae, image, tile_size=512, tiled_vae="exact")  # the plain VAE
-    torch.testing.assert_close(one_tile[0], whole[0])
+    torch.testing.assert_close(one_tile[0], whole[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match="tiled_vae 'fast' is not one of comfy, exact"):
         encode_lq(tiny_supir, tiny_vae, image, tile_size=64, tiled_vae="fast")

@@ -8,6 +8,7 @@ import torch  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 
+from helpers import assert_close_relative, relative_error  # noqa: E402
 from supir_restore.nodes.tiling_nodes import SUPIRTiledAggregation  # noqa: E402
 from supir_restore.supir.host.restore import restore_edm_sampler, supir_sigmas  # noqa: E402
 from supir_restore.supir.tiling.grid import tile_grid  # noqa: E402
@@ -58,7 +59,7 @@ def test_each_tile_gets_its_slice_of_the_hint(tiny_model, tiny_supir, monkeypatc
     for (size, group), h in zip(tiles_seen, seen):
         assert size == (24, 40)
         expected = torch.cat([scaled.repeat(2, 1, 1, 1)[:, :, a:b, c:d] for a, b, c, d in group])
-        torch.testing.assert_close(h, expected)
+        torch.testing.assert_close(h, expected, rtol=0, atol=0)  # the same product, sliced
 
 
 def test_one_tile_covering_the_latent_is_the_untiled_model(tiny_model, tiny_supir):
@@ -72,9 +73,9 @@ def test_tile_batching_does_not_change_the_result(tiny_model, tiny_supir):
     patched = apply_supir(tiny_model, tiny_supir, hint)
     one = sample(tiled(patched, 128, 64, batch=1), hint)
     four = sample(tiled(patched, 128, 64, batch=4), hint)
-    assert (one - four).abs().max() < 1e-4 * one.abs().max()  # batched kernels round differently
+    assert_close_relative(four, one, 1e-4)  # batched kernels sum in another order; one step's float32 rounding
     untiled = sample(patched, hint)
-    assert torch.isfinite(one).all() and not torch.allclose(one, untiled)
+    assert torch.isfinite(one).all() and relative_error(one, untiled) > 1e-3
 
 
 def test_per_tile_captions(tiny_model, tiny_supir, tiny_clip):
@@ -86,8 +87,9 @@ def test_per_tile_captions(tiny_model, tiny_supir, tiny_clip):
     captions = sample(tiled(patched, 128, 64, tile_positive=positive), hint, positive=plain)
     uniform = sample(tiled(patched, 128, 64, tile_positive=same), hint, positive=plain)
     reference = sample(tiled(patched, 128, 64), hint, positive=plain)
-    torch.testing.assert_close(uniform, reference, atol=1e-4, rtol=1e-4)  # a caption equal to the prompt
-    assert not torch.allclose(captions, reference, atol=1e-3)
+    # a caption equal to the prompt: the same maths, with the tiles' conditioning batched differently
+    assert_close_relative(uniform, reference, 1e-4)
+    assert relative_error(captions, reference) > 1e-3
     with pytest.raises(ValueError, match="2 tile captions for 3 tiles"):
         sample(tiled(patched, 128, 64, tile_positive=positive), latent(7, 16, 32), positive=plain)
 
