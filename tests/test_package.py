@@ -74,9 +74,10 @@ def test_dependencies_are_requirements_txt_and_cover_every_run_time_import():
         listed = [line.strip() for line in f if line.strip() and not line.startswith("#")]
     assert declared == listed
     names = {requirement_name(r) for r in declared}
-    # the pack's own packages, and the workflows folder's modules, which its scripts import by file name
-    own = {"supir", "lora_train", "workflows"} | {n[:-3] for n in os.listdir(os.path.join(REPO, "workflows"))
-                                                   if n.endswith(".py")}
+    # the pack's own packages (also under the folder name ComfyUI imports it by, as workflows/build.py does), and
+    # the workflows folder's modules, which its scripts import by file name
+    own = {"supir", "lora_train", "workflows", "supir_restore"} | {
+        n[:-3] for n in os.listdir(os.path.join(REPO, "workflows")) if n.endswith(".py")}
     third_party = {m: path for m, path in run_time_imports().items()
                    if m not in sys.stdlib_module_names and m not in COMFYUI | PROVIDED_BY_COMFYUI | own}
     missing = {m: path for m, path in third_party.items() if DISTRIBUTION.get(m, m).lower() not in names}
