@@ -1,7 +1,8 @@
-"""Tier 1: the headless client (workflows/client.py): overrides on the shipped API workflows, argument parsing,
-error messages, and the protocol — upload, submit, websocket progress, history, downloads, retries without
-duplicated jobs — against an in-process fake of ComfyUI's HTTP and websocket API run on its own thread. The
-tests and the fake wait for events (a request arrived, a line was printed), never for time to pass."""
+"""Tier 1: the headless client (``python -m workflows.client``, the package workflows/headless): overrides on the
+shipped API workflows, argument parsing, error messages, and the protocol — upload, submit, websocket progress,
+history, downloads, retries without duplicated jobs — against an in-process fake of ComfyUI's HTTP and websocket
+API run on its own thread. The tests and the fake wait for events (a request arrived, a line was printed), never
+for time to pass."""
 import asyncio
 import copy
 import json
@@ -17,35 +18,41 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp", reason="the headless client needs aiohttp (ComfyUI's own dependency)")
 from aiohttp import web  # noqa: E402
 
-from supir_restore.workflows import client  # noqa: E402
+from supir_restore.workflows.headless.cli import build_parser, main, overrides_from_args, summary  # noqa: E402
+from supir_restore.workflows.headless.errors import ServerError, WorkflowError  # noqa: E402
+from supir_restore.workflows.headless.outputs import output_files, output_names  # noqa: E402
+from supir_restore.workflows.headless.run import make_jobs, run_batch  # noqa: E402
+from supir_restore.workflows.headless.submission import Job, failure_message, validation_message  # noqa: E402
+from supir_restore.workflows.headless.workflow import (SHIPPED, Overrides, apply_overrides, image_node,  # noqa: E402
+                                                        list_inputs, load_workflow, parse_set, resolve_workflow_path)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASIC = client.SHIPPED / "supir_restore_basic.json"
+BASIC = SHIPPED / "supir_restore_basic.json"
 
 
 def basic() -> dict:
-    return client.load_workflow(BASIC)
+    return load_workflow(BASIC)
 
 
 # --- workflow and overrides ---
 
 def test_parse_set_reads_json_values_and_keeps_text():
-    assert client.parse_set("8.steps=30") == ("8", "steps", 30)
-    assert client.parse_set("8.cfg_end=7.5") == ("8", "cfg_end", 7.5)
-    assert client.parse_set("7.caption_per_line=true") == ("7", "caption_per_line", True)
-    assert client.parse_set("8.preset=Lightning Quality") == ("8", "preset", "Lightning Quality")
-    assert client.parse_set('7.caption="42"') == ("7", "caption", "42")
-    assert client.parse_set("7.caption=a=b") == ("7", "caption", "a=b")
-    assert client.parse_set("12:3.seed=1") == ("12:3", "seed", 1)
+    assert parse_set("8.steps=30") == ("8", "steps", 30)
+    assert parse_set("8.cfg_end=7.5") == ("8", "cfg_end", 7.5)
+    assert parse_set("7.caption_per_line=true") == ("7", "caption_per_line", True)
+    assert parse_set("8.preset=Lightning Quality") == ("8", "preset", "Lightning Quality")
+    assert parse_set('7.caption="42"') == ("7", "caption", "42")
+    assert parse_set("7.caption=a=b") == ("7", "caption", "a=b")
+    assert parse_set("12:3.seed=1") == ("12:3", "seed", 1)
     for bad in ("8.steps", "steps=3", ".steps=3", "8.=3"):
-        with pytest.raises(client.WorkflowError, match="NODE_ID.input=value"):
-            client.parse_set(bad)
+        with pytest.raises(WorkflowError, match="NODE_ID.input=value"):
+            parse_set(bad)
 
 
 def test_overrides_find_the_nodes_of_the_shipped_workflow():
     workflow = basic()
     original = copy.deepcopy(workflow)
-    out = client.apply_overrides(workflow, client.Overrides(
+    out = apply_overrides(workflow, Overrides(
         seed=123, positive="a harbour at dusk", negative="blurry", checkpoint="juggernaut.safetensors",
         supir_model="SUPIR-v0F.ckpt"))
     assert workflow == original, "the loaded workflow must not be modified"
@@ -59,22 +66,22 @@ def test_overrides_find_the_nodes_of_the_shipped_workflow():
 
 
 def test_set_wins_adds_optional_inputs_and_refuses_links_and_unknown_nodes():
-    sets = [client.parse_set(s) for s in ("8.seed=5", "8.preset=Custom", "8.steps=2", "5.tile_size=512")]
-    out = client.apply_overrides(basic(), client.Overrides(seed=1, sets=sets))
+    sets = [parse_set(s) for s in ("8.seed=5", "8.preset=Custom", "8.steps=2", "5.tile_size=512")]
+    out = apply_overrides(basic(), Overrides(seed=1, sets=sets))
     assert (out["8"]["inputs"]["seed"], out["8"]["inputs"]["preset"], out["8"]["inputs"]["steps"]) == (5, "Custom", 2)
     assert out["5"]["inputs"]["tile_size"] == 512
-    with pytest.raises(client.WorkflowError, match="wired to node 2"):
-        client.apply_overrides(basic(), client.Overrides(sets=[("9", "vae", "x")]))
-    with pytest.raises(client.WorkflowError, match="no node '99'"):
-        client.apply_overrides(basic(), client.Overrides(sets=[("99", "seed", 1)]))
+    with pytest.raises(WorkflowError, match="wired to node 2"):
+        apply_overrides(basic(), Overrides(sets=[("9", "vae", "x")]))
+    with pytest.raises(WorkflowError, match="no node '99'"):
+        apply_overrides(basic(), Overrides(sets=[("99", "seed", 1)]))
 
 
 def test_an_override_that_matches_nothing_is_an_error():
-    with pytest.raises(client.WorkflowError, match="--scale: no node.*SUPIRResize.scale_by"):
-        client.apply_overrides(basic(), client.Overrides(scale=2.0))
+    with pytest.raises(WorkflowError, match="--scale: no node.*SUPIRResize.scale_by"):
+        apply_overrides(basic(), Overrides(scale=2.0))
     no_seed = {nid: node for nid, node in basic().items() if node["class_type"] != "SUPIRRestore"}
-    with pytest.raises(client.WorkflowError, match="--seed"):
-        client.apply_overrides(no_seed, client.Overrides(seed=1))
+    with pytest.raises(WorkflowError, match="--seed"):
+        apply_overrides(no_seed, Overrides(seed=1))
 
 
 def stock_graph() -> dict:
@@ -94,7 +101,7 @@ def stock_graph() -> dict:
 
 
 def test_prompts_follow_the_links_to_text_encoders_and_scale_finds_resize_nodes():
-    out = client.apply_overrides(stock_graph(), client.Overrides(positive="cat", negative="dog", scale=4.0, seed=9))
+    out = apply_overrides(stock_graph(), Overrides(positive="cat", negative="dog", scale=4.0, seed=9))
     assert out["2"]["inputs"]["text"] == "cat" and out["3"]["inputs"]["text"] == "dog"
     assert out["7"]["inputs"]["caption"] == "cat"
     scales = [out[nid]["inputs"][name] for nid, name in (("6", "scale_by"), ("7", "scale"), ("8", "scale_by"))]
@@ -103,48 +110,48 @@ def test_prompts_follow_the_links_to_text_encoders_and_scale_finds_resize_nodes(
 
 
 def test_load_workflow_refuses_the_ui_format_and_non_workflows(tmp_path):
-    with pytest.raises(client.WorkflowError, match="editor's \\(UI\\) format"):
-        client.load_workflow(client.SHIPPED.parent / "supir_restore_basic.json")
+    with pytest.raises(WorkflowError, match="editor's \\(UI\\) format"):
+        load_workflow(SHIPPED.parent / "supir_restore_basic.json")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"1": {"inputs": {}}}))
-    with pytest.raises(client.WorkflowError, match="not an API-format workflow.*1"):
-        client.load_workflow(bad)
+    with pytest.raises(WorkflowError, match="not an API-format workflow.*1"):
+        load_workflow(bad)
     bad.write_text("{not json")
-    with pytest.raises(client.WorkflowError, match="cannot read workflow"):
-        client.load_workflow(bad)
+    with pytest.raises(WorkflowError, match="cannot read workflow"):
+        load_workflow(bad)
 
 
 def test_shipped_names_resolve_to_the_api_twins(tmp_path):
-    assert client.resolve_workflow_path("supir_restore_lightning") == client.SHIPPED / "supir_restore_lightning.json"
+    assert resolve_workflow_path("supir_restore_lightning") == SHIPPED / "supir_restore_lightning.json"
     own = tmp_path / "mine.json"
     own.write_text("{}")
-    assert client.resolve_workflow_path(str(own)) == own
-    with pytest.raises(client.WorkflowError, match="supir_restore_basic, supir_restore_fidelity"):
-        client.resolve_workflow_path("nope")
+    assert resolve_workflow_path(str(own)) == own
+    with pytest.raises(WorkflowError, match="supir_restore_basic, supir_restore_fidelity"):
+        resolve_workflow_path("nope")
 
 
 def test_the_image_goes_to_the_only_load_image_or_the_chosen_one():
     workflow = basic()
-    assert client.image_node(workflow, None) == "4"
+    assert image_node(workflow, None) == "4"
     workflow["12"] = {"class_type": "LoadImage", "inputs": {"image": "ref.png"}}
-    with pytest.raises(client.WorkflowError, match="has 2 \\(4, 12\\).*--image-node"):
-        client.image_node(workflow, None)
-    assert client.image_node(workflow, "12") == "12"
-    with pytest.raises(client.WorkflowError, match="--image-node 8"):
-        client.image_node(workflow, "8")
+    with pytest.raises(WorkflowError, match="has 2 \\(4, 12\\).*--image-node"):
+        image_node(workflow, None)
+    assert image_node(workflow, "12") == "12"
+    with pytest.raises(WorkflowError, match="--image-node 8"):
+        image_node(workflow, "8")
 
 
 def test_input_folders_list_images_and_refuse_clashing_names(tmp_path):
     for name in ("b.png", "a.JPG", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
-    assert [p.name for p in client.list_inputs(tmp_path)] == ["a.JPG", "b.png"]
+    assert [p.name for p in list_inputs(tmp_path)] == ["a.JPG", "b.png"]
     (tmp_path / "a.png").write_bytes(b"y")
-    with pytest.raises(client.WorkflowError, match="share a name \\(a\\)"):
-        client.list_inputs(tmp_path)
+    with pytest.raises(WorkflowError, match="share a name \\(a\\)"):
+        list_inputs(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(client.WorkflowError, match="no images"):
-        client.list_inputs(empty)
+    with pytest.raises(WorkflowError, match="no images"):
+        list_inputs(empty)
 
 
 def test_server_messages_become_readable_reports():
@@ -154,7 +161,7 @@ def test_server_messages_become_readable_reports():
                                               "details": "ckpt_name: 'x.safetensors' not in ['a.safetensors']",
                                               "extra_info": {}}],
                                   "dependent_outputs": ["10"], "class_type": "CheckpointLoaderSimple"}}}
-    assert client.validation_message(body) == (
+    assert validation_message(body) == (
         "Prompt outputs failed validation\n  node 2 (CheckpointLoaderSimple): Value not in list: "
         "ckpt_name: 'x.safetensors' not in ['a.safetensors']")
     error = {"status": {"status_str": "error", "completed": False, "messages": [
@@ -162,31 +169,31 @@ def test_server_messages_become_readable_reports():
         ["execution_error", {"node_id": "3", "node_type": "SUPIRLoader",
                              "exception_type": "/x/supir_restore.supir.checkpoint.SUPIRCheckpointError",
                              "exception_message": "corrupt.safetensors is not a safetensors file\n"}]]}}
-    assert client.failure_message(error) == ("execution error in node 3 (SUPIRLoader): SUPIRCheckpointError: "
+    assert failure_message(error) == ("execution error in node 3 (SUPIRLoader): SUPIRCheckpointError: "
                                              "corrupt.safetensors is not a safetensors file")
     interrupted = {"status": {"status_str": "error", "messages": [
         ["execution_interrupted", {"node_id": "8", "node_type": "SUPIRRestore"}]]}}
-    assert client.failure_message(interrupted) == "interrupted in node 8 (SUPIRRestore)"
-    assert client.failure_message({"status": {"status_str": "success", "messages": []}}) is None
+    assert failure_message(interrupted) == "interrupted in node 8 (SUPIRRestore)"
+    assert failure_message({"status": {"status_str": "success", "messages": []}}) is None
 
 
 def test_outputs_are_named_after_the_job():
     saved = {"filename": "restored_00001_.png", "subfolder": "supir", "type": "output"}
     entry = {"outputs": {"11": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}]},
                          "10": {"images": [saved]}}}
-    files = client.output_files(entry)
-    assert [nid for nid, _ in files] == ["10"] and client.output_names("photo", files) == ["photo.png"]
-    files = client.output_files(entry, previews=True)
-    assert client.output_names("photo", files) == ["photo_10_0.png", "photo_11_0.png"]
+    files = output_files(entry)
+    assert [nid for nid, _ in files] == ["10"] and output_names("photo", files) == ["photo.png"]
+    files = output_files(entry, previews=True)
+    assert output_names("photo", files) == ["photo_10_0.png", "photo_11_0.png"]
 
 
 def test_command_line_becomes_overrides():
-    args = client.build_parser().parse_args([
+    args = build_parser().parse_args([
         "supir_restore_basic", "--input", "in", "--seed", "4", "--positive", "a cat", "--negative", "dog",
         "--checkpoint", "c.safetensors", "--supir-model", "s.ckpt", "--set", "8.steps=3", "--set", "8.preset=Custom",
         "--scale", "2", "--retry-for", "10", "--max-resubmits", "2"])
-    overrides = client.overrides_from_args(args)
-    assert overrides == client.Overrides(seed=4, positive="a cat", negative="dog", scale=2.0,
+    overrides = overrides_from_args(args)
+    assert overrides == Overrides(seed=4, positive="a cat", negative="dog", scale=2.0,
                                          checkpoint="c.safetensors", supir_model="s.ckpt",
                                          sets=[("8", "steps", 3), ("8", "preset", "Custom")])
     assert (str(args.input), args.retry_for, args.max_resubmits, args.server) == ("in", 10.0, 2,
@@ -194,10 +201,10 @@ def test_command_line_becomes_overrides():
 
 
 def test_bad_arguments_exit_2_before_contacting_a_server(capsys, tmp_path):
-    assert client.main(["supir_restore_basic", "--scale", "2", "--server", "http://127.0.0.1:9"]) == 2
+    assert main(["supir_restore_basic", "--scale", "2", "--server", "http://127.0.0.1:9"]) == 2
     assert "--scale: no node" in capsys.readouterr().err
-    assert client.main(["supir_restore_basic", "--input", str(tmp_path / "missing")]) == 2
-    assert client.main(["supir_restore_basic", "--timeout", "0", "--server", "http://127.0.0.1:9"]) == 2
+    assert main(["supir_restore_basic", "--input", str(tmp_path / "missing")]) == 2
+    assert main(["supir_restore_basic", "--timeout", "0", "--server", "http://127.0.0.1:9"]) == 2
     assert capsys.readouterr().err.endswith("error: --timeout 0: give a number of seconds above 0\n")
 
 
@@ -209,16 +216,16 @@ def test_bad_arguments_exit_2_before_contacting_a_server(capsys, tmp_path):
     ("8188", "no scheme and no port"),
     ("http://127.0.0.1:8188/?x=1", "a query or fragment")])
 def test_an_invalid_server_url_exits_2_with_one_line(capsys, server, problem):
-    assert client.main(["supir_restore_basic", "--server", server, "--retry-for", "0"]) == 2
+    assert main(["supir_restore_basic", "--server", server, "--retry-for", "0"]) == 2
     assert capsys.readouterr().err == (f"error: --server {server!r}: {problem}; give the address of a ComfyUI "
                                        f"server, e.g. http://127.0.0.1:8188\n")
 
 
 def test_a_server_error_ends_the_report_in_one_line_after_the_jobs_that_failed_on_their_own():
-    jobs = [client.Job("a", {}, finished=True), client.Job("b", {}, error="interrupted in node 8 (SUPIRRestore)"),
-            client.Job("c", {})]
-    problem = client.ServerError("server http://127.0.0.1:8188 did not answer GET /queue within 60 s: ...")
-    assert client.summary(jobs, problem) == (
+    jobs = [Job("a", {}, finished=True), Job("b", {}, error="interrupted in node 8 (SUPIRRestore)"),
+            Job("c", {})]
+    problem = ServerError("server http://127.0.0.1:8188 did not answer GET /queue within 60 s: ...")
+    assert summary(jobs, problem) == (
         "FAILED b: interrupted in node 8 (SUPIRRestore)\n"
         "error: server http://127.0.0.1:8188 did not answer GET /queue within 60 s: ... (1 of 3 job(s) succeeded)", 1)
 
@@ -531,7 +538,7 @@ def run(fake, *args, input_path=None, out=None):
         argv += ["--input", str(input_path)]
     if out is not None:
         argv += ["--output", str(out)]
-    return client.main(argv)
+    return main(argv)
 
 
 def test_a_batch_uploads_submits_follows_and_downloads(fake, photos, tmp_path, capsys):
@@ -630,7 +637,7 @@ def the_one_line(err: str, url: str) -> str:
 
 def test_an_unreachable_server_ends_the_batch_with_one_line(photos, tmp_path, capsys):
     url = f"http://127.0.0.1:{free_port()}"
-    code = client.main(["supir_restore_basic", "--server", url, "--retry-for", "0", "--input", str(photos),
+    code = main(["supir_restore_basic", "--server", url, "--retry-for", "0", "--input", str(photos),
                         "--output", str(tmp_path / "out")])
     assert code == 1
     line = the_one_line(capsys.readouterr().err, url)
@@ -641,10 +648,10 @@ def test_an_unreachable_server_ends_the_batch_with_one_line(photos, tmp_path, ca
 
 def test_the_client_says_it_waits_for_an_unreachable_server_and_goes_on_when_it_comes(photos, tmp_path):
     fake = FakeComfy(listen=False)
-    jobs = client.make_jobs(basic(), BASIC, [photos / "harbour.png"])
+    jobs = make_jobs(basic(), BASIC, [photos / "harbour.png"])
     printed = Printed()
     try:
-        batch = Background(asyncio.run, client.run_batch(fake.url, jobs, tmp_path / "out", retry_for=600,
+        batch = Background(asyncio.run, run_batch(fake.url, jobs, tmp_path / "out", retry_for=600,
                                                          log=printed))
         printed.wait_for(rf"server {re.escape(fake.url)} unreachable \(ClientConnectorError\), retrying for another "
                          rf"\d+ s")
@@ -679,7 +686,7 @@ def test_a_server_that_is_silent_or_not_http_ends_the_batch_with_one_line(photos
                                                                           with_input, problem):
     server = RawServer(reply)
     try:
-        code = client.main(["supir_restore_basic", "--server", server.url, "--timeout", "0.2",
+        code = main(["supir_restore_basic", "--server", server.url, "--timeout", "0.2",
                             *(["--input", str(photos / "harbour.png")] if with_input else []),
                             "--output", str(tmp_path / "out")])
     finally:
