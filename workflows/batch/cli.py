@@ -11,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from workflows.client import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, WorkflowError, apply_overrides,
-                              build_parser as client_parser, image_node, load_workflow, overrides_from_args,
-                              resolve_workflow_path, server_url)
+from workflows.headless.cli import build_parser as client_parser, overrides_from_args
+from workflows.headless.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, WorkflowError
+from workflows.headless.server import server_url
+from workflows.headless.workflow import apply_overrides, image_node, load_workflow, resolve_workflow_path
 from workflows.batch.jobs import Manifest, input_items, job_id, job_workflow, write_outputs
 from workflows.batch.worker import ServerWorker, parse_gate
 

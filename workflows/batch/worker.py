@@ -23,11 +23,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
-from workflows.client import (SEED_INPUTS, Client, Job, JobFailed, Overrides, ServerError, apply_overrides,
-                              download_outputs, failure_message, image_node, is_link, upload_image,
-                              wait_for_result, widget_targets)
+from workflows.headless.errors import JobFailed, ServerError
+from workflows.headless.outputs import download_outputs
+from workflows.headless.server import Client, open_client, upload_image
+from workflows.headless.submission import Job, failure_message, wait_for_result
+from workflows.headless.workflow import SEED_INPUTS, Overrides, apply_overrides, image_node, is_link, \
+    widget_targets
 
 NO_REFERENCE = ("clipiqa", "musiq", "maniqa")
 FIDELITY = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
@@ -149,15 +150,6 @@ class ServerWorker:
                     raise TimeoutError(f"ComfyUI in {self.launch} did not serve within {self.start_timeout:g} s")
                 time.sleep(0.5)
 
-    async def watch(self, log) -> None:
-        """Restarts the launched ComfyUI when it dies; the client's retries and reconciliation carry the job over."""
-        while True:
-            await asyncio.sleep(1.0)
-            if self.process is not None and self.process.poll() is not None:
-                self.restarts += 1
-                log(f"ComfyUI at {self.url} exited with {self.process.returncode}: restarting it")
-                await asyncio.to_thread(self.start_server)
-
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -182,7 +174,7 @@ class ServerWorker:
         started = time.monotonic()
         lines: list[str] = []
         try:
-            result = asyncio.run(self.run_async(spec, lines.append))
+            result = asyncio.run(run_async(self, spec, lines.append))
         except JobFailed as e:
             result = {"status": "failed", "error": str(e)}
         except ServerError as e:
@@ -193,55 +185,65 @@ class ServerWorker:
         result.update(server=self.url, seconds=round(time.monotonic() - started, 3), log=lines[-20:])
         return result
 
-    async def run_async(self, spec: dict, log) -> dict:
-        timeout = self.options.get("timeout", 60.0)
-        session_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
-        watcher = asyncio.ensure_future(self.watch(log)) if self.launch else None
-        try:
-            async with aiohttp.ClientSession(timeout=session_timeout) as session:
-                client = Client(self.url, session, log=log, **self.options)
-                return await asyncio.wait_for(self.run_gated(client, spec), spec["job_timeout"])
-        finally:
-            if watcher:
-                watcher.cancel()
 
-    async def run_gated(self, client: Client, spec: dict) -> dict:
-        with tempfile.TemporaryDirectory(prefix="comfyui_batch_job_") as tmp:
-            image = Path(tmp) / "in" / spec["input_name"]
-            image.parent.mkdir()
-            image.write_bytes(spec["input_bytes"])
-            workflow = spec["workflow"]
-            node_id = image_node(workflow, spec.get("image_node"))
-            workflow = copy.deepcopy(workflow)
-            workflow[node_id]["inputs"]["image"] = await upload_image(client, image)
-            gate: Gate | None = spec.get("gate")
-            tries = gate.tries if gate else 1
-            seed = base_seed(workflow)
-            if gate and seed is None and tries > 1:
-                raise JobFailed("--gate-tries needs a seed input to change; this workflow has none")
-            scores, best = [], None
-            for attempt in range(tries):
-                graph = workflow
-                if gate:
-                    graph = gated_workflow(apply_overrides(workflow, Overrides(seed=seed + attempt))
-                                           if attempt else workflow, gate, node_id)
-                # the same id for the same job, attempt and try: a task Ray retries finds its prompt on the server
-                job = Job(spec["name"].rpartition("/")[2], graph,
-                          prompt_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{spec['job']}/{spec['attempt']}/{attempt}")))
-                entry = await wait_for_result(client, job)
-                problem = failure_message(entry)
-                if problem:
-                    raise JobFailed(problem)
-                if not gate:
-                    best = (job, entry)
-                    break
-                score = gate_score(entry, gate.metric)
-                scores.append({"seed": seed + attempt if seed is not None else None, gate.metric: score})
-                if best is None or score > best[2]:
-                    best = (job, entry, score)
-                if score >= gate.threshold:
-                    break
-            saved = await download_outputs(client, best[0], best[1], Path(tmp) / "out")
-            outputs = [(p.name, p.read_bytes()) for p in saved]
-        return {"status": "done", "outputs": outputs, "scores": scores,
-                "submissions": len(scores) or 1}
+async def watch(worker: ServerWorker, log) -> None:
+    """Restarts the launched ComfyUI when it dies; the client's retries and reconciliation carry the job over."""
+    while True:
+        await asyncio.sleep(1.0)
+        if worker.process is not None and worker.process.poll() is not None:
+            worker.restarts += 1
+            log(f"ComfyUI at {worker.url} exited with {worker.process.returncode}: restarting it")
+            await asyncio.to_thread(worker.start_server)
+
+
+async def run_async(worker: ServerWorker, spec: dict, log) -> dict:
+    """One job on the worker's server, under the job's timeout; a launched server is watched meanwhile."""
+    watcher = asyncio.ensure_future(watch(worker, log)) if worker.launch else None
+    try:
+        async with open_client(worker.url, log=log, **worker.options) as client:
+            return await asyncio.wait_for(run_gated(client, spec), spec["job_timeout"])
+    finally:
+        if watcher:
+            watcher.cancel()
+
+
+async def run_gated(client: Client, spec: dict) -> dict:
+    """Upload, then submit, wait and score until the gate passes or the tries run out; the best try's files."""
+    with tempfile.TemporaryDirectory(prefix="comfyui_batch_job_") as tmp:
+        image = Path(tmp) / "in" / spec["input_name"]
+        image.parent.mkdir()
+        image.write_bytes(spec["input_bytes"])
+        workflow = spec["workflow"]
+        node_id = image_node(workflow, spec.get("image_node"))
+        workflow = copy.deepcopy(workflow)
+        workflow[node_id]["inputs"]["image"] = await upload_image(client, image)
+        gate: Gate | None = spec.get("gate")
+        tries = gate.tries if gate else 1
+        seed = base_seed(workflow)
+        if gate and seed is None and tries > 1:
+            raise JobFailed("--gate-tries needs a seed input to change; this workflow has none")
+        scores, best = [], None
+        for n in range(tries):
+            graph = workflow
+            if gate:
+                graph = gated_workflow(apply_overrides(workflow, Overrides(seed=seed + n))
+                                       if n else workflow, gate, node_id)
+            # the same id for the same job, attempt and try: a task Ray retries finds its prompt on the server
+            job = Job(spec["name"].rpartition("/")[2], graph,
+                      prompt_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{spec['job']}/{spec['attempt']}/{n}")))
+            entry = await wait_for_result(client, job)
+            problem = failure_message(entry)
+            if problem:
+                raise JobFailed(problem)
+            if not gate:
+                best = (job, entry)
+                break
+            score = gate_score(entry, gate.metric)
+            scores.append({"seed": seed + n if seed is not None else None, gate.metric: score})
+            if best is None or score > best[2]:
+                best = (job, entry, score)
+            if score >= gate.threshold:
+                break
+        saved = await download_outputs(client, best[0], best[1], Path(tmp) / "out")
+        outputs = [(p.name, p.read_bytes()) for p in saved]
+    return {"status": "done", "outputs": outputs, "scores": scores}
