@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-from workflows.headless.cli import build_parser as client_parser, overrides_from_args
-from workflows.headless.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, WorkflowError
-from workflows.headless.server import server_url
-from workflows.headless.workflow import apply_overrides, image_node, load_workflow, resolve_workflow_path
-from workflows.batch.jobs import Manifest, input_items, job_id, job_workflow, write_outputs
-from workflows.batch.worker import ServerWorker, parse_gate
+from ..headless.cli import build_parser as client_parser, overrides_from_args
+from ..headless.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, WorkflowError
+from ..headless.server import server_url
+from ..headless.workflow import apply_overrides, image_node, load_workflow, resolve_workflow_path
+from .jobs import Manifest, input_items, job_id, job_workflow, write_outputs
+from .worker import ServerWorker, parse_gate
 
 INSTALL = "pip install -r requirements-batch.txt"
 IN_FLIGHT_PER_SERVER = 2  # one running on the server, one waiting in the actor's queue
@@ -292,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    if args.ray_address:
-        ray.init(address=args.ray_address, log_to_driver=False)
+    if args.ray_address:  # the cluster's nodes get this command's code from the driver, not from their disks
+        ray.init(address=args.ray_address, log_to_driver=False,
+                 runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]})
     else:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     pool = None

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from workflows.headless.errors import WorkflowError
-from workflows.headless.workflow import IMAGE_SUFFIXES, Overrides, apply_overrides, parse_set
+from ..headless.errors import WorkflowError
+from ..headless.workflow import IMAGE_SUFFIXES, Overrides, apply_overrides, parse_set
 
 MANIFEST_NAME = "batch_manifest.jsonl"
 # per-row columns of an input manifest that are client overrides; any other column named NODE_ID.input is a --set

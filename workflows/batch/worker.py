@@ -23,11 +23,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from workflows.headless.errors import JobFailed, ServerError
-from workflows.headless.outputs import download_outputs
-from workflows.headless.server import Client, open_client, upload_image
-from workflows.headless.submission import Job, failure_message, wait_for_result
-from workflows.headless.workflow import SEED_INPUTS, Overrides, apply_overrides, image_node, is_link, \
+from ..headless.errors import JobFailed, ServerError
+from ..headless.outputs import download_outputs
+from ..headless.server import Client, open_client, upload_image
+from ..headless.submission import Job, failure_message, wait_for_result
+from ..headless.workflow import SEED_INPUTS, Overrides, apply_overrides, image_node, is_link, \
     widget_targets
 
 NO_REFERENCE = ("clipiqa", "musiq", "maniqa")
