@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("comfy", reason="tier 2 (host) tests need ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
 pytest.importorskip("ray", reason="the batch command needs Ray: pip install -r requirements-batch.txt")
 
+from host_env import TORCHVISION_STUB, uses_torchvision_stub  # noqa: E402
 from live_server import ComfyServer  # noqa: E402
 from test_client_host import TINY, write_photos  # noqa: E402
 
@@ -210,3 +211,50 @@ def test_a_foreign_file_in_the_output_folder_is_refused_before_work(servers, tmp
     assert (out / "harbour.png").read_bytes() == b"the user's own file"
     assert new_prompts(servers, before) == {}
     assert sorted(os.listdir(out)) == ["harbour.png"]
+
+
+def comfyui_pid(port: int) -> int:
+    """The process serving ``port`` (a ComfyUI the batch launched)."""
+    import psutil
+    for connection in psutil.net_connections("tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
+            return connection.pid
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def test_a_launched_server_that_dies_is_restarted_and_its_job_done_once(comfy_server, tmp_path):
+    photos = write_photos(tmp_path / "photos", NAMES[:4], seed=7)
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if uses_torchvision_stub():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [TORCHVISION_STUB, env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "workflows.batch", "supir_restore_basic", "--launch", COMFYUI_PATH,
+               "--cpu-servers", "1", "--comfy-args", f"--base-directory {comfy_server.models_base}",
+               "--poll-interval", "0.5", "--retry-for", "300", *FAST, "--seed", "14", "--input", str(photos),
+               "--output", str(out)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
+    try:
+        line = process.stderr.readline()
+        while not line.startswith("1 server(s): "):
+            assert line, process.communicate()
+            line = process.stderr.readline()
+        url = line.split()[-1]
+        launched = ComfyServer.__new__(ComfyServer)
+        launched.url = url
+        deadline = time.time() + 300
+        while not launched.get("/queue")["queue_running"]:
+            assert process.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        os.kill(comfyui_pid(int(url.rpartition(":")[2])), 9)
+        stdout, stderr = process.communicate(timeout=900)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stdout + stderr
+    assert sorted(os.listdir(out)) == sorted([f"{n}.png" for n in NAMES[:4]] + ["batch_manifest.jsonl"])
+    records = manifest(out)
+    assert all(r["status"] == "done" and r["attempts"] == 1 for r in records.values()), records
+    assert f"ComfyUI at {url} exited with -9: restarting it" in stderr
+    assert len(re.findall(r"the server does not know job", stderr)) == 1, "the lost job is submitted again, once"

@@ -191,6 +191,8 @@ class Batch:
                               **({"scores": result["scores"]} if result.get("scores") else {})})
 
     def handle(self, pool: Pool, spec: dict, i: int, result: dict) -> None:
+        for note in result.get("notes", []):
+            self.log(note)
         status = result["status"]
         if status == "done":
             try:

@@ -125,10 +125,13 @@ class ServerWorker:
     def server_command(self) -> list[str]:
         cmd = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch"] + (["--cpu"] if self.cpu else [])
-        for d in ("input", "output", "temp"):  # a server's own folders: its SaveImage counters are its own
+        # a server's own folders (its SaveImage counters are its own) and database, unless given
+        for d in ("input", "output", "temp", "user"):
             if f"--{d}-directory" not in self.comfy_args:
                 os.makedirs(os.path.join(self.folders, d), exist_ok=True)
                 cmd += [f"--{d}-directory", os.path.join(self.folders, d)]
+        if "--database-url" not in self.comfy_args:
+            cmd += ["--database-url", "sqlite:///" + os.path.join(self.folders, "comfyui.db")]
         return cmd + self.comfy_args
 
     def start_server(self) -> None:
@@ -182,7 +185,8 @@ class ServerWorker:
         except asyncio.TimeoutError:
             result = {"status": "server", "error": f"server {self.url} did not finish the job within "
                                                    f"{spec['job_timeout']:g} s (--job-timeout)"}
-        result.update(server=self.url, seconds=round(time.monotonic() - started, 3), log=lines[-20:])
+        notes = [line for line in lines if "restarting it" in line or "does not know job" in line]
+        result.update(server=self.url, seconds=round(time.monotonic() - started, 3), notes=notes)
         return result
 
 
