@@ -20,7 +20,7 @@ from .worker import ServerWorker, parse_gate
 
 INSTALL = "pip install -r requirements-batch.txt"
 IN_FLIGHT_PER_SERVER = 2  # one running on the server, one waiting in the actor's queue
-FAILURE_STREAK = 3  # jobs failed in a row, none done, while another server succeeds: the server is taken out
+FAILURE_STREAK = 3  # a server's first jobs all failed while another server succeeds: it is taken out
 
 
 def import_ray():
@@ -78,7 +78,7 @@ class Pool:
         self.alive = [True] * len(actors)
         self.in_flight = [0] * len(actors)
         self.done = [0] * len(actors)
-        self.streak = [0] * len(actors)
+        self.streak: list[list[dict]] = [[] for _ in actors]  # jobs failed since the last one done
 
     def free(self) -> int | None:
         open_ = [i for i, up in enumerate(self.alive) if up and self.in_flight[i] < IN_FLIGHT_PER_SERVER]
@@ -142,7 +142,8 @@ class Batch:
         self.names: set[str] = set()
         self.in_flight: dict = {}  # ref -> (spec, server index)
         self.done = self.failed = self.skipped = self.submitted = 0
-        self.failures: list[str] = []
+        self.failures: dict[str, str] = {}  # job id (or input) -> its line in the summary
+        self.fatal: list[str] = []
         self.started = time.monotonic()
         self.last_progress = 0.0
 
@@ -177,7 +178,7 @@ class Batch:
 
     def fail_item(self, name: str, image: str, jid: str, error: str, attempts: int) -> None:
         self.failed += 1
-        self.failures.append(f"FAILED {name}: {error}")
+        self.failures[jid or image] = f"FAILED {name}: {error}"
         if jid:
             self.manifest.append({"job": jid, "input": image, "name": name, "outputs": [], "server": None,
                                   "attempts": attempts, "seconds": 0, "status": "failed", "error": error})
@@ -203,21 +204,34 @@ class Batch:
                 self.record(spec, result, "done", outputs, None)
                 self.done += 1
                 pool.done[i] += 1
-                pool.streak[i] = 0
+                pool.streak[i] = []
                 return
-        if status == "server" or (status == "failed" and self.bad_server(pool, i)):
+        if status == "server":
             pool.remove(i, result["error"])
-            if spec["attempt"] < self.args.max_attempts:
-                self.retry.append(dict(spec, attempt=spec["attempt"] + 1))
-                return
+            self.try_again([spec], result["error"])
+            return
         self.record(spec, result, "failed", [], result["error"])
         self.failed += 1
-        self.failures.append(f"FAILED {spec['name']}: {result['error']}")
-
-    def bad_server(self, pool: Pool, i: int) -> bool:
-        pool.streak[i] += 1
+        self.failures[spec["job"]] = f"FAILED {spec['name']}: {result['error']}"
+        pool.streak[i].append(spec)
         others_work = any(d for j, d in enumerate(pool.done) if j != i and pool.alive[j])
-        return pool.streak[i] >= FAILURE_STREAK and pool.done[i] == 0 and others_work
+        if len(pool.streak[i]) >= FAILURE_STREAK and not pool.done[i] and others_work:
+            pool.remove(i, f"its first {len(pool.streak[i])} jobs failed while other servers succeed; the last: "
+                           f"{result['error']}")
+            self.failed -= len(pool.streak[i])
+            for failed in pool.streak[i]:
+                del self.failures[failed["job"]]
+            self.try_again(pool.streak[i], result["error"])
+
+    def try_again(self, specs: list[dict], error: str) -> None:
+        """Jobs of a server taken out of the pool go to the others, up to --max-attempts in all."""
+        for spec in specs:
+            if spec["attempt"] < self.args.max_attempts:
+                self.retry.append(dict(spec, attempt=spec["attempt"] + 1))
+            else:
+                self.record(spec, {}, "failed", [], f"{error} (tried {spec['attempt']} times)")
+                self.failed += 1
+                self.failures[spec["job"]] = f"FAILED {spec['name']}: {error} (tried {spec['attempt']} times)"
 
     def progress(self, pool: Pool, final: bool = False) -> None:
         now = time.monotonic()
@@ -245,7 +259,7 @@ class Batch:
                 self.submitted += 1
             if not self.in_flight:
                 if not any(pool.alive):
-                    self.failures.append("error: no server left in the pool; run the same command again to "
+                    self.fatal.append("error: no server left in the pool; run the same command again to "
                                          "resume once the servers work")
                 break
             ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=2.0)
@@ -322,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                     pass
         ray.shutdown()
     lines = [f"{batch.done} done, {batch.failed} failed, {batch.skipped} already done (skipped), "
-             f"{batch.submitted} submitted; per server: {pool.counts()}"] + batch.failures
-    code = EXIT_FAILED if batch.failures else EXIT_OK
+             f"{batch.submitted} submitted; per server: {pool.counts()}", *batch.failures.values(), *batch.fatal]
+    code = EXIT_FAILED if batch.failures or batch.fatal else EXIT_OK
     print("\n".join(lines), file=sys.stderr if code else sys.stdout, flush=True)
     return code
