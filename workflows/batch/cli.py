@@ -134,9 +134,8 @@ def check_args(args) -> None:
 class Batch:
     """The driver's loop over the streamed jobs."""
 
-    def __init__(self, ray, args, workflow: dict, manifest: Manifest, gate, log):
-        self.ray, self.args, self.workflow, self.manifest, self.gate, self.log = ray, args, workflow, manifest, \
-            gate, log
+    def __init__(self, args, workflow: dict, manifest: Manifest, gate, log):
+        self.args, self.workflow, self.manifest, self.gate, self.log = args, workflow, manifest, gate, log
         self.items = input_items(args.input, args.recursive)
         self.retry: collections.deque = collections.deque()
         self.names: set[str] = set()
@@ -247,8 +246,7 @@ class Batch:
                  + (f", remaining {remaining}" if remaining is not None else "")
                  + f", {rate:.1f} img/min{eta} | {pool.counts()}")
 
-    def run(self, pool: Pool) -> None:
-        ray = self.ray
+    def run(self, ray, pool: Pool) -> None:
         while True:
             while (i := pool.free()) is not None:
                 spec = self.next_spec()
@@ -275,6 +273,14 @@ class Batch:
                 self.handle(pool, spec, i, result)
             self.progress(pool)
         self.progress(pool, final=True)
+
+
+def start_ray(ray, address: str | None) -> None:
+    if address:  # the cluster's nodes get this command's code from the driver, not from their disks
+        ray.init(address=address, log_to_driver=False,
+                 runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]})
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 def count_inputs(args) -> int | None:
@@ -308,18 +314,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    if args.ray_address:  # the cluster's nodes get this command's code from the driver, not from their disks
-        ray.init(address=args.ray_address, log_to_driver=False,
-                 runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]})
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     pool = None
-    batch = Batch(ray, args, workflow, manifest, gate, log)
+    batch = Batch(args, workflow, manifest, gate, log)
     try:
-        actors, urls = make_actors(ray, args)
-        pool = Pool(actors, urls)
-        log(f"{len(actors)} server(s): {', '.join(urls)}")
-        batch.run(pool)
+        first = batch.next_spec()  # jobs already done are skipped before Ray starts: a finished batch needs none
+        if first is not None:
+            batch.retry.append(first)
+            start_ray(ray, args.ray_address)
+            actors, urls = make_actors(ray, args)
+            pool = Pool(actors, urls)
+            log(f"{len(actors)} server(s): {', '.join(urls)}")
+            batch.run(ray, pool)
     except WorkflowError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -334,9 +339,11 @@ def main(argv: list[str] | None = None) -> int:
                     ray.get(actor.stop.remote(), timeout=30)
                 except Exception:  # noqa: BLE001 - a dead actor has nothing left to stop
                     pass
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
     lines = [f"{batch.done} done, {batch.failed} failed, {batch.skipped} already done (skipped), "
-             f"{batch.submitted} submitted; per server: {pool.counts()}", *batch.failures.values(), *batch.fatal]
+             f"{batch.submitted} submitted" + (f"; per server: {pool.counts()}" if pool else ""),
+             *batch.failures.values(), *batch.fatal]
     code = EXIT_FAILED if batch.failures or batch.fatal else EXIT_OK
     print("\n".join(lines), file=sys.stderr if code else sys.stdout, flush=True)
     return code
