@@ -13,13 +13,14 @@ from pathlib import Path
 
 from ..headless.cli import build_parser as client_parser, overrides_from_args
 from ..headless.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, WorkflowError
-from ..headless.server import server_url
+from ..headless.server import one_line, server_url
 from ..headless.workflow import apply_overrides, image_node, load_workflow, resolve_workflow_path
 from .jobs import Manifest, input_items, job_id, job_workflow, write_outputs
 from .worker import ServerWorker, parse_gate
 
 INSTALL = "pip install -r requirements-batch.txt"
 IN_FLIGHT_PER_SERVER = 2  # one running on the server, one waiting in the actor's queue
+SERVER_START_TIMEOUT = 900.0  # seconds for Ray to place the actors and for launched servers to serve
 FAILURE_STREAK = 3  # a server's first jobs all failed while another server succeeds: it is taken out
 
 
@@ -111,7 +112,7 @@ def make_actors(ray, args) -> tuple[list, list[str]]:
                        for _ in range(gpus)]
         actors += [Remote.options(num_cpus=1).remote(launch=args.launch, comfy_args=comfy_args, cpu=True,
                                                      options=options) for _ in range(args.cpu_servers)]
-    urls = ray.get([a.address.remote() for a in actors], timeout=900)
+    urls = ray.get([a.address.remote() for a in actors], timeout=SERVER_START_TIMEOUT)
     return actors, urls
 
 
@@ -257,8 +258,8 @@ class Batch:
                 self.submitted += 1
             if not self.in_flight:
                 if not any(pool.alive):
-                    self.fatal.append("error: no server left in the pool; run the same command again to "
-                                         "resume once the servers work")
+                    self.fatal.append("error: no server left in the pool; run the same command again to resume "
+                                      "once the servers work")
                 break
             ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=2.0)
             for ref in ready:
@@ -331,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"stopped: {batch.done} done, {batch.failed} failed; jobs still running on a server may finish "
               f"there; run the same command again to resume", file=sys.stderr, flush=True)
+        pool = None  # its actors end with Ray (a launched ComfyUI with its actor's process)
         return EXIT_INTERRUPTED
+    except ray.exceptions.RayError as e:  # an actor could not start its server, or no node could hold it
+        print(f"error: the servers could not be started: {one_line(str(e), 2000)}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if pool is not None:
             for actor in pool.actors:
