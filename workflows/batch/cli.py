@@ -241,11 +241,10 @@ class Batch:
         minutes = max(now - self.started, 1e-6) / 60
         rate = self.done / minutes
         total = self.args.total
-        remaining = total - self.done - self.failed - self.skipped if total is not None else None
-        eta = f", ETA {remaining / rate:.1f} min" if rate and remaining is not None else ""
-        self.log(f"done {self.done}, failed {self.failed}, skipped {self.skipped}"
-                 + (f", remaining {remaining}" if remaining is not None else "")
-                 + f", {rate:.1f} img/min{eta} | {pool.counts()}")
+        remaining = total - self.done - self.failed - self.skipped
+        eta = f", ETA {remaining / rate:.1f} min" if rate else ""
+        self.log(f"done {self.done}, failed {self.failed}, skipped {self.skipped}, remaining {remaining}, "
+                 f"{rate:.1f} img/min{eta} | {pool.counts()}")
 
     def run(self, ray, pool: Pool) -> None:
         while True:
@@ -284,12 +283,10 @@ def start_ray(ray, address: str | None) -> None:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
-def count_inputs(args) -> int | None:
-    """The number of inputs (a cheap pass over the names) for the progress line."""
-    try:
-        return sum(1 for _ in input_items(args.input, args.recursive))
-    except (WorkflowError, OSError):
-        return None
+def count_inputs(args) -> int:
+    """The number of inputs, for the progress line; a pass over the names and rows (not the images) that also
+    finds a bad manifest row before any work."""
+    return sum(1 for _ in input_items(args.input, args.recursive))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); they would "
                                 f"never be overwritten, but choose an empty or this batch's own folder")
         args.total = count_inputs(args)
-    except (WorkflowError, ValueError) as e:
+    except (WorkflowError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     ray = import_ray()
