@@ -74,3 +74,32 @@ def test_the_manifest_resumes_and_guards_the_files_it_did_not_write(tmp_path):
     assert (tmp_path / "user.png").read_bytes() == b"the user's"
     (tmp_path / "sub/a.png").unlink()
     assert not Manifest(tmp_path).done("j1"), "a done job whose output is gone runs again"
+
+
+def test_a_server_whose_first_jobs_all_fail_hands_them_to_the_others(tmp_path):
+    """The driver's bookkeeping (workflows/batch/cli.py) on results as the server actors return them."""
+    import argparse
+
+    from supir_restore.workflows.batch.cli import Batch, Pool
+    args = argparse.Namespace(input=tmp_path, recursive=False, max_attempts=2, image_node=None, job_timeout=60.0,
+                              total=5)
+    batch = Batch(args, BASIC, Manifest(tmp_path / "out"), None, lambda line: None)
+    pool = Pool(["good", "bad"], ["http://good", "http://bad"])
+
+    def spec(n: int) -> dict:
+        return {"job": f"j{n}", "name": f"img{n}", "input": f"img{n}.png", "attempt": 1}
+
+    batch.handle(pool, spec(0), 0, {"status": "done", "outputs": [("img0.png", b"x")], "server": "http://good"})
+    for n in (1, 2):
+        batch.handle(pool, spec(n), 1, {"status": "failed", "error": "node 2: model missing", "server": "http://bad"})
+    assert pool.alive == [True, True] and batch.failed == 2
+    batch.handle(pool, spec(3), 1, {"status": "failed", "error": "node 2: model missing", "server": "http://bad"})
+    assert pool.alive == [True, False] and batch.failed == 0 and batch.failures == {}
+    assert [(s["job"], s["attempt"]) for s in batch.retry] == [("j1", 2), ("j2", 2), ("j3", 2)]
+    assert pool.free() == 0, "only the good server takes jobs"
+    # a server that goes away: its job is tried elsewhere until --max-attempts, then recorded as failed
+    batch.handle(pool, dict(spec(4), attempt=2), 0, {"status": "server", "error": "unreachable", "server": "x"})
+    assert batch.failures == {"j4": "FAILED img4: unreachable (tried 2 times)"}
+    records = [json.loads(line) for line in (tmp_path / "out" / MANIFEST_NAME).read_text().splitlines()]
+    assert [(r["job"], r["status"]) for r in records] == [("j0", "done"), ("j1", "failed"), ("j2", "failed"),
+                                                          ("j3", "failed"), ("j4", "failed")]
