@@ -5,6 +5,7 @@ API run on its own thread. The tests and the fake wait for events (a request arr
 for time to pass."""
 import asyncio
 import copy
+import io
 import json
 import os
 import re
@@ -17,9 +18,11 @@ import pytest
 
 aiohttp = pytest.importorskip("aiohttp", reason="the headless client needs aiohttp (ComfyUI's own dependency)")
 from aiohttp import web  # noqa: E402
+from PIL import Image, PngImagePlugin  # noqa: E402
 
 from supir_restore.workflows.headless.cli import build_parser, main, overrides_from_args, summary  # noqa: E402
 from supir_restore.workflows.headless.errors import ServerError, WorkflowError  # noqa: E402
+from supir_restore.workflows.headless.models import model_folder  # noqa: E402
 from supir_restore.workflows.headless.outputs import output_files, output_names  # noqa: E402
 from supir_restore.workflows.headless.run import make_jobs, run_batch  # noqa: E402
 from supir_restore.workflows.headless.submission import Job, failure_message, validation_message  # noqa: E402
@@ -32,6 +35,15 @@ BASIC = SHIPPED / "supir_restore_basic.json"
 
 def basic() -> dict:
     return load_workflow(BASIC)
+
+
+def png(text: str) -> bytes:
+    """A 2x2 PNG file carrying ``text``, so that each photo's bytes differ."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", text)
+    buffer = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(buffer, "PNG", pnginfo=info)
+    return buffer.getvalue()
 
 
 # --- workflow and overrides ---
@@ -47,6 +59,9 @@ def test_parse_set_reads_json_values_and_keeps_text():
     for bad in ("8.steps", "steps=3", ".steps=3", "8.=3"):
         with pytest.raises(WorkflowError, match="NODE_ID.input=value"):
             parse_set(bad)
+    for not_finite in ("NaN", "Infinity", "-Infinity", "1e999"):
+        with pytest.raises(WorkflowError, match=f"8.cfg={not_finite}': {not_finite} is not a finite number"):
+            parse_set(f"8.cfg={not_finite}")
 
 
 def test_overrides_find_the_nodes_of_the_shipped_workflow():
@@ -77,6 +92,8 @@ def test_set_wins_adds_optional_inputs_and_refuses_links_and_unknown_nodes():
 
 
 def test_an_override_that_matches_nothing_is_an_error():
+    with pytest.raises(WorkflowError, match="--scale nan: give a finite number"):
+        apply_overrides(stock_graph(), Overrides(scale=float("nan")))
     with pytest.raises(WorkflowError, match="--scale: no node.*SUPIRResize.scale_by"):
         apply_overrides(basic(), Overrides(scale=2.0))
     no_seed = {nid: node for nid, node in basic().items() if node["class_type"] != "SUPIRRestore"}
@@ -141,11 +158,24 @@ def test_the_image_goes_to_the_only_load_image_or_the_chosen_one():
         image_node(workflow, "8")
 
 
+def test_a_workflow_without_an_image_input_says_so_and_help_lists_those_that_take_one(capsys, tmp_path):
+    (tmp_path / "hq.png").write_bytes(png("hq"))
+    assert main(["supir_benchmark", "--input", str(tmp_path), "--server", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --input: this workflow takes no input image (it has no LoadImage node); run it without "
+                   "--input. It reads its images from ComfyUI's input directory: node 4 (SUPIRLoadImageFolder) "
+                   "folder 'benchmark' (--set 4.folder=NAME changes it)\n")
+    text = " ".join(build_parser().format_help().split())
+    takes = re.search(r"Shipped workflows that take it: (.*?); that take no input image: (.*?) -o", text)
+    assert takes and "supir_restore_basic" in takes[1].split(", ") and "stablesr_upscale_x4" in takes[1].split(", ")
+    assert takes[2] == "supir_benchmark, supir_train_lora"
+
+
 def test_input_folders_list_images_and_refuse_clashing_names(tmp_path):
     for name in ("b.png", "a.JPG", "notes.txt"):
-        (tmp_path / name).write_bytes(b"x")
+        (tmp_path / name).write_bytes(png(name))
     assert [p.name for p in list_inputs(tmp_path)] == ["a.JPG", "b.png"]
-    (tmp_path / "a.png").write_bytes(b"y")
+    (tmp_path / "a.png").write_bytes(png("a"))
     with pytest.raises(WorkflowError, match="share a name \\(a\\)"):
         list_inputs(tmp_path)
     empty = tmp_path / "empty"
@@ -187,6 +217,28 @@ def test_outputs_are_named_after_the_job():
     assert output_names("photo", files) == ["photo_10_0.png", "photo_11_0.png"]
 
 
+def test_output_names_stay_one_file_inside_the_output_folder():
+    """Node ids and file names come from the server: separators, a drive's colon, NUL, '.' and '..' cannot make a
+    name that leaves the folder, and names that become equal are numbered."""
+    files = [(nid, {"filename": name}) for nid, name in (
+        ("out/a", "a.png"), ("out_a", "b.png"), ("x/../../escaped", "../../e.png"), ("12:3", "c.p\\ng"),
+        ("..", "..\\..\\d.PNG"), ("C:evil", "f.png"), ("a\x00b", "g.png"))]
+    assert output_names("photo", files) == [
+        "photo_out_a_0.png", "photo_out_a_0_2.png", "photo_x_.._.._escaped_0.png", "photo_12_3_0",
+        "photo_.._0.PNG", "photo_C_evil_0.png", "photo_a_b_0.png"]
+    assert output_names("..", [("9", {"filename": "noext"})]) == ["_.."]
+    assert output_names("été (1)", [("9", {"filename": "r.png"})]) == ["été (1).png"], "a user's name is kept"
+
+
+def test_loader_inputs_name_their_model_folders():
+    assert model_folder("SUPIRLoader", "supir_name") == "supir"
+    assert model_folder("CheckpointLoaderSimple", "ckpt_name") == "checkpoints"
+    assert model_folder("SUPIRLoraRegionBlend", "lora_inside_3") == "loras"
+    assert model_folder("SUPIRLoadVLM", "model_name") == "vlm"
+    assert model_folder("UpscaleModelLoader", "model_name") is None, "model_name means a VLM in SUPIR Load VLM only"
+    assert model_folder("SUPIRRestore", "preset") is None
+
+
 def test_command_line_becomes_overrides():
     args = build_parser().parse_args([
         "supir_restore_basic", "--input", "in", "--seed", "4", "--positive", "a cat", "--negative", "dog",
@@ -206,6 +258,19 @@ def test_bad_arguments_exit_2_before_contacting_a_server(capsys, tmp_path):
     assert main(["supir_restore_basic", "--input", str(tmp_path / "missing")]) == 2
     assert main(["supir_restore_basic", "--timeout", "0", "--server", "http://127.0.0.1:9"]) == 2
     assert capsys.readouterr().err.endswith("error: --timeout 0: give a number of seconds above 0\n")
+
+
+@pytest.mark.parametrize("option, value, problem", [
+    ("--retry-for", "-1", "give a number of seconds of 0 or more"),
+    ("--retry-for", "inf", "give a number of seconds of 0 or more"),
+    ("--poll-interval", "0", "give a number of seconds above 0"),
+    ("--timeout", "nan", "give a number of seconds above 0"),
+    ("--max-resubmits", "-1", "give a count of 0 or more")])
+def test_numbers_that_cannot_work_exit_2_before_contacting_the_server(fake, photos, tmp_path, capsys, option, value,
+                                                                      problem):
+    assert run(fake, option, value, input_path=photos, out=tmp_path / "out") == 2
+    assert capsys.readouterr().err == f"error: {option} {value}: {problem}\n"
+    assert fake.requests == []
 
 
 @pytest.mark.parametrize("server, problem", [
@@ -346,13 +411,15 @@ class FakeComfy(LoopThread):
     the job, then cut the connection before answering), ``restarts_at_start`` (that many times, "restart" when a
     job starts: the websockets close, the queue and history are lost, and the next request is cut off as by a
     server not back yet), ``websocket`` (False: /ws answers 404), ``garbage`` ((path prefix, status): those
-    requests get an HTML error page)."""
+    requests get an HTML error page), ``saved`` ((node id, history item) pairs a run reports instead of its one
+    restored image, each served with its own bytes), ``model_folders`` (what GET /experiment/models answers;
+    None: 404)."""
 
     def __init__(self, listen=True):
         super().__init__()
         self.outcome, self.reject, self.websocket, self.hold = "success", None, True, False
         self.drop_prompt_responses = self.restarts_at_start = 0
-        self.down, self.garbage = False, None
+        self.down, self.garbage, self.saved, self.model_folders = False, None, None, None
         self.uploads, self.files, self.prompts = {}, {}, {}
         self.requests: list[str] = []     # "GET /queue", ... in arrival order
         self.posts: list[dict] = []       # every POST /prompt body
@@ -376,6 +443,7 @@ class FakeComfy(LoopThread):
         app.router.add_get("/queue", self.get_queue)
         app.router.add_get("/history/{id}", self.get_history)
         app.router.add_get("/view", self.view)
+        app.router.add_get("/experiment/models", self.experiment_models)
         self.runner = web.AppRunner(app, shutdown_timeout=0.2)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
@@ -461,6 +529,11 @@ class FakeComfy(LoopThread):
         pid = request.match_info["id"]
         return web.json_response({pid: self.history[pid]} if pid in self.history else {})
 
+    async def experiment_models(self, request):
+        if self.model_folders is None:
+            return web.Response(status=404)
+        return web.json_response(self.model_folders)
+
     async def view(self, request):
         key = (request.query["type"], request.query["subfolder"], request.query["filename"])
         return web.Response(body=self.files[key]) if key in self.files else web.Response(status=404)
@@ -501,6 +574,12 @@ class FakeComfy(LoopThread):
             stop = {"prompt_id": pid, "node_id": "8", "node_type": "SUPIRRestore"}
             messages.append(["execution_interrupted", stop])
             await self.send("execution_interrupted", stop)
+        elif self.saved is not None:
+            for nid, item in self.saved:
+                outputs.setdefault(nid, {"images": []})["images"].append(item)
+                if isinstance(item["filename"], str):
+                    self.files[(item["type"], item["subfolder"], item["filename"])] = served(nid, item)
+            messages.append(["execution_success", {"prompt_id": pid}])
         else:
             name = f"restored_{len(self.files) + 1:05}_.png"
             self.files[("output", "supir", name)] = b"restored " + self.uploads[image]
@@ -516,6 +595,11 @@ class FakeComfy(LoopThread):
         await self.send("executing", {"node": None, "prompt_id": pid})
 
 
+def served(nid: str, item: dict) -> bytes:
+    """The bytes FakeComfy serves for a ``saved`` item."""
+    return f"node {nid}: {item['subfolder']}/{item['filename']}".encode()
+
+
 @pytest.fixture()
 def fake():
     server = FakeComfy()
@@ -528,7 +612,7 @@ def photos(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     for name in ("harbour", "portrait"):
-        (folder / f"{name}.png").write_bytes(f"pixels of {name}".encode())
+        (folder / f"{name}.png").write_bytes(png(f"pixels of {name}"))
     return folder
 
 
@@ -548,8 +632,8 @@ def test_a_batch_uploads_submits_follows_and_downloads(fake, photos, tmp_path, c
     assert batch.result() == 0
     assert fake.requests.count("GET /queue") == 4, "one look-up before each submission, one at the job's end"
     assert sorted(os.listdir(out)) == ["harbour.png", "portrait.png"]
-    assert (out / "harbour.png").read_bytes() == b"restored pixels of harbour"
-    assert (out / "portrait.png").read_bytes() == b"restored pixels of portrait"
+    assert (out / "harbour.png").read_bytes() == b"restored " + png("pixels of harbour")
+    assert (out / "portrait.png").read_bytes() == b"restored " + png("pixels of portrait")
     assert [p["prompt"]["4"]["inputs"]["image"] for p in fake.posts] == ["harbour.png", "portrait.png"]
     assert all(p["prompt"]["8"]["inputs"]["seed"] == 7 for p in fake.posts)
     assert len({p["client_id"] for p in fake.posts}) == 1 and len({p["prompt_id"] for p in fake.posts}) == 2
@@ -608,8 +692,8 @@ def test_a_restarted_server_gets_the_lost_job_again_with_the_same_id(fake, photo
     first = fake.posts[0]["prompt_id"]
     assert fake.queued == [first, first, fake.posts[-1]["prompt_id"]] and fake.duplicates == []
     assert sorted(fake.history) == sorted({first, fake.posts[-1]["prompt_id"]})
-    assert (tmp_path / "out" / "harbour.png").read_bytes() == b"restored pixels of harbour"
-    assert (tmp_path / "out" / "portrait.png").read_bytes() == b"restored pixels of portrait"
+    assert (tmp_path / "out" / "harbour.png").read_bytes() == b"restored " + png("pixels of harbour")
+    assert (tmp_path / "out" / "portrait.png").read_bytes() == b"restored " + png("pixels of portrait")
     assert "does not know job" in capsys.readouterr().out
 
 
@@ -660,7 +744,7 @@ def test_the_client_says_it_waits_for_an_unreachable_server_and_goes_on_when_it_
     finally:
         fake.stop()
     assert jobs[0].error is None
-    assert (tmp_path / "out" / "harbour.png").read_bytes() == b"restored pixels of harbour"
+    assert (tmp_path / "out" / "harbour.png").read_bytes() == b"restored " + png("pixels of harbour")
 
 
 @pytest.mark.parametrize("path, status, request_line", [
@@ -694,3 +778,69 @@ def test_a_server_that_is_silent_or_not_http_ends_the_batch_with_one_line(photos
     assert code == 1
     assert problem in the_one_line(capsys.readouterr().err, server.url)
     assert server.connections == 1, "the client must not wait on a silent server again and again"
+
+
+def test_a_non_image_input_is_refused_before_anything_is_uploaded(fake, photos, tmp_path, capsys):
+    (photos / "notes.png").write_text("not an image")
+    assert run(fake, input_path=photos, out=tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --input: not an image Pillow can read: {photos / 'notes.png'} "
+                          f"(UnidentifiedImageError: ") and err.count("\n") == 1
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(png("cut")[:40])
+    assert run(fake, input_path=truncated, out=tmp_path / "out") == 2
+    assert f"not an image Pillow can read: {truncated} (" in capsys.readouterr().err
+    assert fake.requests == [] and fake.uploads == {}
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_output_that_is_a_file_is_refused_before_submitting(fake, photos, tmp_path, capsys, inside):
+    mine = tmp_path / "restored.png"
+    mine.write_bytes(b"the user's file")
+    out = mine / "sub" if inside else mine
+    assert run(fake, input_path=photos, out=out) == 2
+    assert capsys.readouterr().err == (f"error: --output {out}: {mine} is a file, not a folder; give a folder for "
+                                       f"the results\n")
+    assert fake.requests == [] and mine.read_bytes() == b"the user's file"
+
+
+def test_what_the_server_names_cannot_write_outside_the_output_folder(fake, photos, tmp_path):
+    """Hostile node ids, subfolders and file names in the history entry: every file lands directly in --output,
+    none overwrites another, and items whose fields are not text are left out instead of failing the job."""
+    out = tmp_path / "a" / "b" / "out"
+    for folder in ("harbour_x", ".harbour_x"):  # with these, "x/../../escaped" in a name leads out of the folder
+        (out / folder).mkdir(parents=True)
+    fake.saved = [(nid, {"filename": name, "subfolder": sub, "type": "output"}) for nid, name, sub in (
+        ("out/a", "restored.png", ""), ("x/../../escaped", "../../escaped.png", "../.."), ("../..", "..", ".."),
+        ("C:evil", "a.png", "/etc"), ("12:3", "b\\..\\c.png", ""), (".", ".hidden", "."), ("out_a", "d.png", ""),
+        ("7", 5, ""))]
+    before = {p for p in tmp_path.rglob("*")}
+    assert run(fake, input_path=photos / "harbour.png", out=out) == 0
+    written = {p for p in tmp_path.rglob("*")} - before
+    assert written and all(p.parent == out and p.is_file() for p in written), sorted(map(str, written))
+    assert sorted(p.name for p in written) == sorted([
+        "harbour_out_a_0.png", "harbour_x_.._.._escaped_0.png", "harbour_.._.._0", "harbour_C_evil_0.png",
+        "harbour_12_3_0.png", "harbour_._0", "harbour_out_a_0_2.png"])
+    assert sorted(p.read_bytes() for p in written) == sorted(
+        served(nid, item) for nid, item in fake.saved if isinstance(item["filename"], str))
+
+
+def test_a_missing_model_says_which_folder_it_goes_in(fake, photos, tmp_path, capsys):
+    fake.reject = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                             "details": ""},
+                   "node_errors": {"3": {"errors": [{"type": "value_not_in_list", "message": "Value not in list",
+                                                     "details": "supir_name: 'SUPIR-v0Q.ckpt' not in []",
+                                                     "extra_info": {"input_name": "supir_name",
+                                                                    "received_value": "SUPIR-v0Q.ckpt"}}],
+                                         "class_type": "SUPIRLoader"}}}
+    fake.model_folders = [{"name": "checkpoints", "folders": ["/srv/ComfyUI/models/checkpoints"]},
+                          {"name": "supir", "folders": ["/srv/ComfyUI/models/supir", "/mnt/more/supir"]}]
+    assert run(fake, input_path=photos / "harbour.png", out=tmp_path / "out") == 1
+    assert ("  node 3 (SUPIRLoader): Value not in list: supir_name: 'SUPIR-v0Q.ckpt' not in []\n"
+            "    SUPIR-v0Q.ckpt is not on the server: put it in ComfyUI's models/supir/ (on the server: "
+            "/srv/ComfyUI/models/supir) and run again; where to get it: README.md, section \"Models\"") \
+        in capsys.readouterr().err
+    fake.model_folders = None  # a server without GET /experiment/models: the folder is still named
+    assert run(fake, input_path=photos / "harbour.png", out=tmp_path / "out") == 1
+    assert ("    SUPIR-v0Q.ckpt is not on the server: put it in ComfyUI's models/supir/ and run again; where to get "
+            "it: README.md") in capsys.readouterr().err

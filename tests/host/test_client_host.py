@@ -1,7 +1,9 @@
 """Tier 2: the headless client (workflows/client.py, run as ``python -m workflows.client``) against real ComfyUI
-servers with tiny models: a shipped API workflow end to end, the server's validation error, an execution
-error, an interrupt, and a server killed and restarted in the middle of a batch (its own server, on the same
-port and folders, so the session server is untouched)."""
+servers with tiny models: a shipped API workflow end to end, the server's validation error and the folders of the
+missing model files, an execution error, an interrupt, and a server killed and restarted in the middle of a batch
+(its own server, on the same port and folders, so the session server is untouched); and the client's table of
+loader inputs and model folders against the nodes' own file lists."""
+import asyncio
 import os
 import re
 import subprocess
@@ -17,6 +19,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from live_server import ComfyServer  # noqa: E402
+
+from supir_restore.workflows.headless.models import model_folder  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
@@ -86,15 +90,60 @@ def test_a_shipped_workflow_runs_and_its_result_is_downloaded(comfy_server, tmp_
     assert os.path.exists(os.path.join(comfy_server.base, "input", "harbour.png"))
 
 
-def test_a_validation_error_reports_the_servers_message(comfy_server, tmp_path):
+def test_a_validation_error_reports_the_servers_message_and_where_missing_models_go(comfy_server, tmp_path):
     photos = write_photos(tmp_path / "photos", ["harbour"])
-    result = run_client(comfy_server.url, *TINY, "--checkpoint", "missing_model.safetensors", "--input", str(photos),
-                        "--output", str(tmp_path / "out"), timeout=120)
+    result = run_client(comfy_server.url, *TINY, "--checkpoint", "missing_model.safetensors", "--supir-model",
+                        "SUPIR-v0Q.ckpt", "--input", str(photos), "--output", str(tmp_path / "out"), timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAILED harbour: the server rejected the workflow: Prompt outputs failed validation" in result.stderr
     assert re.search(r"node 2 \(CheckpointLoaderSimple\): Value not in list: ckpt_name: 'missing_model.safetensors' "
                      r"not in \[.*'tiny_sdxl.safetensors'", result.stderr), result.stderr
+    models = os.path.join(comfy_server.models_base, "models")
+    for file, folder in (("missing_model.safetensors", "checkpoints"), ("SUPIR-v0Q.ckpt", "supir")):
+        assert (f"    {file} is not on the server: put it in ComfyUI's models/{folder}/ (on the server: "
+                f"{os.path.join(models, folder)}) and run again; where to get it: README.md, section \"Models\"\n"
+                ) in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+CORE_LOADERS = ("CheckpointLoaderSimple", "LoraLoader", "LoraLoaderModelOnly", "VAELoader", "UNETLoader")
+
+
+def combo_options(spec) -> list | None:
+    """The options of a combo input as /object_info gives them (a list, or "COMBO" with options), else None."""
+    if isinstance(spec[0], list):
+        return spec[0]
+    return spec[1].get("options") if spec[0] == "COMBO" and len(spec) > 1 else None
+
+
+def test_the_clients_model_folders_are_those_the_loaders_list(monkeypatch, tmp_path):
+    """Every folder's file list becomes one name that says the folder ("supir@file"), so each combo of this pack's
+    nodes and of the core loaders shows the folder its files come from; the client's table must name the same
+    folder (the first listed, where the node lists several) for each, and none for the other combos."""
+    import folder_paths
+    import nodes
+
+    from supir_restore.nodes import comfy_entrypoint, supir_nodes
+    monkeypatch.setattr(folder_paths, "get_filename_list", lambda folder: [f"{folder}@file"])
+    monkeypatch.setattr(supir_nodes, "looks_like_supir", lambda path: True)
+    (tmp_path / "vlm@model").mkdir()
+    (tmp_path / "vlm@model" / "config.json").write_text("{}")
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "vlm", ([str(tmp_path)], set()))
+    infos = [cls.GET_NODE_INFO_V1() for cls in asyncio.run(asyncio.run(comfy_entrypoint()).get_node_list())]
+    infos += [{"name": name, "input": nodes.NODE_CLASS_MAPPINGS[name].INPUT_TYPES()} for name in CORE_LOADERS]
+    derived, table, files = {}, {}, 0
+    for info in infos:
+        for group in ("required", "optional"):
+            for name, spec in info["input"].get(group, {}).items():
+                options = combo_options(spec)
+                if options is None:
+                    continue
+                folders = [o.partition("@")[0] for o in options if isinstance(o, str) and "@" in o]
+                derived[info["name"], name] = folders[0] if folders else None
+                table[info["name"], name] = model_folder(info["name"], name)
+                files += bool(folders)
+    assert files >= 20, "the file inputs were not found: the derivation does not see the loaders' lists"
+    assert table == derived
 
 
 def test_an_execution_error_names_the_node_and_the_exception(comfy_server, tmp_path):

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 from pathlib import Path
 
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ServerError, WorkflowError
+from .outputs import check_output_folder
 from .run import make_jobs, run_batch
 from .server import server_url
 from .submission import Job
 from .workflow import Overrides, apply_overrides, image_node, list_inputs, load_workflow, parse_set, \
-    resolve_workflow_path
+    resolve_workflow_path, shipped_taking_input
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "2: bad arguments or workflow.")
     parser.add_argument("workflow", help="API-format workflow JSON, or a shipped name such as supir_restore_basic")
     parser.add_argument("-s", "--server", default="http://127.0.0.1:8188", help="ComfyUI URL (%(default)s)")
+    takes, takes_none = shipped_taking_input()
     parser.add_argument("-i", "--input", type=Path,
-                        help="image file, or a folder of images (one job each); uploaded and set on the LoadImage")
+                        help="image file, or a folder of images (one job each); uploaded and set on the LoadImage. "
+                             f"Shipped workflows that take it: {', '.join(takes)}; that take no input image: "
+                             f"{', '.join(takes_none)}")
     parser.add_argument("-o", "--output", type=Path, default=Path("outputs"),
                         help="folder for the results, named after the inputs (%(default)s)")
     parser.add_argument("--image-node", help="LoadImage node id that receives the input (when there are several)")
@@ -70,17 +75,30 @@ def summary(jobs: list[Job], server_error: ServerError | None = None) -> tuple[s
     return "\n".join(lines), EXIT_FAILED if failed else EXIT_OK
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """Refuses numbers of seconds and counts that cannot work: negative, nan or infinite, or 0 where the client
+    must wait for something."""
+    seconds = [("--timeout", args.timeout, True), ("--poll-interval", args.poll_interval, True),
+               ("--retry-for", args.retry_for, False)]
+    for option, value, above_zero in seconds:
+        if not math.isfinite(value) or value < 0 or (above_zero and value == 0):
+            least = "above 0" if above_zero else "of 0 or more"
+            raise WorkflowError(f"{option} {value:g}: give a number of seconds {least}")
+    if args.max_resubmits < 0:
+        raise WorkflowError(f"--max-resubmits {args.max_resubmits}: give a count of 0 or more")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         server = server_url(args.server)
-        if args.timeout <= 0:
-            raise WorkflowError(f"--timeout {args.timeout:g}: give a number of seconds above 0")
+        check_numbers(args)
+        check_output_folder(args.output)
         path = resolve_workflow_path(args.workflow)
         workflow = apply_overrides(load_workflow(path), overrides_from_args(args))
-        inputs = list_inputs(args.input) if args.input else []
-        if inputs:
+        if args.input:
             image_node(workflow, args.image_node)
+        inputs = list_inputs(args.input) if args.input else []
     except WorkflowError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

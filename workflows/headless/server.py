@@ -162,3 +162,14 @@ async def upload_image(client: Client, path: Path) -> str:
     if not isinstance(stored.get("name"), str):
         raise client.unusable("JSON without the stored file's name", "POST /upload/image", body)
     return f"{stored['subfolder']}/{stored['name']}" if stored.get("subfolder") else stored["name"]
+
+
+async def model_folders(client: Client) -> dict[str, list[str]]:
+    """The server's models folders by name (GET /experiment/models); empty when it does not say."""
+    status, body = await client.request("GET", "/experiment/models")
+    try:
+        folders = json.loads(body) if status == 200 else []
+    except ValueError:
+        folders = []
+    return {f["name"]: f["folders"] for f in folders if isinstance(f, dict) and isinstance(f.get("name"), str)
+            and isinstance(f.get("folders"), list)} if isinstance(folders, list) else {}

@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 
 from .errors import JobFailed
-from .server import CONNECTION_ERRORS, Client, one_line
+from .models import any_missing, missing_file, where_it_goes
+from .server import CONNECTION_ERRORS, Client, model_folders, one_line
 
 
 @dataclass
@@ -30,8 +31,10 @@ class Job:
     finished: bool = False
 
 
-def validation_message(body: Any) -> str:
-    """The server's answer to an invalid prompt (HTTP 400: error + node_errors) as readable lines."""
+def validation_message(body: Any, server_folders: dict[str, list[str]] | None = None) -> str:
+    """The server's answer to an invalid prompt (HTTP 400: error + node_errors) as readable lines; a model file
+    the server does not have is followed by where it goes (``server_folders``: the server's models folders by
+    name, quoted when given)."""
     if not isinstance(body, dict):
         return str(body)
     error = body.get("error")
@@ -43,6 +46,9 @@ def validation_message(body: Any) -> str:
         for e in info.get("errors", []):
             text = ": ".join(filter(None, [e.get("message"), e.get("details")]))
             lines.append(f"  node {nid} ({info.get('class_type', '?')}): {text}")
+            missing = missing_file(info.get("class_type", ""), e)
+            if missing:
+                lines.append("    " + where_it_goes(*missing, server_folders or {}))
     return "\n".join(lines)
 
 
@@ -76,10 +82,11 @@ async def submit(client: Client, job: Job) -> None:
     job.submissions += 1
     if status == 400:
         try:
-            details = validation_message(json.loads(body))
+            answer = json.loads(body)
         except ValueError:
-            details = one_line(body, 2000)
-        raise JobFailed(f"the server rejected the workflow: {details}")
+            raise JobFailed(f"the server rejected the workflow: {one_line(body, 2000)}") from None
+        folders = await model_folders(client) if any_missing(answer) else {}
+        raise JobFailed(f"the server rejected the workflow: {validation_message(answer, folders)}")
     if status != 200:
         raise JobFailed(f"POST /prompt answered HTTP {status}: {one_line(body)}")
     client.json_object("POST /prompt", body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,15 +66,17 @@ def load_workflow(path: Path) -> dict:
 
 def parse_set(text: str) -> tuple[str, str, Any]:
     """``NODE_ID.input=value`` -> (node id, input, value); the value is read as JSON when it parses (8, 1.5,
-    true, "8"), else kept as text."""
+    true, "8"), else kept as text. NaN and infinite numbers are refused (ComfyUI's range checks let them pass)."""
     key, sep, raw = text.partition("=")
     node_id, dot, name = key.rpartition(".")
     if not sep or not dot or not node_id or not name:
         raise WorkflowError(f"--set {text!r}: expected NODE_ID.input=value, e.g. 8.steps=30")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=lambda constant: math.nan)
     except json.JSONDecodeError:
         value = raw
+    if isinstance(value, float) and not math.isfinite(value):
+        raise WorkflowError(f"--set {text!r}: {raw} is not a finite number; give a number such as 7.5")
     return node_id, name, value
 
 
@@ -121,6 +124,8 @@ def apply_overrides(workflow: dict, overrides: Overrides) -> dict:
         set_all(out, targets, overrides.negative, "--negative",
                 "a negative text input, or a CLIPTextEncode wired to a negative input")
     if overrides.scale is not None:
+        if not math.isfinite(overrides.scale):
+            raise WorkflowError(f"--scale {overrides.scale:g}: give a finite number, e.g. 2")
         targets = [(nid, SCALE_INPUTS[node["class_type"]]) for nid, node in out.items()
                    if node["class_type"] in SCALE_INPUTS and not is_link(node["inputs"].get(
                        SCALE_INPUTS[node["class_type"]]))]
@@ -149,19 +154,38 @@ def image_node(workflow: dict, node_id: str | None) -> str:
             raise WorkflowError(f"--image-node {node_id}: not a LoadImage node of this workflow")
         return node_id
     loaders = [nid for nid, node in workflow.items() if node["class_type"] == "LoadImage"]
+    if not loaders:
+        folders = [f"node {nid} ({node['class_type']}) folder {node['inputs']['folder']!r} (--set {nid}.folder=NAME "
+                   f"changes it)" for nid, node in workflow.items() if isinstance(node["inputs"].get("folder"), str)]
+        reads = f". It reads its images from ComfyUI's input directory: {'; '.join(folders)}" if folders else ""
+        raise WorkflowError(f"--input: this workflow takes no input image (it has no LoadImage node); run it without "
+                            f"--input{reads}")
     if len(loaders) != 1:
         raise WorkflowError("--input needs exactly one LoadImage node to receive the image; this workflow has "
                             f"{len(loaders)} ({', '.join(loaders) or 'none'}): choose one with --image-node")
     return loaders[0]
 
 
+def shipped_taking_input() -> tuple[list[str], list[str]]:
+    """The names of the shipped workflows that take an input image (a LoadImage node), and of those that do not."""
+    takes, takes_none = [], []
+    for path in sorted(SHIPPED.glob("*.json")):
+        nodes = json.loads(path.read_text(encoding="utf-8")).values()
+        (takes if any(node["class_type"] == "LoadImage" for node in nodes) else takes_none).append(path.stem)
+    return takes, takes_none
+
+
 def list_inputs(path: Path) -> list[Path]:
-    """An image file, or the images of a folder (sorted by name; not recursive)."""
+    """An image file, or the images of a folder (sorted by name; not recursive), each readable by Pillow."""
     if path.is_file():
+        check_images([path])
         return [path]
     if not path.is_dir():
         raise WorkflowError(f"--input {path}: no such file or folder")
-    images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as e:
+        raise WorkflowError(f"--input {path}: cannot list the folder ({e.strerror or e})") from e
     if not images:
         raise WorkflowError(f"--input {path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
     stems = [p.stem for p in images]
@@ -169,4 +193,22 @@ def list_inputs(path: Path) -> list[Path]:
     if clashes:
         raise WorkflowError(f"--input {path}: several images share a name ({', '.join(clashes)}), so their outputs "
                             f"would too; rename them")
+    check_images(images)
     return images
+
+
+def check_images(paths: list[Path]) -> None:
+    """Refuses, before anything is uploaded, files that Pillow (which ComfyUI's Load Image uses) cannot read."""
+    from PIL import Image  # imported here: only --input needs it
+
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            bad.append(f"{path} ({type(e).__name__}: {e})")
+    if bad:
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise WorkflowError(f"--input: not an image Pillow can read: {'; '.join(bad[:5])}{more}; give image files "
+                            f"(PNG, JPEG, WebP, ...)")
