@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..headless.cli import build_parser as client_parser, overrides_from_args
+from ..headless.cli import build_parser as client_parser, check_numbers, overrides_from_args
 from ..headless.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, WorkflowError
+from ..headless.outputs import check_output_folder
 from ..headless.server import one_line, server_url
 from ..headless.workflow import apply_overrides, image_node, load_workflow, resolve_workflow_path
 from .jobs import Manifest, input_items, job_id, job_workflow, write_outputs
@@ -128,8 +129,10 @@ def check_args(args) -> None:
         raise WorkflowError(f"--launch {args.launch}: no ComfyUI main.py there")
     for url in filter(None, (args.servers or "").split(",")):
         server_url(url.strip())
-    if args.timeout <= 0 or args.job_timeout <= 0 or args.max_attempts < 1:
-        raise WorkflowError("--timeout and --job-timeout must be above 0, --max-attempts at least 1")
+    check_numbers(args)
+    check_output_folder(args.output)
+    if not args.job_timeout > 0 or args.max_attempts < 1:
+        raise WorkflowError("--job-timeout must be a number of seconds above 0, --max-attempts at least 1")
 
 
 class Batch:
