@@ -69,3 +69,44 @@ print(len({modules!r}))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == str(len(modules))
+
+
+def test_only_the_batch_command_imports_ray():
+    """Ray is optional (requirements-batch.txt): the node pack, the libraries and the client never import it, and
+    the batch command only inside the function that runs it (so --help and bad arguments work without Ray)."""
+    offenders = []
+    for folder, _, names in os.walk(REPO):
+        if any(part.startswith(".") for part in os.path.relpath(folder, REPO).split(os.sep)) or "tests" in folder:
+            continue
+        for name in (n for n in names if n.endswith(".py")):
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+            rel = os.path.relpath(path, REPO).replace(os.sep, "/")
+            for node in ast.walk(tree):
+                names_ = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+                if any(n.split(".")[0] == "ray" for n in names_):
+                    offenders.append((rel, node.col_offset))
+    assert [rel for rel, indent in offenders if not (rel == "workflows/batch/cli.py" and indent > 0)] == []
+    assert ("workflows/batch/cli.py", 8) in offenders, "the batch command imports Ray inside a function"
+
+
+def test_the_batch_command_names_the_install_command_when_ray_is_missing(tmp_path):
+    (tmp_path / "photo.png").write_bytes(b"")
+    script = """
+import importlib.abc, sys
+class NoRay(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "ray":
+            raise ImportError("No module named 'ray'")
+sys.meta_path.insert(0, NoRay())
+from workflows.batch.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+    result = subprocess.run([sys.executable, "-c", script, "supir_restore_basic", "--input", str(tmp_path),
+                             "--output", str(tmp_path / "out"), "--servers", "http://127.0.0.1:9"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "the batch command needs Ray" in result.stderr
+    assert "pip install -r requirements-batch.txt" in result.stderr
