@@ -119,10 +119,10 @@ def measure_load(folder: str, component: str, dtype: str) -> dict:
     start = time.perf_counter()
     loaded = load(folder, component, dtype)
     seconds = time.perf_counter() - start
-    peak, after = status_mb("VmHWM"), status_mb("VmRSS")
+    peak, after, split = status_mb("VmHWM"), status_mb("VmRSS"), rss()
     del loaded
     return {"component": component, "dtype": dtype, "load_peak_mb": peak - before, "resident_mb": after - before,
-            **rss(), "seconds": seconds}
+            **split, "seconds": seconds}
 
 
 def measure_step(folder: str, dtype: str, latent: int) -> dict:

@@ -69,4 +69,7 @@ def load_supir(path: str, weight_dtype: str = "auto") -> SUPIRModel:
     patcher, compute_dtype = managed_network(
         lambda **kw: SUPIRControl(layout.trunk_config, layout.adaptor_specs, attention=host_attention, **kw),
         weights.control, weight_dtype)
-    return SUPIRModel(patcher, weights.denoise_encoder, compute_dtype, os.path.basename(path))
+    # copies of the denoise encoder's tensors (34M parameters): views into a memory-mapped file would keep the
+    # whole file mapped, and its pages resident, after the control network has been converted to another dtype
+    denoise_encoder = {k: v.clone() for k, v in weights.denoise_encoder.items()}
+    return SUPIRModel(patcher, denoise_encoder, compute_dtype, os.path.basename(path))
