@@ -73,7 +73,11 @@ def test_dependencies_are_requirements_txt_and_cover_every_run_time_import():
     with open(os.path.join(REPO, "requirements.txt"), encoding="utf-8") as f:
         listed = [line.strip() for line in f if line.strip() and not line.startswith("#")]
     assert declared == listed
-    names = {requirement_name(r) for r in declared}
+    # the batch command's Ray is optional: the pyproject extra, the same as requirements-batch.txt
+    optional = pyproject()["project"]["optional-dependencies"]["batch"]
+    with open(os.path.join(REPO, "requirements-batch.txt"), encoding="utf-8") as f:
+        assert optional == [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    names = {requirement_name(r) for r in declared + optional}
     # the pack's own packages (also under the folder name ComfyUI imports it by, as workflows/build.py does), and
     # the workflows folder's modules, which its scripts import by file name
     own = {"supir", "lora_train", "workflows", "supir_restore"} | {

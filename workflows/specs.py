@@ -31,12 +31,12 @@ SIZES = {"Note": (400, 250), "CheckpointLoaderSimple": (360, 110), "SUPIRLoader"
          "LoadImage": (360, 340), "SUPIRLoadVLM": (360, 90), "SUPIRLoraStack": (360, 280),
          "SUPIRLoraRegionBlend": (360, 470), "SUPIRLoadImageFolder": (360, 130), "SUPIRTrainingDataset": (360, 190),
          "StableSRLoader": (360, 90), "StableSRLoadCFW": (360, 70), "PrimitiveInt": (360, 90),
-         "SUPIRResize": (340, 160), "SUPIRLQEncode": (340, 130), "PreviewImage": (340, 300), "VAEEncode": (340, 60),
+         "SUPIRResize": (340, 160), "SUPIRLQEncode": (340, 160), "PreviewImage": (340, 300), "VAEEncode": (340, 60),
          "SUPIRDegradeImage": (340, 140),
          "SUPIRConditioning": (420, 380), "SUPIRCaptionVLM": (420, 380), "StableSRConditioning": (420, 300),
-         "ApplySUPIR": (340, 130), "ApplyStableSR": (340, 80), "SUPIRTiledAggregation": (340, 190),
+         "ApplySUPIR": (340, 130), "ApplyStableSR": (340, 80), "SUPIRTiledAggregation": (340, 220),
          "SUPIRRestore": (340, 460), "StableSRRestore": (340, 300),
-         "VAEDecode": (340, 60), "VAEDecodeTiled": (340, 160), "StableSRCFWDecode": (340, 180),
+         "VAEDecode": (340, 60), "VAEDecodeTiled": (340, 160), "StableSRCFWDecode": (340, 230),
          "SUPIRColorFix": (340, 110), "SUPIRResizeTo": (340, 120),
          "SaveImage": (420, 420), "SUPIRBenchmarkReport": (400, 300), "SUPIRTrainLoRA": (420, 630)}
 
@@ -85,8 +85,10 @@ def load_image() -> dict:
 
 
 def lq_encode(image: list, tile_size: int = 0) -> dict:
+    """SUPIR LQ Encode with automatic tiles: the whole image when it fits the GPU, else the largest tiles that do
+    (``tile_size`` is then unused, and what a user switching to manual tiles starts from)."""
     return node("SUPIRLQEncode", "Stage 1: LQ encode", STAGE1, supir=["supir", 0], vae=VAE, image=image,
-                tile_size=tile_size)
+                tile_size=tile_size, tiles="auto")
 
 
 def apply_supir(model: list, scale_end: float) -> dict:
@@ -183,7 +185,8 @@ def upscale_graph(scale: float, readme: str, captions: bool = False) -> dict:
     if not captions:
         return numbered(graph)
     tile, stride = ["tile_px", 0], ["stride_px", 0]
-    graph["tiles"]["inputs"].update(tile_size=tile, tile_stride=stride, tile_positive=["tile_prompts", 0])
+    graph["tiles"]["inputs"].update(tile_size=tile, tile_stride=stride, tile_positive=["tile_prompts", 0],
+                                    tiles="manual")  # the captions' tiles are these
     graph["prompts"]["inputs"]["caption"] = ["caption", 0]
     tile_prompts = prompts(CLIP, ["tile_caption", 0], "Per-tile prompts")
     tile_prompts["inputs"].update(caption_per_line=True)
@@ -208,7 +211,8 @@ def _upscale_nodes(scale: float, readme: str) -> dict:
                        multiple="64", method="lanczos"),
         "lq": lq_encode(["resize", 0], VAE_TILE),
         "apply": apply_supir(MODEL, 1.0),
-        "tiles": node("SUPIRTiledAggregation", "Tiled aggregation", RESTORE, model=["apply", 0], tile_size=1024, tile_stride=512, grid="snapped", tile_batch_size=1),
+        "tiles": node("SUPIRTiledAggregation", "Tiled aggregation", RESTORE, model=["apply", 0], tile_size=1024,
+                      tile_stride=512, grid="snapped", tile_batch_size=1, tiles="auto"),
         "prompts": prompts(CLIP),
         "restore": restore(["tiles", 0], "Quality"),
         "decode": node("VAEDecodeTiled", "Decode (tiled)", DECODE, samples=["restore", 0], vae=VAE,
@@ -239,14 +243,16 @@ def stablesr_graph(ckpt: str, preset: str, colour: str, readme: str) -> dict:
         "apply": node("ApplyStableSR", "StableSR Apply", RESTORE, model=["ckpt", 0], stablesr=["sr", 0],
                       lr_latent=["encode", 0]),
         "tiles": node("SUPIRTiledAggregation", "Tiled aggregation", RESTORE, model=["apply", 0],
-                      tile_size=512, tile_stride=256, grid="snapped", tile_batch_size=1, weights="official"),
+                      tile_size=512, tile_stride=256, grid="snapped", tile_batch_size=1, weights="official",
+                      tiles="auto"),
         "prompts": node("StableSRConditioning", "Prompts", PROMPTS, clip=["ckpt", 1], positive="",
                         negative=NEGATIVE_PROMPT, literal=True),
         "restore": node("StableSRRestore", "Restore", RESTORE, model=["tiles", 0],
                         positive=["prompts", 0], negative=["prompts", 1], lr_latent=["encode", 0], seed=0,
                         preset=preset, sampler="ddpm", steps=200, start="lr_latent", cfg=1.0, eta=0.0),
         "decode": node("StableSRCFWDecode", "CFW decode", DECODE, samples=["restore", 0], vae=vae,
-                       cfw=["cfw", 0], lr_image=resized, w=0.5, vae_weights="cfw_file", tile_size=1024),
+                       cfw=["cfw", 0], lr_image=resized, w=0.5, vae_weights="cfw_file", tile_size=1024,
+                       tiles="auto"),
         "colour": node("SUPIRColorFix", "Colour fix", DECODE, image=["decode", 0], reference=resized,
                        method=colour, strength=1.0),
         "resize_to": node("SUPIRResizeTo", "Resize to target", DECODE, image=["colour", 0],
