@@ -41,10 +41,10 @@ FILES = {"sdxl": "sdxl_unet_fp16.safetensors", "supir_ckpt": "SUPIR-v0Q.ckpt",
 
 
 def rss() -> dict:
-    """Resident memory now, in MB: anonymous (the process's own) and file-backed (mapped files)."""
+    """Resident memory now, in MB: anonymous (the process's own), file-backed and shared (mapped files)."""
     with open("/proc/self/status") as f:
         fields = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in f if line.startswith("Rss")}
-    return {"anon_mb": fields["RssAnon"], "file_mb": fields["RssFile"]}
+    return {"anon_mb": fields["RssAnon"], "file_mb": fields["RssFile"], "shmem_mb": fields["RssShmem"]}
 
 
 def random_tensors(shapes: dict, dtype, seed: int) -> dict:
@@ -93,13 +93,11 @@ def write_files(folder: str) -> None:
 
 def load(folder: str, component: str, dtype: str):
     """Load ``component`` from ``folder`` at ``dtype``; returns what stays loaded."""
-    import torch
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-                   "fp8_e4m3fn": torch.float8_e4m3fn}[dtype]
     if component in ("sdxl", "sd21"):
         import comfy.sd
+        from supir_restore.supir.weights import STORAGE_DTYPES
         return comfy.sd.load_diffusion_model(os.path.join(folder, FILES[component]),
-                                             model_options={"dtype": torch_dtype})
+                                             model_options={"dtype": STORAGE_DTYPES[dtype]})
     if component in ("supir_ckpt", "supir_fp16"):
         from supir_restore.supir.host.supir_loader import load_supir
         return load_supir(os.path.join(folder, FILES[component]), dtype)
