@@ -208,6 +208,7 @@ def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor
         ((top, bottom, left, right),) = group
         mm.throw_exception_if_processing_interrupted()
         crop = x[:, :, ratio * top:ratio * bottom, ratio * left:ratio * right].to(vae.device, vae.vae_dtype)
+        crop = crop.contiguous()  # a strided input makes every convolution re-lay its weight out
         features = encoder_features(model.encoder, crop, layers.levels)
         out = decode_mix(model, layers, z.to(vae.device, vae.vae_dtype), features, w, cfw.compute_dtype)
         bar.update(1)
