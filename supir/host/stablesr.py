@@ -60,8 +60,12 @@ class StableSRModel:
 def load_stablesr(path: str, weight_dtype: str = "auto") -> StableSRModel:
     """Load and validate the SR parts of a StableSR checkpoint (every tensor checked by name and shape, sizes
     derived from the shapes); ``weight_dtype`` as for SUPIR files."""
-    name = os.path.basename(path)
-    weights = split_stablesr_state_dict(read_state_dict(path), name)
+    return stablesr_from_state_dict(read_state_dict(path), os.path.basename(path), weight_dtype)
+
+
+def stablesr_from_state_dict(sd: dict[str, torch.Tensor], name: str, weight_dtype: str = "auto") -> StableSRModel:
+    """:func:`load_stablesr` on a checkpoint's tensors already read (``name`` for messages)."""
+    weights = split_stablesr_state_dict(sd, name)
     if bad := non_finite_tensors({**weights.encoder, **weights.spade}):
         raise StableSRCheckpointError(f"{name}: {len(bad)} tensor(s) hold NaN or infinite values ({names(bad, 4)}); "
                                       f"the file is damaged and would turn every restoration black. Download it "
