@@ -118,3 +118,18 @@ def test_cfw_decode(tmp_path, tiny_vae, tile_size):
     lr = smooth_photo(96, 96, seed=1)
     assert_no_layout_waste(lambda: cfw_decode(cfw, tiny_vae, z, lr, 0.5, "vae", tile_size),
                            [cfw.layers, tiny_vae.first_stage_model])
+
+
+def test_supir_call_with_forced_channels_last(monkeypatch, tiny_supir_file):
+    """With --force-channels-last ComfyUI lays out its UNet's weights channels-last; the SUPIR network follows, so
+    no convolution re-lays a weight out (inputs may then come in either layout, as in the host's own UNet)."""
+    from comfy.cli_args import args
+    from tiny_models import tiny_sdxl
+    monkeypatch.setattr(args, "force_channels_last", True)
+    model, supir = tiny_sdxl(seed=0), load_supir(tiny_supir_file, "fp32")
+    conv = supir.control.control_model.input_blocks[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    run = sdxl_call(apply_supir(model, supir, torch.randn(1, 4, 8, 8)))
+    run()
+    copies = weight_sized_copies(run, [supir.control, model.model])
+    assert copies == [], f"{len(copies)} weight-sized copies: {copies[:8]}"
