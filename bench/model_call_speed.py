@@ -46,7 +46,12 @@ OFFICIAL_SUPIR = dict(adm_in_channels=2816, num_classes="sequential", use_checkp
                       spatial_transformer_attn_type="softmax", legacy=False)
 
 
-def host():
+def host(comfy_attention: bool):
+    """ComfyUI in-process on the CPU; unless ``comfy_attention``, with PyTorch's SDPA attention as the official code
+    uses (ComfyUI's CPU default is its sub-quadratic attention, which also reads the free memory at every call)."""
+    sys.path.insert(0, os.path.abspath(os.environ["COMFYUI_PATH"]))
+    from comfy.cli_args import args
+    args.use_pytorch_cross_attention = not comfy_attention
     sys.modules["supir_restore"] = types.ModuleType("supir_restore")
     sys.modules["supir_restore"].__path__ = [REPO]
     sys.path.insert(0, os.path.join(REPO, "tests", "host"))
@@ -288,7 +293,8 @@ def measure(part, args) -> list:
     """One part in a fresh process (peak memory and thread pools of one part do not carry over)."""
     out = subprocess.run([sys.executable, __file__, "--part", part, "--latents", *map(str, args.latents),
                           "--threads", *map(str, args.threads), "--rounds", str(args.rounds),
-                          "--batch", str(args.batch)], capture_output=True, text=True)
+                          "--batch", str(args.batch), *["--comfy-attention"] * args.comfy_attention],
+                         capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -323,9 +329,11 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--comfy-attention", action="store_true",
+                        help="ComfyUI's default attention for the device instead of PyTorch's SDPA")
     args = parser.parse_args()
     if args.part:
-        host()
+        host(args.comfy_attention)
         print(json.dumps(PARTS[args.part](args.latents, args.threads, args.rounds, args.batch)))
         return
     needed = {"supir": "SUPIR_SOURCE", "stablesr": "STABLESR_SOURCE"}
@@ -333,7 +341,8 @@ def main():
         if not os.path.isdir(os.environ.get(needed[system], "")):
             raise SystemExit(f"{system}: set {needed[system]} to a checkout of the official code (see the top of "
                              f"this file)")
-        print(f"{system}: batch {args.batch}, fp32, {args.rounds} interleaved rounds, medians in seconds per call")
+        print(f"{system}: batch {args.batch}, fp32, {args.rounds} interleaved rounds, medians in seconds per call; "
+              f"the pack on {'ComfyUI' if args.comfy_attention else 'PyTorch SDPA'} attention")
         (report_supir if system == "supir" else report_stablesr)(args)
 
 
