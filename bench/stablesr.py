@@ -27,7 +27,7 @@ SD21_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_
              "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
              "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
              "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-             "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], "transformer_depth_middle": 1,
+             "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1,
              "use_linear_in_transformer": True, "context_dim": 1024, "num_head_channels": 64,
              "use_temporal_attention": False, "use_temporal_resblock": False}
 

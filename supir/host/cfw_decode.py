@@ -218,7 +218,9 @@ def cfw_decode(cfw: CFWModel, vae, samples: torch.Tensor, lr_image: torch.Tensor
         """A tile of the latent and its LR crop, packed as [1, c + 3·ratio², h, w] (the crop in [-1,1],
         pixel-unshuffled) -> IMAGE tile [1,3,ratio·h,ratio·w]."""
         mm.throw_exception_if_processing_interrupted()
-        z, crop = packed[:, :channels], F.pixel_shuffle(packed[:, channels:], ratio)
+        # contiguous: a channel slice (or strided crop) makes every convolution re-lay its weight out
+        z = packed[:, :channels].contiguous()
+        crop = F.pixel_shuffle(packed[:, channels:], ratio).contiguous()
         features = encoder_features(model.encoder, crop.to(vae.device, vae.vae_dtype), layers.levels)
         out = decode_mix(model, layers, z.to(vae.device, vae.vae_dtype), features, w, cfw.compute_dtype)
         return vae.process_output(out.to(vae.output_device).float())

@@ -58,8 +58,12 @@ class StableSRModel:
 def load_stablesr(path: str, weight_dtype: str = "auto") -> StableSRModel:
     """Load and validate the SR parts of a StableSR checkpoint (every tensor checked by name and shape, sizes
     derived from the shapes); ``weight_dtype`` as for SUPIR files."""
-    name = os.path.basename(path)
-    weights = split_stablesr_state_dict(read_state_dict(path), name)
+    return stablesr_from_state_dict(read_state_dict(path), os.path.basename(path), weight_dtype)
+
+
+def stablesr_from_state_dict(sd: dict[str, torch.Tensor], name: str, weight_dtype: str = "auto") -> StableSRModel:
+    """:func:`load_stablesr` on a checkpoint's tensors already read (``name`` for messages)."""
+    weights = split_stablesr_state_dict(sd, name)
     encoder, spade = check_stablesr_weights(weights, name)
     shared = weights.spade[f"{spade.paths[0]}.spade.mlp_shared.0.weight"].shape
 

@@ -58,6 +58,8 @@ def managed_network(build: Callable[..., nn.Module], weights: dict[str, torch.Te
                 device="meta")
     patcher = core_model_patcher()(net, load_device=load_device, offload_device=offload_device)
     net.load_state_dict({k: v.to(offload_device, dtype) for k, v in weights.items()}, strict=True, assign=True)
+    if mm.force_channels_last():  # the layout ComfyUI gives its UNet's weights (--force-channels-last)
+        net.to(memory_format=torch.channels_last)
     net.eval().requires_grad_(False)
     return patcher, compute_dtype
 

@@ -147,7 +147,9 @@ class SpatialTransformer(nn.Module):
         for block in self.transformer_blocks:
             t = block(t, context)
         t = self.proj_out(t)
-        return t.reshape(b, h, w, c).permute(0, 3, 1, 2) + x
+        # contiguous like the host UNet's tensors: a channels-last result would make every later convolution
+        # re-lay its weight out to match, on every call
+        return t.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous() + x
 
 
 class TimestepSequential(nn.Sequential):

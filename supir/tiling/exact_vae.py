@@ -143,8 +143,9 @@ class _Tape:
             q = block.q(h)
             b, c, hh, ww = q.shape
             out = self.sdpa(q.flatten(2).transpose(1, 2).unsqueeze(1), keys, values)
-            return x + block.proj_out(out.squeeze(1).transpose(1, 2).reshape(b, c, hh, ww))
+            return x + block.proj_out(out.squeeze(1).transpose(1, 2).reshape(b, c, hh, ww).contiguous())
         core, (rows, cols) = self.core_of(h)
+        core = core.contiguous()  # a strided input makes a convolution re-lay its weight out
         k, v = block.k(core), block.v(core)
         if self.measuring is None:
             s = h.shape[-1] / (self.tile.window[3] - self.tile.window[2])
@@ -228,7 +229,7 @@ def tiled_exact(forward: Callable[[torch.Tensor], torch.Tensor], network: nn.Mod
                 t, b, l, r = tile.window
                 done += 1
                 try:
-                    y = forward(x[:, :, t:b, l:r])
+                    y = forward(x[:, :, t:b, l:r].contiguous())  # as the network's convolutions want it
                 except _Stop:
                     if progress:
                         progress(done, total)

@@ -73,12 +73,12 @@ def plain_out(model, x, sigma, context):
         return model.model.apply_model(x, sigma, c_crossattn=context)
 
 
-def patched_out(patched, x, sigma, context):
+def patched_out(patched, x, sigma, context, **cond):
     """One UNet call of a patched MODEL as a sampler makes it: loaded (object patches in place), with its
-    wrappers and transformer options."""
+    wrappers and transformer options; ``cond``: further conditioning (SDXL's ``y``)."""
     comfy.model_management.load_models_gpu([patched])
     with torch.no_grad():
-        return patched.model.apply_model(x, sigma, c_crossattn=context,
+        return patched.model.apply_model(x, sigma, c_crossattn=context, **cond,
                                          transformer_options={**patched.model_options["transformer_options"],
                                                               "wrappers": patched.wrappers})
 
