@@ -247,9 +247,10 @@ class StableSRUpscale(io.ComfyNode):
                                tooltip="CFW fidelity weight: 0 the plain decode, 1 closest to the input; 0.5 is "
                                        "StableSR's default."),
                 io.Combo.Input("tiles", options=list(TILES_CHOICES), default="auto", optional=True,
-                               tooltip="auto: the largest sampling tiles (stride half the tile) and CFW decode tiles "
-                                       "whose predicted memory fits the device's free memory; the whole image "
-                                       "when it fits; small inputs are upscaled to at least 512 px. The choice is "
+                               tooltip="auto: the largest sampling tiles (stride half the tile; at most StableSR's "
+                                       "official 512 px, 768 px for the 768-v model) and CFW decode tiles whose "
+                                       "predicted memory fits the device's free memory, the whole image when it "
+                                       "fits; small inputs are upscaled to at least 512 px. The choice is "
                                        "logged. manual: tile_size and tile_stride."),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The restored image at input size x scale."),

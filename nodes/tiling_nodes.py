@@ -38,9 +38,10 @@ class SUPIRTiledAggregation(io.ComfyNode):
                                               "one line per tile, row by row."),
                 io.Combo.Input("tiles", options=list(TILES_CHOICES), default="manual", optional=True,
                                tooltip="auto: the largest tile whose predicted memory fits the device's free "
-                                       "memory, chosen at sampling (stride half the tile, one tile per call; the "
-                                       "choice is logged); tile_size, tile_stride and tile_batch_size are then "
-                                       "unused. "
+                                       "memory, at most the official tile (SUPIR: the whole image, or 1024 px; "
+                                       "StableSR: 512 px), chosen at sampling (stride half the tile, one tile per "
+                                       "call; the choice is logged); tile_size, tile_stride and tile_batch_size are "
+                                       "then unused. "
                                        "manual: those inputs. With per-tile captions use manual, so the tile "
                                        "count is known."),
             ],

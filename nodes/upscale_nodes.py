@@ -53,7 +53,8 @@ class SUPIRUpscaleRestore(io.ComfyNode):
                              tooltip="With tiles = manual. 0: whole-image VAE. Above 0: ComfyUI's tiled VAE with "
                                      "tiles of this many pixels, for very large images."),
                 io.Combo.Input("tiles", options=list(TILES_CHOICES), default="auto", optional=True,
-                               tooltip="auto: the largest sampling tiles (stride half the tile) and VAE tiles whose "
+                               tooltip="auto: the largest sampling tiles (stride half the tile; at most 1024 px, "
+                                       "SUPIR's official tile, unless the whole image fits) and VAE tiles whose "
                                        "predicted memory fits the device's free memory; the whole image when it "
                                        "fits. The choice is logged. manual: tile_size, tile_stride and "
                                        "vae_tile_size."),
