@@ -138,7 +138,8 @@ def test_the_clients_model_folders_are_those_the_loaders_list(monkeypatch, tmp_p
                 options = combo_options(spec)
                 if options is None:
                     continue
-                folders = [o.partition("@")[0] for o in options if isinstance(o, str) and "@" in o]
+                # a node may prefix its options with their folder group, e.g. "supir/" + "supir@file"
+                folders = [o.partition("@")[0].rpartition("/")[2] for o in options if isinstance(o, str) and "@" in o]
                 derived[info["name"], name] = folders[0] if folders else None
                 table[info["name"], name] = model_folder(info["name"], name)
                 files += bool(folders)

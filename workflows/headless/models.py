@@ -13,7 +13,8 @@ from typing import Any
 FOLDER_OF_INPUT = {"ckpt_name": "checkpoints", "supir_name": "supir", "stablesr_name": "stablesr",
                    "cfw_name": "stablesr", "lora_name": "loras", "vae_name": "vae", "unet_name": "diffusion_models"}
 # Names that mean different folders in different nodes.
-FOLDER_OF_NODE_INPUT = {("SUPIRLoadVLM", "model_name"): "vlm"}
+FOLDER_OF_NODE_INPUT = {("SUPIRLoadVLM", "model_name"): "vlm",
+                        ("SUPIRConvertWeights", "source"): "supir"}  # "supir/<file>" or "stablesr/<file>"
 LORA_SLOT = re.compile(r"lora(_[a-z]+)?_\d+")  # SUPIR LoRA Stack, SUPIR LoRA Region Blend: lora_1, lora_inside_1...
 # Where a file of each folder goes, as the user reads it (ComfyUI/models/...).
 WHERE = {"stablesr": "models/stablesr/ (or models/checkpoints/, where Load Checkpoint also reads it)",
