@@ -76,10 +76,21 @@ class Editor:
     def open_template(self, name: str, ui: dict) -> None:
         """Templates in the side bar → the pack's category → the workflow's card, as a user opens it."""
         self.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
         dialog = self.page.get_by_role("dialog")
         dialog.get_by_role("button", name=CATEGORY, exact=True).click()
-        dialog.locator(f"[data-testid='template-workflow-{name}']").click()
-        self.page.get_by_role("dialog").wait_for(state="detached", timeout=LOAD_TIMEOUT_MS)
+        card = dialog.locator(f"[data-testid='template-workflow-{name}']")
+        # the card list re-renders while the category's thumbnails load, and a click on a card being replaced is
+        # lost on a busy machine: click again (at most three times) until the dialog closes on the loaded workflow
+        for attempt in range(3):
+            card.wait_for(state="visible", timeout=LOAD_TIMEOUT_MS)
+            card.click()
+            try:
+                self.page.get_by_role("dialog").wait_for(state="detached", timeout=LOAD_TIMEOUT_MS // 3)
+                break
+            except PlaywrightTimeoutError:
+                if attempt == 2:
+                    raise
         self.wait_for_graph(ui)
 
     def open_file(self, path: str, ui: dict) -> None:
