@@ -100,6 +100,14 @@ def test_twelve_images_give_twelve_outputs_once_and_a_rerun_submits_nothing(serv
     assert {n: os.stat(out / f"{n}.png").st_mtime_ns for n in NAMES} == stamps, "no output is written twice"
 
 
+def wait_for_a_running_job(server, process: subprocess.Popen) -> None:
+    """Until ``server`` runs a job of the batch ``process`` (at most 5 minutes, while the batch runs)."""
+    deadline = time.time() + 300
+    while not server.get("/queue")["queue_running"]:
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.05)
+
+
 @pytest.fixture()
 def killable_server(comfy_server, tmp_path):
     server = ComfyServer(COMFYUI_PATH, comfy_server.models_base, folders=str(tmp_path / "killable"))
@@ -119,10 +127,7 @@ def test_a_server_killed_mid_batch_leaves_every_job_done_once(comfy_server, kill
                                              "--retry-for", "3", "--seed", "12"),
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 300
-        while not killable_server.get("/queue")["queue_running"]:  # a job of the batch is running there
-            assert process.poll() is None and time.time() < deadline, process.communicate()
-            time.sleep(0.05)
+        wait_for_a_running_job(killable_server, process)
         killable_server.kill()
         stdout, stderr = process.communicate(timeout=600)
     finally:
@@ -242,10 +247,7 @@ def test_a_launched_server_that_dies_is_restarted_and_its_job_done_once(comfy_se
         url = line.split()[-1]
         launched = ComfyServer.__new__(ComfyServer)
         launched.url = url
-        deadline = time.time() + 300
-        while not launched.get("/queue")["queue_running"]:
-            assert process.poll() is None and time.time() < deadline
-            time.sleep(0.05)
+        wait_for_a_running_job(launched, process)
         os.kill(comfyui_pid(int(url.rpartition(":")[2])), 9)
         stdout, stderr = process.communicate(timeout=900)
     finally:
