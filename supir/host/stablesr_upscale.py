@@ -11,6 +11,7 @@ from ..image.io import as_rgb
 from ..image.resize import resize_image, sampling_size, scaled_size
 from ..stablesr.sampling import NEGATIVE_PROMPT, STABLESR_PRESETS
 from ..tiling.grid import check_tile_pixels
+from .auto_tiles import STABLESR_TILE
 from .cfw_decode import CFWModel, cfw_decode
 from .stablesr import StableSRModel, apply_stablesr
 from .stablesr_restore import restore_stablesr, stablesr_conditioning
@@ -18,7 +19,7 @@ from .tiled_aggregation import apply_tiled_aggregation
 from .upscale import COLOUR_FIX_CHOICES, latent_tiling
 
 MULTIPLE = 64  # the SD 2.x UNet halves the latent three times
-NATIVE_TILE = 512  # px, StableSR's tile: with automatic tiles, small images are still upscaled to at least this
+NATIVE_TILE = 8 * STABLESR_TILE  # px, StableSR's tile: with automatic tiles, small images are still upscaled to it
 
 
 def stablesr_upscale(model, clip, vae, sr: StableSRModel, image: torch.Tensor, scale: float = 4.0,
