@@ -12,11 +12,19 @@ as ``--fp8_e4m3fn-unet`` sets it), SUPIR, StableSR and CFW through the pack's lo
 during the load above the process before it (VmHWM, file-backed pages included) and what stays resident after it
 (anonymous and file-backed).
 
-``step DIR``: the basic SUPIR workflow's step, one patched model call (batch 2: CFG's two halves) on SDXL + SUPIR
-at two latent sizes per storage dtype: peak RSS of the whole process and the step's working memory above the
-loaded models.
+``step DIR WORKFLOW [LATENT ...]``: one sampling step of a shipped workflow per storage dtype at two latent sizes:
+peak RSS of the whole process and the step's working memory above the loaded models. ``basic``: one SUPIR-patched
+call on SDXL + SUPIR over the whole latent (batch 2: CFG's two halves; 64² and 96² latents); ``x4``: the same
+through tiled aggregation with 512 px tiles at a 256 px stride, the smallest automatic SUPIR tile (96² and 128²
+latents: 4 and 9 tiles); ``stablesr``: two DDPM steps (the fewest its schedule takes; time per step) of
+SD 2.1 + StableSR at CFG 1 with its official 512 px tiles (64² and 128²: 1 and 9 tiles).
 
-Run: COMFYUI_PATH=/path/to/ComfyUI python bench/memory_ledger.py files|load|step DIR   (CPU, fp32 compute)
+``budgets DIR [MB ...]``: the automatic tiles against measurement on this device: for each free-memory budget
+(default 2, 3 and 4 GiB above the loaded models, SDXL + SUPIR stored in fp8), the sampling tile they choose for a
+2048 px image with the working memory of one SUPIR call on it, and that of a call on the next tile up, each in a
+fresh process with ComfyUI's free memory set to the budget.
+
+Run: COMFYUI_PATH=/path/to/ComfyUI python bench/memory_ledger.py files|load|step|budgets DIR ...   (CPU, fp32 compute)
 """
 import json
 import os
@@ -123,31 +131,94 @@ def measure_load(folder: str, component: str, dtype: str) -> dict:
             **split, "seconds": seconds}
 
 
-def measure_step(folder: str, dtype: str, latent: int) -> dict:
-    host()
+TILE, STRIDE = 64, 32  # latent px: SUPIR's smallest automatic tile and StableSR's official one (512 px), half overlap
+STEP_SIZES = {"basic": (64, 96), "x4": (96, 128), "stablesr": (64, 128)}
+
+
+def supir_step(model, supir, latent: int, tiled: bool):
+    """SDXL ``model`` patched with ``supir`` (and tiled), and one model call on CFG's two halves."""
     import torch
+    from supir_restore.supir.host.tiled_aggregation import apply_tiled_aggregation
     from supir_restore.supir.host.unet_patch import apply_supir
-    torch.set_grad_enabled(False)
-    before = status_mb("VmRSS")
-    model = load(folder, "sdxl", dtype)
-    supir = load(folder, "supir_fp16", dtype)
     hint = torch.randn(1, 4, latent, latent, generator=torch.Generator().manual_seed(0))
     patched = apply_supir(model, supir, hint)
+    if tiled:
+        patched = apply_tiled_aggregation(patched, TILE, STRIDE)
     x = torch.randn(2, 4, latent, latent, generator=torch.Generator().manual_seed(1))
     context = torch.randn(2, 77, 2048, generator=torch.Generator().manual_seed(2))
     y = torch.randn(2, 2816, generator=torch.Generator().manual_seed(3))
+
+    def call():
+        patched.model.apply_model(x, torch.full((2,), 10.0), c_crossattn=context, y=y,
+                                  transformer_options={**patched.model_options["transformer_options"],
+                                                       "wrappers": patched.wrappers})
+    return patched, call, 1
+
+
+def stablesr_step(model, sr, latent: int):
+    """SD 2.1 ``model`` with StableSR ``sr``, patched and tiled as StableSR Upscale, and two DDPM steps at CFG 1 (the
+    fewest its schedule takes)."""
+    import torch
+    from supir_restore.supir.host.stablesr import apply_stablesr
+    from supir_restore.supir.host.stablesr_restore import restore_stablesr
+    from supir_restore.supir.host.tiled_aggregation import apply_tiled_aggregation
+    from supir_restore.supir.stablesr.sampling import StableSRSettings
+    lr = torch.randn(1, 4, latent, latent, generator=torch.Generator().manual_seed(0))
+    patched = apply_tiled_aggregation(apply_stablesr(model, sr, lr), TILE, STRIDE)
+    context = [[torch.randn(1, 77, 1024, generator=torch.Generator().manual_seed(1)), {}]]
+
+    def call():
+        restore_stablesr(patched, context, context, lr, 0, StableSRSettings("ddpm", 2, "lr_latent"),
+                         disable_pbar=True)
+    return patched, call, 2
+
+
+def measure_step(folder: str, workflow: str, dtype: str, latent: int) -> dict:
+    host()
+    import torch
     import comfy.model_management as mm
+    torch.set_grad_enabled(False)
+    before = status_mb("VmRSS")
+    if workflow == "stablesr":
+        patched, call, steps = stablesr_step(load(folder, "sd21", dtype), load(folder, "stablesr", dtype), latent)
+    else:
+        patched, call, steps = supir_step(load(folder, "sdxl", dtype), load(folder, "supir_fp16", dtype), latent,
+                                          workflow == "x4")
     mm.load_models_gpu([patched])
     loaded = status_mb("VmRSS")
     reset_peak()
     start = time.perf_counter()
-    patched.model.apply_model(x, torch.full((2,), 10.0), c_crossattn=context, y=y,
-                              transformer_options={**patched.model_options["transformer_options"],
-                                                   "wrappers": patched.wrappers})
-    seconds = time.perf_counter() - start
+    call()
+    seconds = (time.perf_counter() - start) / steps
     peak = status_mb("VmHWM")
-    return {"dtype": dtype, "latent": latent, "loaded_mb": loaded - before, "peak_mb": peak - before,
-            "step_working_mb": peak - loaded, "seconds": seconds}
+    return {"workflow": workflow, "dtype": dtype, "latent": latent, "loaded_mb": loaded - before,
+            "peak_mb": peak - before, "step_working_mb": peak - loaded, "seconds": seconds}
+
+
+def measure_budget(folder: str, budget_mb: float, larger: bool) -> dict:
+    """SDXL + SUPIR stored in fp8 with the free memory set to ``budget_mb`` above what they hold: the sampling tile
+    automatic tiles choose for a 2048 px image (``larger``: one step up from it), and the working memory of one
+    call on that tile (CFG's two halves). ComfyUI's sub-quadratic attention sizes its chunks from the same free
+    memory, as it would on a machine with that much free."""
+    host()
+    import torch
+    import comfy.model_management as mm
+    from supir_restore.supir.host.auto_tiles import sampling_tile
+    from supir_restore.supir.tiling.memory import TILE_STEP
+    torch.set_grad_enabled(False)
+    model, supir = load(folder, "sdxl", "fp8_e4m3fn"), load(folder, "supir_fp16", "fp8_e4m3fn")
+    patched, _, _ = supir_step(model, supir, TILE, False)
+    mm.load_models_gpu([patched])
+    free = budget_mb * 2 ** 20 + mm.extra_reserved_memory()
+    mm.get_free_memory = lambda dev=None, torch_free_too=False: (free, free) if torch_free_too else free
+    choice = sampling_tile(256, 256, 2, patched.model, {"wrappers": patched.wrappers}, mm.get_torch_device())
+    tile = choice.tile + (TILE_STEP if larger else 0)
+    _, call, _ = supir_step(model, supir, tile, False)
+    loaded = status_mb("VmRSS")
+    reset_peak()
+    call()
+    return {"budget_mb": budget_mb, "tile": tile, "chosen": not larger, "predicted_mb": choice.predicted / 2 ** 20
+            if not larger else None, "working_mb": status_mb("VmHWM") - loaded}
 
 
 def one(*args) -> dict:
@@ -160,7 +231,10 @@ def one(*args) -> dict:
 def main():
     if sys.argv[1] == "--one":
         kind, *rest = sys.argv[2:]
-        print(json.dumps(measure_load(*rest) if kind == "load" else measure_step(rest[0], rest[1], int(rest[2]))))
+        if kind == "budget":
+            print(json.dumps(measure_budget(rest[0], float(rest[1]), rest[2] == "larger")))
+        else:
+            print(json.dumps(measure_load(*rest) if kind == "load" else measure_step(*rest[:3], int(rest[3]))))
     elif sys.argv[1] == "files":
         write_files(sys.argv[2])
     elif sys.argv[1] == "load":
@@ -169,9 +243,14 @@ def main():
             for dtype in DTYPES if component != "cfw" else ("auto",):
                 print(json.dumps(one("load", sys.argv[2], component, dtype)), flush=True)
     elif sys.argv[1] == "step":
-        for latent in (int(v) for v in sys.argv[3:] or (64, 96)):
+        folder, workflow = sys.argv[2:4]
+        for latent in (int(v) for v in sys.argv[4:] or STEP_SIZES[workflow]):
             for dtype in DTYPES:
-                print(json.dumps(one("step", sys.argv[2], dtype, str(latent))), flush=True)
+                print(json.dumps(one("step", folder, workflow, dtype, str(latent))), flush=True)
+    elif sys.argv[1] == "budgets":
+        for budget in sys.argv[3:] or ("2048", "3072", "4096"):
+            for which in ("chosen", "larger"):
+                print(json.dumps(one("budget", sys.argv[2], budget, which)), flush=True)
     else:
         raise SystemExit(__doc__)
 
