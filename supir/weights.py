@@ -12,6 +12,8 @@ import json
 import os
 import pickle
 import re
+import struct
+from typing import Callable
 
 import torch
 
@@ -36,11 +38,19 @@ def is_safetensors(path: str) -> bool:
     return path.lower().endswith(SAFETENSORS_EXTENSIONS)
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str, dtype: torch.dtype | None = None,
+                    converts: Callable[[str], bool] = lambda key: True) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file or a torch pickle; a pickled ``{"state_dict": {...}}`` is unwrapped and
-    entries that are not tensors (step counters, configs) are dropped."""
+    entries that are not tensors (step counters, configs) are dropped.
+
+    A safetensors file is memory-mapped: its tensors are the file's pages. With ``dtype``, the floating tensors
+    whose names ``converts`` accepts are instead read from disk one at a time and converted as they are read, so
+    the file's pages never stay resident beside the converted copy (the peak is the converted tensors plus the
+    largest one as stored); the others stay memory-mapped. Pickles are returned as stored."""
     if is_safetensors(path):
-        return read_safetensors(path)[0]
+        if dtype is None:
+            return read_safetensors(path)[0]
+        return _read_safetensors_converted(path, dtype, converts)
     loaded = _read_pickle(path)
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
@@ -59,6 +69,26 @@ def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for damaged headers and short files
         raise _unreadable_safetensors(path, e) from None
+
+
+def _read_safetensors_converted(path: str, dtype: torch.dtype, converts: Callable[[str], bool]) -> dict:
+    mapped, _ = read_safetensors(path)  # checks the file whole; tensors left as they are stay memory-mapped
+    with open(path, "rb") as f:
+        (header_size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_size))
+        converted = [key for key, stored in mapped.items() if stored.is_floating_point() and stored.dtype != dtype
+                     and converts(key) and header[key]["dtype"] in _TORCH_DTYPES]
+        # one buffer for every stored tensor in turn: many freed buffers would stay in the allocator's heap
+        buffer = torch.empty(max((mapped[key].nbytes for key in converted), default=0), dtype=torch.uint8)
+        tensors = dict(mapped)
+        for key in converted:
+            info = header[key]
+            begin, end = info["data_offsets"]
+            f.seek(8 + header_size + begin)
+            f.readinto(memoryview(buffer[:end - begin].numpy()))
+            stored = buffer[:end - begin].view(_TORCH_DTYPES[info["dtype"]]).reshape(info["shape"])
+            tensors[key] = stored.to(dtype)
+    return tensors
 
 
 def check_safetensors(path: str) -> None:
@@ -182,6 +212,7 @@ _SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16
                        torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
                        torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
                        torch.bool: "BOOL"}
+_TORCH_DTYPES = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
 
 
 def write_new_safetensors(path: str, tensors: dict[str, torch.Tensor], dtype: torch.dtype | None = None,

@@ -146,3 +146,29 @@ def test_wrapped_state_dicts_are_unwrapped_and_non_tensors_dropped(tmp_path):
     torch.save([torch.ones(2)], path)
     with pytest.raises(WeightsFileError, match=f"{path}: holds a list, not a dict of tensors"):
         read_state_dict(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float32])
+def test_a_safetensors_file_read_at_a_dtype_is_the_stored_tensors_converted(tmp_path, dtype):
+    g = torch.Generator().manual_seed(0)
+    stored = {"net.a": torch.randn(3, 5, generator=g), "net.b": torch.randn(7, generator=g).half(),
+              "net.c": torch.randn(2, 2, generator=g).bfloat16(), "net.empty": torch.zeros(0, 4),
+              "net.steps": torch.arange(4), "kept.d": torch.randn(6, generator=g)}
+    path = str(tmp_path / "w.safetensors")
+    safetensors.torch.save_file(stored, path)
+    read = read_state_dict(path, dtype, converts=lambda key: key.startswith("net."))
+    assert read.keys() == stored.keys()
+    for key in ("net.a", "net.b", "net.c", "net.empty"):
+        assert read[key].dtype == dtype and read[key].shape == stored[key].shape
+        # bit for bit what converting the stored tensor gives
+        assert torch.equal(read[key].view(torch.uint8), stored[key].to(dtype).view(torch.uint8)), key
+    assert read["net.steps"].dtype == torch.int64 and torch.equal(read["net.steps"], stored["net.steps"])
+    assert read["kept.d"].dtype == torch.float32 and torch.equal(read["kept.d"], stored["kept.d"])
+
+
+def test_a_damaged_safetensors_file_read_at_a_dtype_is_named_as_damaged(tmp_path):
+    path = tmp_path / "w.safetensors"
+    safetensors.torch.save_file({"w": torch.randn(64)}, str(path))
+    path.write_bytes(path.read_bytes()[:-16])
+    with pytest.raises(CorruptWeightsError, match="w.safetensors"):
+        read_state_dict(str(path), torch.float16)

@@ -21,10 +21,11 @@ from torch import nn
 
 import comfy.patcher_extension
 
-from ..stablesr.checkpoint import SPADELayers, check_stablesr_weights, spade_widths, split_stablesr_state_dict
+from ..stablesr.checkpoint import (SPADELayers, check_stablesr_weights, is_sr_key, spade_widths,
+                                   split_stablesr_state_dict)
 from ..stablesr.encoder import TimeAwareEncoder
 from ..stablesr.sampling import TIMESTEP_KEY
-from ..weights import read_state_dict
+from ..weights import STORAGE_DTYPES, read_state_dict
 from .supir_loader import managed_network
 from .tiled_aggregation import TILES_KEY, batched_like_call
 
@@ -58,7 +59,8 @@ class StableSRModel:
 def load_stablesr(path: str, weight_dtype: str = "auto") -> StableSRModel:
     """Load and validate the SR parts of a StableSR checkpoint (every tensor checked by name and shape, sizes
     derived from the shapes); ``weight_dtype`` as for SUPIR files."""
-    return stablesr_from_state_dict(read_state_dict(path), os.path.basename(path), weight_dtype)
+    return stablesr_from_state_dict(read_state_dict(path, STORAGE_DTYPES.get(weight_dtype), is_sr_key),
+                                    os.path.basename(path), weight_dtype)
 
 
 def stablesr_from_state_dict(sd: dict[str, torch.Tensor], name: str, weight_dtype: str = "auto") -> StableSRModel:

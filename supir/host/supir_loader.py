@@ -67,7 +67,7 @@ def managed_network(build: Callable[..., nn.Module], weights: dict[str, torch.Te
 def load_supir(path: str, weight_dtype: str = "auto") -> SUPIRModel:
     """Load and validate a SUPIR checkpoint; ``weight_dtype`` as :func:`managed_network` (storage; compute is
     up-cast as ComfyUI does for UNets)."""
-    weights, layout = load_supir_weights(path)
+    weights, layout = load_supir_weights(path, STORAGE_DTYPES.get(weight_dtype))
     patcher, compute_dtype = managed_network(
         lambda **kw: SUPIRControl(layout.trunk_config, layout.adaptor_specs, attention=host_attention, **kw),
         weights.control, weight_dtype)

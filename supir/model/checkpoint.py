@@ -142,10 +142,12 @@ def vae_encoder_shapes(ch: int, in_ch: int, out_ch: int, widths: list[int], n_re
     return layout | res("mid.block_2", c, c) | norm("norm_out", c) | conv("conv_out", out_ch, c, 3)
 
 
-def load_supir_weights(path: str) -> tuple[SUPIRWeights, SUPIRControl]:
-    """Read and fully validate a SUPIR file. Returns its tensors and the (meta-device) network they fit."""
+def load_supir_weights(path: str, dtype: torch.dtype | None = None) -> tuple[SUPIRWeights, SUPIRControl]:
+    """Read and fully validate a SUPIR file (``dtype``: the control network's storage, converted while reading as
+    :func:`read_state_dict` does; the denoise encoder stays as stored). Returns its tensors and the (meta-device)
+    network they fit."""
     name = os.path.basename(path)
-    weights = split_supir_state_dict(read_state_dict(path), name)
+    weights = split_supir_state_dict(read_state_dict(path, dtype, lambda key: "denoise_encoder." not in key), name)
     return weights, check_supir_weights(weights, name)
 
 

@@ -33,6 +33,11 @@ class StableSRWeights:
     spade: dict[str, torch.Tensor]
 
 
+def is_sr_key(key: str) -> bool:
+    """Whether a checkpoint key is one of StableSR's own tensors (time-aware encoder or SPADE), not SD's."""
+    return key.startswith(ENCODER_PREFIX) or ".spade." in key
+
+
 def split_stablesr_state_dict(sd: dict[str, torch.Tensor], name: str = "checkpoint") -> StableSRWeights:
     """Pick the SR tensors out of a whole StableSR checkpoint; a file without them is an error that says what
     the file is instead."""

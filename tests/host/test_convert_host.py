@@ -39,6 +39,25 @@ def test_a_converted_supir_file_loads_to_the_same_network(tmp_path, tiny_supir_f
         assert_same_tensors({k: v.to(dtype) for k, v in source.denoise_encoder.items()}, new.denoise_encoder)
 
 
+@pytest.mark.parametrize("weight_dtype", ["fp32", "bf16", "fp8_e4m3fn"])
+def test_a_safetensors_file_loaded_at_another_dtype_is_its_tensors_converted(tmp_path, tiny_supir_file, tiny_vae,
+                                                                             weight_dtype):
+    # converted while read from disk rather than memory-mapped (supir/weights.py): the same values as converting
+    # the stored tensors, only the denoise encoder kept as stored
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8_e4m3fn": torch.float8_e4m3fn}[weight_dtype]
+    supir_file = str(tmp_path / "supir.safetensors")
+    convert_file(tiny_supir_file, supir_file, "fp16")
+    stored, loaded = load_supir(supir_file, "fp16"), load_supir(supir_file, weight_dtype)
+    assert_same_tensors({k: v.to(dtype) for k, v in stored.control.state_dict().items()},
+                        loaded.control.state_dict())
+    assert_same_tensors(stored.denoise_encoder, loaded.denoise_encoder)
+    sr_file = str(tmp_path / "sr.safetensors")
+    convert_file(stablesr_file(tmp_path / "stablesr_000117.ckpt", vae=tiny_vae, clip=tiny_sd21_clip(seed=2)), sr_file,
+                 "fp16")
+    assert_same_tensors({k: v.to(dtype) for k, v in load_stablesr(sr_file, "fp16").net.state_dict().items()},
+                        load_stablesr(sr_file, weight_dtype).net.state_dict())
+
+
 def test_a_converted_stablesr_checkpoint_loads_to_the_same_network_without_its_sd_parts(tmp_path, tiny_vae):
     source = stablesr_file(tmp_path / "stablesr_000117.ckpt", vae=tiny_vae, clip=tiny_sd21_clip(seed=2))
     found, size = convert_file(source, str(tmp_path / "sr.safetensors"), "fp16")
