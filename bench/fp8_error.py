@@ -25,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from memory_ledger import load  # noqa: E402
+from memory_ledger import load, model_call  # noqa: E402
 from stablesr import host  # noqa: E402
 
 LATENT = 64
@@ -35,14 +35,6 @@ DTYPES = ("fp32", "fp8_e4m3fn")
 def randn(*shape, seed):
     import torch
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def call(patcher, x, options=None, **conds):
-    """One model call at sigma 10 (``options``: transformer options to add)."""
-    import torch
-    return patcher.model.apply_model(x, torch.full((x.shape[0],), 10.0),
-                                     transformer_options={**patcher.model_options["transformer_options"],
-                                                          "wrappers": patcher.wrappers, **(options or {})}, **conds)
 
 
 def supir_outputs(folder: str, dtype: str) -> dict:
@@ -56,8 +48,8 @@ def supir_outputs(folder: str, dtype: str) -> dict:
     patched = apply_supir(model, supir, hint)
     mm.load_models_gpu([patched])
     x, context, y = randn(2, 4, LATENT, LATENT, seed=1), randn(2, 77, 2048, seed=2), randn(2, 2816, seed=3)
-    out = {"unet_forward": call(model, x, c_crossattn=context, y=y),
-           "supir_forward": call(patched, x, c_crossattn=context, y=y)}
+    out = {"unet_forward": model_call(model, x, c_crossattn=context, y=y),
+           "supir_forward": model_call(patched, x, c_crossattn=context, y=y)}
 
     def conditioning(seed):
         return [[randn(1, 77, 2048, seed=seed), {"pooled_output": randn(1, 1280, seed=seed + 1),
@@ -79,8 +71,8 @@ def stablesr_outputs(folder: str, dtype: str) -> dict:
     mm.load_models_gpu([patched])
     x, context = randn(1, 4, LATENT, LATENT, seed=1), randn(1, 77, 1024, seed=2)
     conditioning = [[context, {}]]
-    return {"unet_forward": call(model, x, c_crossattn=context),
-            "stablesr_forward": call(patched, x, {TIMESTEP_KEY: 500}, c_crossattn=context),
+    return {"unet_forward": model_call(model, x, c_crossattn=context),
+            "stablesr_forward": model_call(patched, x, {TIMESTEP_KEY: 500}, c_crossattn=context),
             "stablesr_restore_turbo_ddpm_4": restore_stablesr(patched, conditioning, conditioning, lr, 3,
                                                               STABLESR_PRESETS["Turbo DDPM 4"], disable_pbar=True)}
 

@@ -131,6 +131,14 @@ def measure_load(folder: str, component: str, dtype: str) -> dict:
             **split, "seconds": seconds}
 
 
+def model_call(patcher, x, options=None, **conds):
+    """One model call at sigma 10 through ``patcher``'s wrappers (``options``: transformer options to add)."""
+    import torch
+    return patcher.model.apply_model(x, torch.full((x.shape[0],), 10.0),
+                                     transformer_options={**patcher.model_options["transformer_options"],
+                                                          "wrappers": patcher.wrappers, **(options or {})}, **conds)
+
+
 TILE, STRIDE = 64, 32  # latent px: SUPIR's smallest automatic tile and StableSR's official one (512 px), half overlap
 STEP_SIZES = {"basic": (64, 96), "x4": (96, 128), "stablesr": (64, 128)}
 
@@ -148,11 +156,7 @@ def supir_step(model, supir, latent: int, tiled: bool):
     context = torch.randn(2, 77, 2048, generator=torch.Generator().manual_seed(2))
     y = torch.randn(2, 2816, generator=torch.Generator().manual_seed(3))
 
-    def call():
-        patched.model.apply_model(x, torch.full((2,), 10.0), c_crossattn=context, y=y,
-                                  transformer_options={**patched.model_options["transformer_options"],
-                                                       "wrappers": patched.wrappers})
-    return patched, call, 1
+    return patched, lambda: model_call(patched, x, c_crossattn=context, y=y), 1
 
 
 def stablesr_step(model, sr, latent: int):
